@@ -1,0 +1,234 @@
+//! Config schema. Every field has a default so a file with one `[[backends]]` entry is complete;
+//! the defaults follow nginx where it has an equivalent directive.
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use std::fmt;
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub backends: Vec<BackendConfig>,
+    #[serde(default)]
+    pub load_balancing: LoadBalancingConfig,
+    #[serde(default)]
+    pub health_checks: HealthCheckConfig,
+    #[serde(default)]
+    pub logging: LoggingConfig,
+    #[serde(default)]
+    pub timeouts: TimeoutConfig,
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on (default `127.0.0.1`).
+    pub host: String,
+    /// Port to listen on (default 3000). Kept wide here so range errors name the key.
+    pub port: i64,
+    /// Worker threads: `"auto"` (one per CPU the process may run on) or a count.
+    pub workers: Workers,
+    /// Pin worker N to the N-th allowed CPU (default true).
+    pub pin_cores: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 3000,
+            workers: Workers::Auto,
+            pin_cores: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    Auto,
+    Count(i64),
+}
+
+impl<'de> Deserialize<'de> for Workers {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct WorkersVisitor;
+        impl Visitor<'_> for WorkersVisitor {
+            type Value = Workers;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(r#""auto" or a positive integer"#)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Workers, E> {
+                Ok(Workers::Count(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Workers, E> {
+                if v == "auto" {
+                    Ok(Workers::Auto)
+                } else {
+                    Err(E::invalid_value(de::Unexpected::Str(v), &self))
+                }
+            }
+        }
+        d.deserialize_any(WorkersVisitor)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// `http://host:port`; resolved once at load time.
+    pub url: String,
+    /// Relative weight for the `weighted` strategy (default 1, at least 1).
+    #[serde(default = "default_weight")]
+    pub weight: i64,
+    /// Path probed by active health checks (default `/health`).
+    #[serde(default = "default_health_path")]
+    pub health_check_path: String,
+}
+
+fn default_weight() -> i64 {
+    1
+}
+fn default_health_path() -> String {
+    "/health".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Plain rotation over the backends that are up; weights are ignored.
+    #[default]
+    RoundRobin,
+    /// Smooth weighted round robin, as nginx's upstream module does it.
+    Weighted,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoadBalancingConfig {
+    pub strategy: Strategy,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    pub enabled: bool,
+    pub interval_seconds: f64,
+    pub timeout_seconds: f64,
+    pub failure_threshold: i64,
+    pub success_threshold: i64,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_seconds: 30.0,
+            timeout_seconds: 5.0,
+            failure_threshold: 3,
+            success_threshold: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// tracing filter directive; `RUST_LOG` overrides it.
+    pub level: String,
+    pub format: LogFormat,
+    pub access_log: bool,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Json,
+            access_log: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimeoutConfig {
+    /// TCP connect to a backend (nginx `proxy_connect_timeout`, default 10).
+    pub connect_timeout_seconds: f64,
+    /// From the request sent to the upstream's response head (default 30) -> 504.
+    pub request_timeout_seconds: f64,
+    /// Whole client request head (nginx `client_header_timeout`, default 10) -> 408.
+    pub client_header_timeout_seconds: f64,
+    /// Client keep-alive wait between requests (default 60).
+    pub idle_timeout_seconds: f64,
+    /// Longest stall of one body read or write on either side (nginx `send_timeout`, default 60).
+    pub io_timeout_seconds: f64,
+}
+
+impl Default for TimeoutConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout_seconds: 10.0,
+            request_timeout_seconds: 30.0,
+            client_header_timeout_seconds: 10.0,
+            idle_timeout_seconds: 60.0,
+            io_timeout_seconds: 60.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Idle keep-alive connections kept per backend, per worker (nginx `keepalive`, default 64).
+    pub max_idle_per_backend: i64,
+    /// Idle pooled connections are closed after this (default 60).
+    pub idle_timeout_seconds: f64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            max_idle_per_backend: 64,
+            idle_timeout_seconds: 60.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Longest request line (default 8 KiB) -> 414.
+    pub max_request_line_bytes: i64,
+    /// Largest request head (default 64 KiB) -> 431.
+    pub max_header_bytes: i64,
+    /// Most header fields in a request (default 100) -> 431.
+    pub max_headers: i64,
+    /// Largest request body, 0 = unlimited (default 0) -> 413.
+    pub max_body_bytes: i64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_request_line_bytes: 8 * 1024,
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_body_bytes: 0,
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! Semantic checks on a parsed config and conversion into the typed settings the proxy runs on
+//! (durations, sizes, resolved backend addresses). All problems are reported, not just the first.
+
+use super::schema::*;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+/// A problem found by validation: the dotted key and what is wrong with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResolvedBackend {
+    /// As written in the config, used in logs and (later) the admin API.
+    pub url: String,
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub health_check_path: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub request: Duration,
+    pub client_header: Duration,
+    pub idle: Duration,
+    pub io: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_request_line_bytes: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    /// `None` = unlimited.
+    pub max_body_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_idle_per_backend: usize,
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthSettings {
+    pub enabled: bool,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub failure_threshold: u32,
+    pub success_threshold: u32,
+}
+
+/// A config that passed validation, in the types the proxy uses.
+#[derive(Debug, Clone)]
+pub struct ValidConfig {
+    pub listen: SocketAddr,
+    /// `None` = one per allowed CPU.
+    pub workers: Option<usize>,
+    pub pin_cores: bool,
+    pub backends: Vec<ResolvedBackend>,
+    pub strategy: Strategy,
+    pub health: HealthSettings,
+    pub logging: LoggingConfig,
+    pub timeouts: Timeouts,
+    pub pool: PoolSettings,
+    pub limits: Limits,
+}
+
+/// Hard ceiling on `max_headers`: the parser's header table is sized from it.
+pub const MAX_HEADERS_CEILING: i64 = 1024;
+
+struct Checker {
+    problems: Vec<Problem>,
+}
+
+impl Checker {
+    fn fail(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn seconds(&mut self, key: &str, value: f64) -> Duration {
+        if value.is_finite() && value > 0.0 && value <= 1e9 {
+            Duration::from_secs_f64(value)
+        } else {
+            self.fail(key, format!("must be a positive number of seconds, got {value}"));
+            Duration::from_secs(1)
+        }
+    }
+
+    fn range(&mut self, key: &str, value: i64, min: i64, max: i64) -> i64 {
+        if value < min || value > max {
+            self.fail(key, format!("must be between {min} and {max}, got {value}"));
+            min
+        } else {
+            value
+        }
+    }
+}
+
+pub fn validate(c: Config) -> Result<ValidConfig, Vec<Problem>> {
+    let mut ck = Checker { problems: vec![] };
+
+    let port = ck.range("server.port", c.server.port, 1, 65535) as u16;
+    let listen = match c.server.host.parse::<IpAddr>() {
+        Ok(ip) => SocketAddr::new(ip, port),
+        Err(_) => {
+            ck.fail("server.host", format!("not an IP address: {:?}", c.server.host));
+            SocketAddr::from(([127, 0, 0, 1], port))
+        }
+    };
+    let workers = match c.server.workers {
+        Workers::Auto => None,
+        Workers::Count(n) => Some(ck.range("server.workers", n, 1, 1024) as usize),
+    };
+
+    if c.backends.is_empty() {
+        ck.fail("backends", "at least one [[backends]] entry is required");
+    }
+    let backends = c
+        .backends
+        .iter()
+        .enumerate()
+        .filter_map(|(i, b)| resolve_backend(&mut ck, i, b))
+        .collect();
+
+    let h = &c.health_checks;
+    let health = HealthSettings {
+        enabled: h.enabled,
+        interval: ck.seconds("health_checks.interval_seconds", h.interval_seconds),
+        timeout: ck.seconds("health_checks.timeout_seconds", h.timeout_seconds),
+        failure_threshold: ck.range("health_checks.failure_threshold", h.failure_threshold, 1, 1000)
+            as u32,
+        success_threshold: ck.range("health_checks.success_threshold", h.success_threshold, 1, 1000)
+            as u32,
+    };
+
+    if c.logging.level.trim().is_empty() {
+        ck.fail("logging.level", "must not be empty (e.g. \"info\")");
+    } else if tracing_subscriber::EnvFilter::try_new(&c.logging.level).is_err() {
+        ck.fail("logging.level", format!("not a valid level or filter: {:?}", c.logging.level));
+    }
+
+    let t = &c.timeouts;
+    let timeouts = Timeouts {
+        connect: ck.seconds("timeouts.connect_timeout_seconds", t.connect_timeout_seconds),
+        request: ck.seconds("timeouts.request_timeout_seconds", t.request_timeout_seconds),
+        client_header: ck.seconds(
+            "timeouts.client_header_timeout_seconds",
+            t.client_header_timeout_seconds,
+        ),
+        idle: ck.seconds("timeouts.idle_timeout_seconds", t.idle_timeout_seconds),
+        io: ck.seconds("timeouts.io_timeout_seconds", t.io_timeout_seconds),
+    };
+
+    let u = &c.upstream;
+    let pool = PoolSettings {
+        max_idle_per_backend: ck.range("upstream.max_idle_per_backend", u.max_idle_per_backend, 0, 100_000)
+            as usize,
+        idle_timeout: ck.seconds("upstream.idle_timeout_seconds", u.idle_timeout_seconds),
+    };
+
+    let l = &c.limits;
+    let limits = Limits {
+        max_request_line_bytes: ck.range("limits.max_request_line_bytes", l.max_request_line_bytes, 64, 1 << 20)
+            as usize,
+        max_header_bytes: ck.range("limits.max_header_bytes", l.max_header_bytes, 256, 16 << 20) as usize,
+        max_headers: ck.range("limits.max_headers", l.max_headers, 1, MAX_HEADERS_CEILING) as usize,
+        max_body_bytes: match ck.range("limits.max_body_bytes", l.max_body_bytes, 0, i64::MAX) {
+            0 => None,
+            n => Some(n as u64),
+        },
+    };
+
+    if !ck.problems.is_empty() {
+        return Err(ck.problems);
+    }
+    Ok(ValidConfig {
+        listen,
+        workers,
+        pin_cores: c.server.pin_cores,
+        backends,
+        strategy: c.load_balancing.strategy,
+        health,
+        logging: c.logging,
+        timeouts,
+        pool,
+        limits,
+    })
+}
+
+fn resolve_backend(ck: &mut Checker, i: usize, b: &BackendConfig) -> Option<ResolvedBackend> {
+    let key = |field: &str| format!("backends[{i}].{field}");
+    let weight = ck.range(&key("weight"), b.weight, 1, 1_000_000) as u32;
+    if !b.health_check_path.starts_with('/') {
+        ck.fail(key("health_check_path"), "must start with '/'");
+    }
+    let url = match url::Url::parse(&b.url) {
+        Ok(u) => u,
+        Err(e) => {
+            ck.fail(key("url"), format!("invalid URL {:?}: {e}", b.url));
+            return None;
+        }
+    };
+    if url.scheme() != "http" {
+        ck.fail(key("url"), format!("only http:// backends are supported, got {:?}", b.url));
+        return None;
+    }
+    if !matches!(url.path(), "" | "/") || url.query().is_some() {
+        ck.fail(key("url"), "must not have a path or query: requests keep their own path");
+        return None;
+    }
+    let host = url.host_str().unwrap_or_default();
+    let port = url.port_or_known_default().unwrap_or(80);
+    // url keeps IPv6 literals in brackets, which `ToSocketAddrs` does not accept.
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match (host, port).to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(addr)) => Some(ResolvedBackend {
+            url: b.url.clone(),
+            addr,
+            weight,
+            health_check_path: b.health_check_path.clone(),
+        }),
+        _ => {
+            ck.fail(key("url"), format!("cannot resolve host {host:?}"));
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn problems(toml: &str) -> Vec<String> {
+        match crate::config::parse(Path::new("t.toml"), toml) {
+            Ok(_) => vec![],
+            Err(errs) => errs.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = crate::config::parse(Path::new("t.toml"), "[[backends]]\nurl = \"http://127.0.0.1:9001\"\n")
+            .expect("valid");
+        assert_eq!(c.listen, "127.0.0.1:3000".parse().unwrap());
+        assert_eq!(c.workers, None);
+        assert!(c.pin_cores);
+        assert_eq!(c.backends[0].weight, 1);
+        assert_eq!(c.backends[0].health_check_path, "/health");
+        assert_eq!(c.timeouts.connect, Duration::from_secs(10));
+        assert_eq!(c.timeouts.request, Duration::from_secs(30));
+        assert_eq!(c.limits.max_headers, 100);
+        assert_eq!(c.limits.max_body_bytes, None);
+        assert_eq!(c.strategy, Strategy::RoundRobin);
+    }
+
+    #[test]
+    fn fractional_durations_accepted() {
+        let c = crate::config::parse(
+            Path::new("t.toml"),
+            "[timeouts]\nrequest_timeout_seconds = 0.25\n[[backends]]\nurl = \"http://127.0.0.1:1\"\n",
+        )
+        .expect("valid");
+        assert_eq!(c.timeouts.request, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let errs = problems("[server]\nport = 70000\n\n[[backends]]\nurl = \"http://127.0.0.1:1\"\nweight = 0\n");
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs[0].starts_with("t.toml:2:1: server.port: must be between 1 and 65535"), "{errs:?}");
+        assert!(errs[1].starts_with("t.toml:6:1: backends[0].weight: must be between 1"), "{errs:?}");
+    }
+
+    #[test]
+    fn unknown_key_and_wrong_type_are_errors_with_lines() {
+        let errs = problems("[server]\nprot = 1\n[[backends]]\nurl = \"http://127.0.0.1:1\"\n");
+        assert!(errs[0].contains("t.toml:2:") && errs[0].contains("unknown field `prot`"), "{errs:?}");
+        let errs = problems("[server]\npin_cores = \"yes\"\n[[backends]]\nurl = \"http://127.0.0.1:1\"\n");
+        assert!(errs[0].contains("t.toml:2:") && errs[0].contains("server.pin_cores"), "{errs:?}");
+    }
+
+    #[test]
+    fn bad_backends_refused() {
+        assert!(problems("")[0].contains("backends: at least one"));
+        assert!(problems("[[backends]]\nurl = \"ftp://x\"\n")[0].contains("backends[0].url"));
+        assert!(problems("[[backends]]\nurl = \"not a url\"\n")[0].contains("backends[0].url"));
+        assert!(problems("[[backends]]\nurl = \"http://127.0.0.1:1/api\"\n")[0].contains("path"));
+    }
+
+    #[test]
+    fn workers_auto_or_count() {
+        assert!(problems("[server]\nworkers = \"many\"\n[[backends]]\nurl = \"http://127.0.0.1:1\"\n")[0]
+            .contains("server.workers"));
+        assert!(problems("[server]\nworkers = 0\n[[backends]]\nurl = \"http://127.0.0.1:1\"\n")[0]
+            .contains("server.workers: must be between 1"));
+    }
+}

@@ -1,0 +1,222 @@
+//! Rules shared by request and response heads: spans into the raw head, token lists,
+//! Content-Length and Transfer-Encoding validation, and which headers are hop-by-hop.
+
+/// A byte range inside a message's raw head (which is kept as one `Bytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Span {
+    start: u32,
+    end: u32,
+}
+
+impl Span {
+    /// The span that `part` occupies in `base`; `part` must be a sub-slice of `base`.
+    pub fn within(base: &[u8], part: &[u8]) -> Span {
+        let start = (part.as_ptr() as usize).saturating_sub(base.as_ptr() as usize);
+        Span {
+            start: start as u32,
+            end: (start + part.len()) as u32,
+        }
+    }
+
+    pub fn of<'a>(&self, raw: &'a [u8]) -> &'a [u8] {
+        raw.get(self.start as usize..self.end as usize).unwrap_or_default()
+    }
+}
+
+/// One header field kept for forwarding.
+#[derive(Debug, Clone, Copy)]
+pub struct HeaderField {
+    pub name: Span,
+    pub value: Span,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    Http10,
+    Http11,
+}
+
+/// Trimmed, non-empty elements of a comma-separated header value.
+pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(trim_ows).filter(|t| !t.is_empty())
+}
+
+pub fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// Headers a proxy never forwards: they describe one connection, not the message
+/// (RFC 9110 §7.6.1). Transfer-Encoding and Content-Length are re-framed by the proxy.
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    const HOP: [&[u8]; 9] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"transfer-encoding",
+        b"content-length",
+        b"http2-settings",
+    ];
+    HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// What the `Connection` header(s) said.
+#[derive(Debug, Default)]
+pub struct ConnectionOptions {
+    pub close: bool,
+    pub keep_alive: bool,
+    /// Other tokens: names of further hop-by-hop headers to remove. Allocates only when present.
+    pub named: Vec<Span>,
+}
+
+impl ConnectionOptions {
+    pub fn add(&mut self, raw: &[u8], value: &[u8]) {
+        for token in tokens(value) {
+            if token.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else {
+                self.named.push(Span::within(raw, token));
+            }
+        }
+    }
+
+    pub fn names(&self, raw: &[u8], name: &[u8]) -> bool {
+        self.named.iter().any(|s| s.of(raw).eq_ignore_ascii_case(name))
+    }
+}
+
+/// Accumulates Content-Length headers: every value must be the same plain decimal number.
+#[derive(Debug, Default)]
+pub struct ContentLength {
+    value: Option<u64>,
+    invalid: bool,
+    pub raw: Option<Span>,
+}
+
+impl ContentLength {
+    pub fn add(&mut self, raw: &[u8], value: &[u8]) {
+        // A list form ("5, 5") is refused outright: stricter than RFC 9110's allowance, as HAProxy.
+        let parsed = parse_decimal(trim_ows(value));
+        match (parsed, self.value) {
+            (Some(v), None) if !self.invalid => {
+                self.value = Some(v);
+                self.raw = Some(Span::within(raw, value));
+            }
+            (Some(v), Some(prev)) if v == prev => {}
+            _ => self.invalid = true,
+        }
+    }
+
+    /// `Ok(None)` when absent, `Err` when malformed or contradictory.
+    pub fn get(&self) -> Result<Option<u64>, ()> {
+        if self.invalid {
+            Err(())
+        } else {
+            Ok(self.value)
+        }
+    }
+}
+
+/// Digits only: no sign, no whitespace inside, no overflow.
+pub fn parse_decimal(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 19 {
+        return None;
+    }
+    s.iter().try_fold(0u64, |acc, &b| {
+        b.is_ascii_digit()
+            .then(|| acc.checked_mul(10)?.checked_add(u64::from(b - b'0')))
+            .flatten()
+    })
+}
+
+/// Transfer-Encoding as declared (possibly over several header lines).
+#[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]
+pub enum TransferCoding {
+    #[default]
+    Absent,
+    /// Exactly `chunked`.
+    Chunked,
+    /// `chunked` last, after other codings we cannot undo (e.g. `gzip, chunked`).
+    ChunkedAfterOthers,
+    /// Final coding is not chunked (or unknown, like `xchunked`).
+    NotChunked,
+}
+
+impl TransferCoding {
+    pub fn add(&mut self, value: &[u8]) {
+        for token in tokens(value) {
+            let chunked = token.eq_ignore_ascii_case(b"chunked");
+            *self = match (*self, chunked) {
+                (TransferCoding::Absent, true) => TransferCoding::Chunked,
+                (_, true) => TransferCoding::ChunkedAfterOthers,
+                (_, false) => TransferCoding::NotChunked,
+            };
+        }
+        if tokens(value).next().is_none() {
+            *self = TransferCoding::NotChunked;
+        }
+    }
+}
+
+pub fn is_bodiless_status(status: u16) -> bool {
+    (100..200).contains(&status) || status == 204 || status == 304
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_length_rules() {
+        let mut cl = ContentLength::default();
+        cl.add(b"", b"42");
+        cl.add(b"", b" 42 ");
+        assert_eq!(cl.get(), Ok(Some(42)));
+        for bad in [&b"+1"[..], b"-1", b"1 2", b"0x10", b"", b"99999999999999999999", b"5, 5"] {
+            let mut cl = ContentLength::default();
+            cl.add(b"", bad);
+            assert_eq!(cl.get(), Err(()), "{:?}", String::from_utf8_lossy(bad));
+        }
+        let mut cl = ContentLength::default();
+        cl.add(b"", b"1");
+        cl.add(b"", b"2");
+        assert_eq!(cl.get(), Err(()));
+    }
+
+    #[test]
+    fn transfer_coding_rules() {
+        let te = |vals: &[&[u8]]| {
+            let mut t = TransferCoding::default();
+            vals.iter().for_each(|v| t.add(v));
+            t
+        };
+        assert_eq!(te(&[b"chunked"]), TransferCoding::Chunked);
+        assert_eq!(te(&[b"Chunked "]), TransferCoding::Chunked);
+        assert_eq!(te(&[b"gzip, chunked"]), TransferCoding::ChunkedAfterOthers);
+        assert_eq!(te(&[b"gzip", b"chunked"]), TransferCoding::ChunkedAfterOthers);
+        assert_eq!(te(&[b"chunked, identity"]), TransferCoding::NotChunked);
+        assert_eq!(te(&[b"xchunked"]), TransferCoding::NotChunked);
+        assert_eq!(te(&[b""]), TransferCoding::NotChunked);
+        assert_eq!(te(&[b"chunked", b"chunked"]), TransferCoding::ChunkedAfterOthers);
+    }
+
+    #[test]
+    fn connection_tokens() {
+        let raw = b"close, X-Secret , keep-alive";
+        let mut c = ConnectionOptions::default();
+        c.add(raw, raw);
+        assert!(c.close && c.keep_alive);
+        assert!(c.names(raw, b"x-secret"));
+        assert!(!c.names(raw, b"x-other"));
+    }
+}

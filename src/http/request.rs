@@ -1,0 +1,257 @@
+//! Client request heads: parse with `httparse`, then apply the proxy's framing rules
+//! (RFC 9112 §6, stricter where two parsers could disagree) and sort the headers into
+//! forwarded, hop-by-hop and rewritten ones.
+
+use super::body::BodyKind;
+use super::head::*;
+use crate::config::Limits;
+use bytes::{Bytes, BytesMut};
+
+/// Heads up to this many header fields are parsed with a stack table; larger limits use the heap.
+const STACK_HEADERS: usize = 128;
+
+#[derive(Debug)]
+pub struct RequestHead {
+    pub raw: Bytes,
+    pub method: Span,
+    pub target: Span,
+    pub version: Version,
+    /// End-to-end headers forwarded as they came (Host included).
+    pub headers: Vec<HeaderField>,
+    pub host: Option<Span>,
+    /// Incoming X-Forwarded-For values, in order; the proxy appends the client address.
+    pub forwarded_for: Vec<Span>,
+    pub body: BodyKind,
+    /// The client wants the connection kept after this exchange.
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+    /// The client sent `TE: trailers`; passed on (the only TE value that is).
+    pub te_trailers: bool,
+}
+
+impl RequestHead {
+    pub fn method(&self) -> &[u8] {
+        self.method.of(&self.raw)
+    }
+    pub fn target(&self) -> &[u8] {
+        self.target.of(&self.raw)
+    }
+    pub fn is_head(&self) -> bool {
+        self.method() == b"HEAD"
+    }
+    /// RFC 9110 §9.2.2: safe to send twice.
+    pub fn is_idempotent(&self) -> bool {
+        matches!(
+            self.method(),
+            b"GET" | b"HEAD" | b"PUT" | b"DELETE" | b"OPTIONS" | b"TRACE"
+        )
+    }
+}
+
+/// Why a request head was refused, each with the status the client gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestError {
+    BadRequest(&'static str),
+    UriTooLong,
+    HeadersTooLarge(&'static str),
+    PayloadTooLarge,
+    NotImplemented(&'static str),
+    VersionNotSupported,
+}
+
+impl RequestError {
+    pub fn status(&self) -> u16 {
+        match self {
+            RequestError::BadRequest(_) => 400,
+            RequestError::UriTooLong => 414,
+            RequestError::HeadersTooLarge(_) => 431,
+            RequestError::PayloadTooLarge => 413,
+            RequestError::NotImplemented(_) => 501,
+            RequestError::VersionNotSupported => 505,
+        }
+    }
+
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RequestError::BadRequest(why) => why,
+            RequestError::UriTooLong => "request line too long",
+            RequestError::HeadersTooLarge(why) => why,
+            RequestError::PayloadTooLarge => "body larger than max_body_bytes",
+            RequestError::NotImplemented(why) => why,
+            RequestError::VersionNotSupported => "unsupported HTTP version",
+        }
+    }
+}
+
+/// Parses a request head from the front of `buf`. `Ok(None)`: incomplete, read more.
+/// On success the head's bytes are split off `buf`; body bytes stay in it.
+pub fn parse_request(buf: &mut BytesMut, limits: &Limits) -> Result<Option<RequestHead>, RequestError> {
+    let n = limits.max_headers;
+    let parsed = if n <= STACK_HEADERS {
+        let mut table = [httparse::EMPTY_HEADER; STACK_HEADERS];
+        parse_into(buf, limits, &mut table[..n])?
+    } else {
+        let mut table = vec![httparse::EMPTY_HEADER; n];
+        parse_into(buf, limits, &mut table)?
+    };
+    let Some((len, mut head)) = parsed else {
+        return Ok(None);
+    };
+    head.raw = buf.split_to(len).freeze();
+    Ok(Some(head))
+}
+
+/// Parses and classifies; returns the head's length and the head with spans into `buf`
+/// (its `raw` is filled in by the caller once the bytes are split off).
+fn parse_into<'b>(
+    buf: &'b [u8],
+    limits: &Limits,
+    table: &mut [httparse::Header<'b>],
+) -> Result<Option<(usize, RequestHead)>, RequestError> {
+    let mut req = httparse::Request::new(table);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            check_partial_limits(buf, limits)?;
+            return Ok(None);
+        }
+        Err(httparse::Error::Version) => return Err(RequestError::VersionNotSupported),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(RequestError::HeadersTooLarge("too many header fields"))
+        }
+        Err(_) => return Err(RequestError::BadRequest("malformed request head")),
+    };
+    if request_line_len(buf) > limits.max_request_line_bytes {
+        return Err(RequestError::UriTooLong);
+    }
+    if len > limits.max_header_bytes {
+        return Err(RequestError::HeadersTooLarge("request head larger than max_header_bytes"));
+    }
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
+        return Err(RequestError::BadRequest("malformed request line"));
+    };
+    let version = if minor == 1 { Version::Http11 } else { Version::Http10 };
+    if method == "CONNECT" {
+        return Err(RequestError::NotImplemented("CONNECT is not supported"));
+    }
+    if !(target.starts_with('/')
+        || target == "*"
+        || target.starts_with("http://")
+        || target.starts_with("https://"))
+    {
+        return Err(RequestError::BadRequest("malformed request target"));
+    }
+
+    let mut head = RequestHead {
+        raw: Bytes::new(),
+        method: Span::within(buf, method.as_bytes()),
+        target: Span::within(buf, target.as_bytes()),
+        version,
+        headers: Vec::with_capacity(req.headers.len()),
+        host: None,
+        forwarded_for: Vec::new(),
+        body: BodyKind::Empty,
+        keep_alive: version == Version::Http11,
+        expect_continue: false,
+        te_trailers: false,
+    };
+
+    // Connection first: it can name further headers to drop.
+    let mut conn = ConnectionOptions::default();
+    for h in req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")) {
+        conn.add(buf, h.value);
+    }
+    let mut content_length = ContentLength::default();
+    let mut coding = TransferCoding::default();
+    let mut hosts = 0;
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        let field = HeaderField {
+            name: Span::within(buf, name),
+            value: Span::within(buf, h.value),
+        };
+        if name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
+            head.host = Some(field.value);
+            head.headers.push(field);
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            content_length.add(buf, h.value);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            coding.add(h.value);
+        } else if name.eq_ignore_ascii_case(b"te") {
+            head.te_trailers |= tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"trailers"));
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            // The proxy answers 100 itself; other expectations are refused as RFC 9110 §10.1.1 allows.
+            if trim_ows(h.value).eq_ignore_ascii_case(b"100-continue") {
+                head.expect_continue = true;
+            } else {
+                return Err(RequestError::BadRequest("unsupported Expect"));
+            }
+        } else if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+            head.forwarded_for.push(field.value);
+        } else if name.eq_ignore_ascii_case(b"x-forwarded-proto")
+            || name.eq_ignore_ascii_case(b"x-forwarded-host")
+            || is_hop_by_hop(name)
+            || conn.names(buf, name)
+        {
+            // Dropped: hop-by-hop, or regenerated by the proxy.
+        } else {
+            head.headers.push(field);
+        }
+    }
+
+    match version {
+        Version::Http11 if hosts != 1 => {
+            return Err(RequestError::BadRequest("HTTP/1.1 request needs exactly one Host"))
+        }
+        Version::Http10 if hosts > 1 => return Err(RequestError::BadRequest("more than one Host")),
+        Version::Http11 => head.keep_alive = !conn.close,
+        Version::Http10 => head.keep_alive = conn.keep_alive && !conn.close,
+    }
+
+    let length = content_length
+        .get()
+        .map_err(|()| RequestError::BadRequest("invalid Content-Length"))?;
+    head.body = match (coding, length) {
+        (TransferCoding::Absent, None) => BodyKind::Empty,
+        (TransferCoding::Absent, Some(0)) => BodyKind::Empty,
+        (TransferCoding::Absent, Some(n)) => BodyKind::Length(n),
+        // RFC 9112 §6.1 would allow TE to win; both present is a smuggling signature, so refuse.
+        (_, Some(_)) => return Err(RequestError::BadRequest("both Content-Length and Transfer-Encoding")),
+        _ if version == Version::Http10 => {
+            return Err(RequestError::BadRequest("Transfer-Encoding in an HTTP/1.0 request"))
+        }
+        (TransferCoding::Chunked, None) => BodyKind::Chunked,
+        (TransferCoding::ChunkedAfterOthers, None) => {
+            return Err(RequestError::NotImplemented("transfer codings other than chunked"))
+        }
+        (TransferCoding::NotChunked, None) => {
+            return Err(RequestError::BadRequest("Transfer-Encoding must end in chunked"))
+        }
+    };
+    if let (BodyKind::Length(n), Some(max)) = (head.body, limits.max_body_bytes) {
+        if n > max {
+            return Err(RequestError::PayloadTooLarge);
+        }
+    }
+    if head.body == BodyKind::Empty {
+        head.expect_continue = false;
+    }
+    Ok(Some((len, head)))
+}
+
+/// Length of the request line (leading empty lines excluded), or of all of `buf` if unfinished.
+fn request_line_len(buf: &[u8]) -> usize {
+    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(buf.len());
+    buf[start..].iter().position(|&b| b == b'\n').unwrap_or(buf.len() - start)
+}
+
+fn check_partial_limits(buf: &[u8], limits: &Limits) -> Result<(), RequestError> {
+    if request_line_len(buf) > limits.max_request_line_bytes {
+        return Err(RequestError::UriTooLong);
+    }
+    if buf.len() > limits.max_header_bytes {
+        return Err(RequestError::HeadersTooLarge("request head larger than max_header_bytes"));
+    }
+    Ok(())
+}

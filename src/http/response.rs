@@ -1,0 +1,150 @@
+//! Upstream response heads: parse with `httparse`, decide the body framing (RFC 9112 §6.3) and
+//! whether the upstream connection may be reused. A malformed head is a 502, never passed on.
+
+use super::body::BodyKind;
+use super::head::*;
+use bytes::{Bytes, BytesMut};
+
+/// Upstream heads larger than this are refused (nginx's `proxy_buffer_size` is far smaller).
+pub const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
+/// Upstream header fields beyond this count are refused.
+const MAX_RESPONSE_HEADERS: usize = 128;
+
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub raw: Bytes,
+    pub version: Version,
+    pub status: u16,
+    pub reason: Span,
+    /// End-to-end headers forwarded as they came.
+    pub headers: Vec<HeaderField>,
+    /// The upstream's Content-Length, passed on verbatim for bodiless HEAD/304 answers.
+    pub content_length: Option<Span>,
+    pub declared_chunked: bool,
+    pub body: BodyKind,
+    /// The upstream allows another request on this connection after the body.
+    pub reusable: bool,
+}
+
+impl ResponseHead {
+    /// 1xx other than 101: an interim answer, the final one follows on the same connection.
+    pub fn is_interim(&self) -> bool {
+        (100..200).contains(&self.status) && self.status != 101
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResponseError {
+    Malformed(&'static str),
+    TooLarge,
+}
+
+impl ResponseError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ResponseError::Malformed(why) => why,
+            ResponseError::TooLarge => "upstream response head too large",
+        }
+    }
+}
+
+/// Parses a response head from the front of `buf`; `request_was_head` makes any body absent.
+/// `Ok(None)`: incomplete, read more. On success the head's bytes are split off `buf`.
+pub fn parse_response(buf: &mut BytesMut, request_was_head: bool) -> Result<Option<ResponseHead>, ResponseError> {
+    let mut table = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let Some((len, mut head)) = parse_into(buf, request_was_head, &mut table)? else {
+        return Ok(None);
+    };
+    head.raw = buf.split_to(len).freeze();
+    Ok(Some(head))
+}
+
+fn parse_into<'b>(
+    buf: &'b [u8],
+    request_was_head: bool,
+    table: &mut [httparse::Header<'b>],
+) -> Result<Option<(usize, ResponseHead)>, ResponseError> {
+    let mut res = httparse::Response::new(table);
+    let len = match res.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_RESPONSE_HEAD_BYTES => {
+            return Err(ResponseError::TooLarge)
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(ResponseError::TooLarge),
+        Err(_) => return Err(ResponseError::Malformed("malformed upstream response head")),
+    };
+    if len > MAX_RESPONSE_HEAD_BYTES {
+        return Err(ResponseError::TooLarge);
+    }
+    let (Some(minor), Some(status)) = (res.version, res.code) else {
+        return Err(ResponseError::Malformed("malformed status line"));
+    };
+    if !(100..=999).contains(&status) {
+        return Err(ResponseError::Malformed("status code out of range"));
+    }
+    let version = if minor == 1 { Version::Http11 } else { Version::Http10 };
+
+    let mut conn = ConnectionOptions::default();
+    for h in res.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")) {
+        conn.add(buf, h.value);
+    }
+    let mut content_length = ContentLength::default();
+    let mut coding = TransferCoding::default();
+    let mut headers = Vec::with_capacity(res.headers.len());
+    for h in res.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            content_length.add(buf, h.value);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            coding.add(h.value);
+        } else if !is_hop_by_hop(name) && !conn.names(buf, name) {
+            headers.push(HeaderField {
+                name: Span::within(buf, name),
+                value: Span::within(buf, h.value),
+            });
+        }
+    }
+    let length = content_length
+        .get()
+        .map_err(|()| ResponseError::Malformed("invalid Content-Length from upstream"))?;
+    let mut reusable = match version {
+        Version::Http11 => !conn.close,
+        Version::Http10 => conn.keep_alive && !conn.close,
+    };
+    let body = if request_was_head || is_bodiless_status(status) {
+        BodyKind::Empty
+    } else {
+        match (coding, length) {
+            (TransferCoding::Chunked, cl) => {
+                // RFC 9112 §6.3: TE wins over CL, and such a connection must not be reused.
+                reusable &= cl.is_none();
+                BodyKind::Chunked
+            }
+            (TransferCoding::ChunkedAfterOthers, _) => {
+                return Err(ResponseError::Malformed("transfer codings other than chunked"))
+            }
+            (TransferCoding::NotChunked, _) => BodyKind::UntilClose,
+            (TransferCoding::Absent, Some(0)) => BodyKind::Empty,
+            (TransferCoding::Absent, Some(n)) => BodyKind::Length(n),
+            (TransferCoding::Absent, None) => BodyKind::UntilClose,
+        }
+    };
+    if body == BodyKind::UntilClose {
+        reusable = false;
+    }
+    Ok(Some((
+        len,
+        ResponseHead {
+            raw: Bytes::new(),
+            version,
+            status,
+            reason: Span::within(buf, res.reason.unwrap_or_default().as_bytes()),
+            headers,
+            content_length: content_length.raw,
+            declared_chunked: coding == TransferCoding::Chunked,
+            body,
+            reusable,
+        },
+    )))
+}

@@ -1,0 +1,63 @@
+//! Responses the proxy makes itself: short plain-text errors and `100 Continue`.
+
+use bytes::BytesMut;
+
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "Error",
+    }
+}
+
+/// Appends a complete error response, e.g. `502 Bad Gateway\n` as a text/plain body.
+pub fn write_error(out: &mut BytesMut, status: u16, keep_alive: bool) {
+    let reason = reason_phrase(status);
+    let body_len = 3 + 1 + reason.len() + 1;
+    let mut code_buf = itoa::Buffer::new();
+    let code = code_buf.format(status);
+    let mut len = itoa::Buffer::new();
+    for part in [
+        "HTTP/1.1 ",
+        code,
+        " ",
+        reason,
+        "\r\nServer: ringproxy\r\nContent-Type: text/plain\r\nContent-Length: ",
+        len.format(body_len),
+        if keep_alive { "\r\n\r\n" } else { "\r\nConnection: close\r\n\r\n" },
+        code,
+        " ",
+        reason,
+        "\n",
+    ] {
+        out.extend_from_slice(part.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_response_is_well_framed() {
+        let mut out = BytesMut::new();
+        write_error(&mut out, 502, false);
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 502 Bad Gateway\r\n"));
+        assert!(text.contains("Connection: close\r\n"));
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("Content-Length: {}", body.len())));
+        assert_eq!(body, "502 Bad Gateway\n");
+    }
+}

@@ -1,0 +1,14 @@
+//! ringproxy: a thread-per-core io_uring HTTP/1.1 reverse proxy and load balancer.
+//!
+//! Follow a request: `main.rs` -> `server::run` (workers, listeners) -> `worker` (one monoio
+//! runtime per core, accept loop) -> `proxy::serve_connection` (request phases) ->
+//! `upstream` (balancer, pool) and `http` (framing).
+
+pub mod config;
+pub mod http;
+pub mod listener;
+pub mod logging;
+pub mod proxy;
+pub mod server;
+pub mod upstream;
+pub mod worker;

@@ -1,0 +1,38 @@
+//! One structured line per request (target `access`), written through the non-blocking
+//! log writer so a slow stdout never stalls a worker.
+
+use std::time::{Duration, Instant};
+
+#[derive(Default)]
+pub struct AccessRecord {
+    pub status: u16,
+    pub backend: Option<usize>,
+    pub upstream_time: Option<Duration>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+pub struct AccessContext<'a> {
+    pub client: &'a str,
+    pub method: &'a [u8],
+    pub path: &'a [u8],
+    pub backend_url: Option<&'a str>,
+    pub worker: usize,
+    pub started: Instant,
+}
+
+pub fn emit(ctx: &AccessContext<'_>, rec: &AccessRecord) {
+    tracing::info!(
+        target: "access",
+        client = ctx.client,
+        method = %String::from_utf8_lossy(ctx.method),
+        path = %String::from_utf8_lossy(ctx.path),
+        status = rec.status,
+        backend = ctx.backend_url.unwrap_or("-"),
+        upstream_ms = rec.upstream_time.map_or(-1.0, |d| d.as_secs_f64() * 1000.0),
+        total_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
+        bytes_in = rec.bytes_in,
+        bytes_out = rec.bytes_out,
+        worker = ctx.worker,
+    );
+}

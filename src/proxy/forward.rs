@@ -1,0 +1,348 @@
+//! Forwarding one request: pick a backend, send the request, read the response head, stream the
+//! response back. A connect failure moves on to a backend not yet tried; a reused connection that
+//! fails before any response byte is retried once on a fresh connection when the request can be
+//! replayed (nothing of a streamed body consumed yet). Failures before the response starts get a
+//! status; after it started, the client connection is reset.
+
+use super::access_log::{self, AccessContext, AccessRecord};
+use super::io::{read_more_until, reset_on_close, write_buf, IoFail};
+use super::transfer::{transfer_body, OutFraming, Source, SourceFault, TransferError};
+use super::wire::{response_framing, write_request_head, write_response_head};
+use super::{ClientConn, WorkerCtx};
+use crate::http::{parse_response, status, BodyDecoder, BodyError, BodyKind, RequestHead, ResponseHead};
+use crate::upstream::{connect, ConnectError, UpstreamConn};
+use bytes::Bytes;
+use std::time::Instant;
+
+/// Request bodies up to this size that already sit in the read buffer are sent with the head in
+/// one write, and kept so the request can be replayed on a retry.
+const BUFFERED_BODY_MAX: u64 = 64 * 1024;
+/// Read size while waiting for an upstream response head.
+const UPSTREAM_HEAD_READ: usize = 16 * 1024;
+
+/// The request body, as far as the client side is concerned.
+enum RequestBody {
+    Empty,
+    /// Complete and already taken off the client connection.
+    Buffered(Bytes),
+    /// Still (partly) on the client connection; `started` once any of it was consumed.
+    Streaming { decoder: BodyDecoder, started: bool },
+}
+
+impl RequestBody {
+    fn new(req: &RequestHead, rbuf: &mut bytes::BytesMut) -> Self {
+        match req.body {
+            BodyKind::Empty => RequestBody::Empty,
+            BodyKind::Length(n) if n <= BUFFERED_BODY_MAX && rbuf.len() as u64 >= n => {
+                RequestBody::Buffered(rbuf.split_to(n as usize).freeze())
+            }
+            kind => RequestBody::Streaming {
+                decoder: BodyDecoder::new(kind),
+                started: false,
+            },
+        }
+    }
+
+    /// Fully read from the client, so its connection is positioned at the next request.
+    fn complete(&self) -> bool {
+        match self {
+            RequestBody::Empty | RequestBody::Buffered(_) => true,
+            RequestBody::Streaming { decoder, .. } => decoder.is_done(),
+        }
+    }
+
+    /// Safe to send again after a stale pooled connection failed before any response byte:
+    /// the body must still be at hand, and a non-idempotent request must not have sent one.
+    fn may_retry(&self, req: &RequestHead) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Buffered(_) => req.is_idempotent(),
+            RequestBody::Streaming { started, .. } => !started && req.is_idempotent(),
+        }
+    }
+
+    fn framing(&self, req: &RequestHead) -> OutFraming {
+        match req.body {
+            BodyKind::Empty => OutFraming::None,
+            BodyKind::Length(_) => OutFraming::Length,
+            BodyKind::Chunked | BodyKind::UntilClose => OutFraming::Chunked,
+        }
+    }
+}
+
+/// Why a request could not be completed.
+#[derive(Debug)]
+enum Failure {
+    NoBackendUp,
+    Connect(ConnectError),
+    UpstreamTimeout,
+    Upstream(&'static str),
+    BadRequestBody(BodyError),
+    BodyTooLarge,
+    ClientBodyTimeout,
+    /// The client closed or failed: nobody to answer.
+    ClientGone,
+    /// The response had started when the upstream failed: the client connection is reset.
+    Aborted(&'static str),
+}
+
+impl Failure {
+    /// Status sent to the client, `None` when no response can be sent.
+    fn status(&self) -> Option<u16> {
+        match self {
+            Failure::NoBackendUp => Some(503),
+            Failure::Connect(ConnectError::Timeout) | Failure::UpstreamTimeout => Some(504),
+            Failure::Connect(ConnectError::Failed(_)) | Failure::Upstream(_) => Some(502),
+            Failure::BadRequestBody(_) => Some(400),
+            Failure::BodyTooLarge => Some(413),
+            Failure::ClientBodyTimeout => Some(408),
+            Failure::ClientGone | Failure::Aborted(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::NoBackendUp => f.write_str("no backend is up"),
+            Failure::Connect(ConnectError::Timeout) => f.write_str("connect to upstream timed out"),
+            Failure::Connect(ConnectError::Failed(e)) => write!(f, "connect to upstream failed: {e}"),
+            Failure::UpstreamTimeout => f.write_str("upstream response head timed out"),
+            Failure::Upstream(why) | Failure::Aborted(why) => f.write_str(why),
+            Failure::BadRequestBody(e) => write!(f, "bad request body: {}", e.reason()),
+            Failure::BodyTooLarge => f.write_str("request body larger than max_body_bytes"),
+            Failure::ClientBodyTimeout => f.write_str("client stalled sending the body"),
+            Failure::ClientGone => f.write_str("client closed the connection"),
+        }
+    }
+}
+
+/// How reading a response head failed: `Stale` (closed before any byte) may be retried.
+enum HeadFailure {
+    Stale,
+    Failed(Failure),
+}
+
+/// Handles one request; returns whether the client connection can serve another.
+pub async fn handle(conn: &mut ClientConn, req: RequestHead, started: Instant, ctx: &WorkerCtx) -> bool {
+    let mut rec = AccessRecord {
+        bytes_in: req.raw.len() as u64,
+        ..Default::default()
+    };
+    let mut body = RequestBody::new(&req, &mut conn.rbuf);
+    let keep = match forward(conn, &req, &mut body, ctx, &mut rec).await {
+        Ok(keep) => keep,
+        Err(failure) => answer_failure(conn, &req, &body, ctx, failure, &mut rec).await,
+    };
+    if ctx.config.logging.access_log {
+        let backend_url = rec.backend.and_then(|b| ctx.backends.get(b)).map(|b| b.url.as_str());
+        let access = AccessContext {
+            client: &conn.peer_ip,
+            method: req.method(),
+            path: req.target(),
+            backend_url,
+            worker: ctx.worker_id,
+            started,
+        };
+        access_log::emit(&access, &rec);
+    }
+    keep
+}
+
+async fn forward(
+    conn: &mut ClientConn,
+    req: &RequestHead,
+    body: &mut RequestBody,
+    ctx: &WorkerCtx,
+    rec: &mut AccessRecord,
+) -> Result<bool, Failure> {
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last_connect_error = None;
+    let mut retry_fresh: Option<usize> = None;
+    let (mut up, resp) = loop {
+        let backend = match retry_fresh {
+            Some(b) => Some(b),
+            None => ctx.balancer.borrow_mut().pick(&ctx.backends, &tried),
+        };
+        let Some(backend) = backend else {
+            return Err(last_connect_error.map_or(Failure::NoBackendUp, Failure::Connect));
+        };
+        rec.backend = Some(backend);
+        let pooled = match retry_fresh {
+            Some(_) => None,
+            None => ctx.pool.borrow_mut().checkout(backend),
+        };
+        let mut up = match pooled {
+            Some(up) => up,
+            None => {
+                let addr = ctx.backends[backend].addr;
+                match connect(backend, addr, ctx.config.timeouts.connect).await {
+                    Ok(up) => up,
+                    Err(e) => {
+                        tracing::warn!(backend = %ctx.backends[backend].url, error = ?e, worker = ctx.worker_id, "upstream connect failed");
+                        tried.push(backend);
+                        last_connect_error = Some(e);
+                        retry_fresh = None;
+                        continue;
+                    }
+                }
+            }
+        };
+        let sent_at = Instant::now();
+        match exchange_head(conn, req, body, &mut up, ctx).await {
+            Ok(resp) => {
+                rec.upstream_time = Some(sent_at.elapsed());
+                break (up, resp);
+            }
+            Err(HeadFailure::Stale) if up.reused && retry_fresh.is_none() && body.may_retry(req) => {
+                tracing::debug!(backend = %ctx.backends[backend].url, "reused upstream connection was closed; retrying on a fresh one");
+                retry_fresh = Some(backend);
+            }
+            Err(HeadFailure::Stale) => return Err(Failure::Upstream("upstream closed the connection without a response")),
+            Err(HeadFailure::Failed(f)) => return Err(f),
+        }
+    };
+
+    let framing = response_framing(req, &resp);
+    let client_keep = req.keep_alive && framing != OutFraming::Close && body.complete();
+    conn.out.clear();
+    write_response_head(&mut conn.out, req, &resp, framing, client_keep);
+    rec.status = resp.status;
+    rec.bytes_out = conn.out.len() as u64;
+    let mut decoder = BodyDecoder::new(resp.body);
+    let source = Source {
+        stream: &mut up.stream,
+        buf: &mut up.rbuf,
+        decoder: &mut decoder,
+    };
+    match transfer_body(source, &mut conn.stream, &mut conn.out, framing, ctx.config.timeouts.io, None).await {
+        Ok(moved) => {
+            rec.bytes_out += moved;
+            if resp.reusable && decoder.is_done() {
+                ctx.pool.borrow_mut().checkin(up);
+            }
+            Ok(client_keep)
+        }
+        Err(TransferError::Source(fault)) => {
+            tracing::warn!(backend = %ctx.backends[up.backend].url, fault = ?fault, worker = ctx.worker_id, "upstream failed mid-response; resetting client connection");
+            Err(Failure::Aborted("upstream failed mid-response"))
+        }
+        Err(TransferError::Destination(_)) | Err(TransferError::TooLarge) => Err(Failure::ClientGone),
+    }
+}
+
+/// Sends the request (head and body) on `up` and reads the final response head.
+async fn exchange_head(
+    conn: &mut ClientConn,
+    req: &RequestHead,
+    body: &mut RequestBody,
+    up: &mut UpstreamConn,
+    ctx: &WorkerCtx,
+) -> Result<ResponseHead, HeadFailure> {
+    let timeouts = &ctx.config.timeouts;
+    let framing = body.framing(req);
+    conn.upstream_out.clear();
+    let authority = ctx.backends[up.backend].addr.to_string();
+    write_request_head(&mut conn.upstream_out, req, &conn.peer_ip, framing, &authority);
+    match body {
+        RequestBody::Empty | RequestBody::Buffered(_) => {
+            if let RequestBody::Buffered(data) = body {
+                conn.upstream_out.extend_from_slice(data);
+            }
+            match write_buf(&mut up.stream, &mut conn.upstream_out, timeouts.io).await {
+                Ok(()) => {}
+                Err(IoFail::Io(_)) => return Err(HeadFailure::Stale),
+                Err(IoFail::Timeout) => return Err(HeadFailure::Failed(Failure::Upstream("timed out sending the request"))),
+            }
+        }
+        RequestBody::Streaming { decoder, started } => {
+            if req.expect_continue && !*started && conn.rbuf.is_empty() {
+                conn.out.clear();
+                conn.out.extend_from_slice(status::CONTINUE);
+                write_buf(&mut conn.stream, &mut conn.out, timeouts.io)
+                    .await
+                    .map_err(|_| HeadFailure::Failed(Failure::ClientGone))?;
+            }
+            *started = true;
+            let source = Source {
+                stream: &mut conn.stream,
+                buf: &mut conn.rbuf,
+                decoder,
+            };
+            let max = ctx.config.limits.max_body_bytes;
+            transfer_body(source, &mut up.stream, &mut conn.upstream_out, framing, timeouts.io, max)
+                .await
+                .map_err(|e| HeadFailure::Failed(request_body_failure(e)))?;
+        }
+    }
+    read_response_head(up, req.is_head(), Instant::now() + timeouts.request).await
+}
+
+fn request_body_failure(e: TransferError) -> Failure {
+    match e {
+        TransferError::Source(SourceFault::Io(IoFail::Timeout)) => Failure::ClientBodyTimeout,
+        TransferError::Source(SourceFault::Io(IoFail::Io(_))) => Failure::ClientGone,
+        TransferError::Source(SourceFault::Framing(BodyError::Truncated)) => Failure::ClientGone,
+        TransferError::Source(SourceFault::Framing(e)) => Failure::BadRequestBody(e),
+        TransferError::TooLarge => Failure::BodyTooLarge,
+        TransferError::Destination(_) => Failure::Upstream("upstream failed while receiving the request body"),
+    }
+}
+
+/// Reads until a final (non-1xx) response head; interim 1xx answers are skipped.
+async fn read_response_head(up: &mut UpstreamConn, request_was_head: bool, deadline: Instant) -> Result<ResponseHead, HeadFailure> {
+    let mut received_any = false;
+    loop {
+        if !up.rbuf.is_empty() {
+            received_any = true;
+            match parse_response(&mut up.rbuf, request_was_head) {
+                Ok(Some(head)) if head.is_interim() => continue,
+                Ok(Some(head)) if head.status == 101 => {
+                    return Err(HeadFailure::Failed(Failure::Upstream("101 Switching Protocols without an upgrade request")))
+                }
+                Ok(Some(head)) => return Ok(head),
+                Ok(None) => {}
+                Err(e) => return Err(HeadFailure::Failed(Failure::Upstream(e.reason()))),
+            }
+        }
+        match read_more_until(&mut up.stream, &mut up.rbuf, UPSTREAM_HEAD_READ, deadline).await {
+            Ok(0) | Err(IoFail::Io(_)) if !received_any => return Err(HeadFailure::Stale),
+            Ok(0) | Err(IoFail::Io(_)) => {
+                return Err(HeadFailure::Failed(Failure::Upstream("upstream closed inside the response head")))
+            }
+            Ok(_) => {}
+            Err(IoFail::Timeout) => return Err(HeadFailure::Failed(Failure::UpstreamTimeout)),
+        }
+    }
+}
+
+/// Answers a failed request if the client can still be answered; returns whether to keep the
+/// connection (only when the request was fully read and the error is the upstream's).
+async fn answer_failure(
+    conn: &mut ClientConn,
+    req: &RequestHead,
+    body: &RequestBody,
+    ctx: &WorkerCtx,
+    failure: Failure,
+    rec: &mut AccessRecord,
+) -> bool {
+    let backend = rec.backend.and_then(|b| ctx.backends.get(b)).map_or("-", |b| b.url.as_str());
+    let Some(code) = failure.status() else {
+        tracing::info!(client = %conn.peer, backend, reason = %failure, worker = ctx.worker_id, "request abandoned");
+        if let Failure::Aborted(_) = failure {
+            reset_on_close(&conn.stream);
+            rec.status = if rec.status == 0 { 502 } else { rec.status };
+        } else {
+            // nginx's convention for "client closed the connection".
+            rec.status = 499;
+        }
+        return false;
+    };
+    tracing::warn!(client = %conn.peer, backend, status = code, reason = %failure, worker = ctx.worker_id, "request failed");
+    rec.status = code;
+    let keep = req.keep_alive && body.complete() && code >= 500;
+    conn.out.clear();
+    status::write_error(&mut conn.out, code, keep);
+    rec.bytes_out = conn.out.len() as u64;
+    write_buf(&mut conn.stream, &mut conn.out, ctx.config.timeouts.io).await.is_ok() && keep
+}

@@ -1,0 +1,92 @@
+//! Socket reads and writes with a bound on every wait. monoio takes buffers by value (io_uring
+//! owns them while the kernel works), so these helpers move the buffer in and put it back.
+
+use bytes::{Bytes, BytesMut};
+use monoio::buf::IoBufMut;
+use monoio::io::AsyncReadRent;
+use monoio::io::AsyncWriteRentExt;
+use monoio::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+#[derive(Debug)]
+pub enum IoFail {
+    Io(std::io::Error),
+    Timeout,
+}
+
+/// Reads more bytes after the existing content of `buf`, growing it by at least `reserve` spare
+/// bytes first. `Ok(0)` is EOF. On timeout the buffer is lost (the connection is finished anyway).
+pub async fn read_more(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    reserve: usize,
+    timeout: Duration,
+) -> Result<usize, IoFail> {
+    if buf.capacity() - buf.len() < reserve / 2 {
+        buf.reserve(reserve);
+    }
+    let (len, cap) = (buf.len(), buf.capacity());
+    // `read` writes at the buffer's start; slicing past the filled part makes it append.
+    let tail = std::mem::take(buf).slice_mut(len..cap);
+    match monoio::time::timeout(timeout, stream.read(tail)).await {
+        Ok((result, tail)) => {
+            *buf = tail.into_inner();
+            result.map_err(IoFail::Io)
+        }
+        Err(_) => Err(IoFail::Timeout),
+    }
+}
+
+/// Reads with a deadline instead of a duration; an expired deadline is a timeout.
+pub async fn read_more_until(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    reserve: usize,
+    deadline: Instant,
+) -> Result<usize, IoFail> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(IoFail::Timeout);
+    }
+    read_more(stream, buf, reserve, left).await
+}
+
+/// Writes all of `buf`, then empties it for reuse.
+pub async fn write_buf(stream: &mut TcpStream, buf: &mut BytesMut, timeout: Duration) -> Result<(), IoFail> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    match monoio::time::timeout(timeout, stream.write_all(std::mem::take(buf))).await {
+        Ok((result, mut returned)) => {
+            returned.clear();
+            *buf = returned;
+            result.map(drop).map_err(IoFail::Io)
+        }
+        Err(_) => Err(IoFail::Timeout),
+    }
+}
+
+/// Writes a frozen slice (body data split off a read buffer) without copying it.
+pub async fn write_bytes(stream: &mut TcpStream, data: Bytes, timeout: Duration) -> Result<(), IoFail> {
+    match monoio::time::timeout(timeout, stream.write_all(data)).await {
+        Ok((result, _)) => result.map(drop).map_err(IoFail::Io),
+        Err(_) => Err(IoFail::Timeout),
+    }
+}
+
+/// Makes the coming close send a RST instead of a FIN, so a peer that got a truncated body
+/// sees an error rather than what could pass for a complete close-delimited message.
+pub fn reset_on_close(stream: &TcpStream) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: valid fd owned by `stream`; the option value is a plain struct of the right size.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}

@@ -1,0 +1,127 @@
+//! The proxy: one client connection, request after request. The phases of a request are named
+//! functions: `read_request` -> `forward` (pick backend, send request, read response head,
+//! stream response) -> `access_log`. Errors before a response starts get a status; after, a reset.
+
+mod access_log;
+mod context;
+mod forward;
+pub mod io;
+pub mod transfer;
+mod wire;
+
+pub use context::WorkerCtx;
+
+use crate::http::{parse_request, status, RequestError, RequestHead};
+use bytes::BytesMut;
+use io::{read_more_until, write_buf, IoFail};
+use monoio::net::TcpStream;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// Initial client read buffer: enough for typical heads, small while a connection idles.
+const CLIENT_READ_BUF: usize = 4 * 1024;
+/// Buffers grown past this (large heads or bodies) are released before the next request.
+const KEEP_BUF_MAX: usize = 64 * 1024;
+
+/// One client connection's state that outlives a request.
+pub struct ClientConn {
+    pub stream: TcpStream,
+    /// Bytes read from the client not yet consumed (pipelined requests wait here).
+    pub rbuf: BytesMut,
+    /// Pending output to the client (heads, small bodies, chunk framing), reused.
+    pub out: BytesMut,
+    /// Pending output to the upstream, reused.
+    pub upstream_out: BytesMut,
+    pub peer: SocketAddr,
+    pub peer_ip: String,
+}
+
+enum ReadError {
+    /// Closed, or idle past the keep-alive timeout, between requests: close quietly.
+    Closed,
+    /// The head did not arrive in time: 408.
+    Timeout,
+    Invalid(RequestError),
+}
+
+/// Serves one accepted client connection until it closes or must be closed.
+pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Rc<WorkerCtx>) {
+    let _ = stream.set_nodelay(true);
+    let mut conn = ClientConn {
+        stream,
+        rbuf: BytesMut::with_capacity(CLIENT_READ_BUF),
+        out: BytesMut::new(),
+        upstream_out: BytesMut::new(),
+        peer,
+        peer_ip: peer.ip().to_string(),
+    };
+    let mut first = true;
+    loop {
+        let request = match read_request(&mut conn, &ctx, first).await {
+            Ok(r) => r,
+            Err(ReadError::Closed) => return,
+            Err(ReadError::Timeout) => {
+                tracing::info!(client = %conn.peer, worker = ctx.worker_id, "request head timed out (408)");
+                respond_error(&mut conn, &ctx, 408).await;
+                return;
+            }
+            Err(ReadError::Invalid(e)) => {
+                tracing::info!(client = %conn.peer, worker = ctx.worker_id, status = e.status(), reason = e.reason(), "bad request");
+                respond_error(&mut conn, &ctx, e.status()).await;
+                return;
+            }
+        };
+        first = false;
+        let (head, started) = request;
+        if !forward::handle(&mut conn, head, started, &ctx).await {
+            return;
+        }
+        if conn.rbuf.capacity() > KEEP_BUF_MAX && conn.rbuf.is_empty() {
+            conn.rbuf = BytesMut::with_capacity(CLIENT_READ_BUF);
+        }
+        if conn.out.capacity() > KEEP_BUF_MAX {
+            conn.out = BytesMut::new();
+        }
+    }
+}
+
+/// Reads the next request head. The first byte of a follow-up request may take up to the idle
+/// timeout; from then on (or from accept, for the first request) the whole head must arrive
+/// within the client header timeout, however slowly it trickles.
+async fn read_request(conn: &mut ClientConn, ctx: &WorkerCtx, first: bool) -> Result<(RequestHead, Instant), ReadError> {
+    let timeouts = &ctx.config.timeouts;
+    let mut started = Instant::now();
+    let mut deadline = (first || !conn.rbuf.is_empty()).then(|| started + timeouts.client_header);
+    loop {
+        if !conn.rbuf.is_empty() {
+            if let Some(head) = parse_request(&mut conn.rbuf, &ctx.config.limits).map_err(ReadError::Invalid)? {
+                return Ok((head, started));
+            }
+        }
+        let wait_until = deadline.unwrap_or_else(|| Instant::now() + timeouts.idle);
+        match read_more_until(&mut conn.stream, &mut conn.rbuf, CLIENT_READ_BUF, wait_until).await {
+            Ok(0) | Err(IoFail::Io(_)) => return Err(ReadError::Closed),
+            Ok(_) => {
+                if deadline.is_none() {
+                    started = Instant::now();
+                    deadline = Some(started + timeouts.client_header);
+                }
+            }
+            // Nothing sent at all: close quietly, as nginx does for an idle connection.
+            Err(IoFail::Timeout) if conn.rbuf.is_empty() => return Err(ReadError::Closed),
+            Err(IoFail::Timeout) => return Err(ReadError::Timeout),
+        }
+    }
+}
+
+/// Sends a proxy-made error response that ends the connection.
+async fn respond_error(conn: &mut ClientConn, ctx: &WorkerCtx, status: u16) {
+    conn.out.clear();
+    status::write_error(&mut conn.out, status, false);
+    let _ = write_buf(&mut conn.stream, &mut conn.out, io_timeout(ctx)).await;
+}
+
+fn io_timeout(ctx: &WorkerCtx) -> Duration {
+    ctx.config.timeouts.io
+}

@@ -1,0 +1,160 @@
+//! Streams one body from a source socket to a destination socket: decode the incoming framing,
+//! re-frame for the outgoing side, never hold more than a read's worth in memory. The same loop
+//! serves request bodies (client -> upstream) and response bodies (upstream -> client).
+
+use super::io::{read_more, write_buf, write_bytes, IoFail};
+use crate::http::{BodyDecoder, BodyError, Decoded};
+use bytes::{Bytes, BytesMut};
+use monoio::net::TcpStream;
+use std::time::Duration;
+
+/// Reads while streaming a body ask for this much buffer space.
+const BODY_READ_BYTES: usize = 64 * 1024;
+/// Pieces up to this size are copied into the pending output so that head, small bodies and
+/// chunk framing leave in one write; larger ones are written as they are, without a copy.
+const COALESCE_MAX: usize = 16 * 1024;
+
+/// How the outgoing side delimits the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutFraming {
+    /// No body is sent (HEAD, 204, 304, or an empty request body).
+    None,
+    /// Content-Length was sent: the bytes go as they are.
+    Length,
+    /// Re-framed as chunked.
+    Chunked,
+    /// HTTP/1.0 client: bytes as they are, end marked by closing the connection.
+    Close,
+}
+
+#[derive(Debug)]
+pub enum TransferError {
+    /// The source failed, stalled or closed early: the body cannot be completed.
+    Source(SourceFault),
+    /// The destination failed or stalled.
+    Destination(IoFail),
+    /// The body grew past the configured maximum.
+    TooLarge,
+}
+
+#[derive(Debug)]
+pub enum SourceFault {
+    Io(IoFail),
+    Framing(BodyError),
+}
+
+/// The source side of a transfer: a socket and the bytes already read from it.
+pub struct Source<'a> {
+    pub stream: &'a mut TcpStream,
+    pub buf: &'a mut BytesMut,
+    pub decoder: &'a mut BodyDecoder,
+}
+
+/// Streams the rest of the body. `out` may already hold bytes to send first (the message head);
+/// everything is flushed on return. Returns the payload bytes moved.
+pub async fn transfer_body(
+    src: Source<'_>,
+    dst: &mut TcpStream,
+    out: &mut BytesMut,
+    framing: OutFraming,
+    io_timeout: Duration,
+    max_bytes: Option<u64>,
+) -> Result<u64, TransferError> {
+    let mut moved = 0u64;
+    loop {
+        match src.decoder.decode(src.buf).map_err(|e| TransferError::Source(SourceFault::Framing(e)))? {
+            Decoded::Data(data) => {
+                moved += data.len() as u64;
+                if max_bytes.is_some_and(|max| moved > max) {
+                    return Err(TransferError::TooLarge);
+                }
+                if let Some(large) = frame(out, framing, data) {
+                    write_buf(dst, out, io_timeout).await.map_err(TransferError::Destination)?;
+                    write_bytes(dst, large, io_timeout).await.map_err(TransferError::Destination)?;
+                    if framing == OutFraming::Chunked {
+                        out.extend_from_slice(b"\r\n");
+                    }
+                }
+            }
+            Decoded::NeedMore => {
+                // Send what we have before waiting, so the destination sees progress.
+                write_buf(dst, out, io_timeout).await.map_err(TransferError::Destination)?;
+                let n = read_more(src.stream, src.buf, BODY_READ_BYTES, io_timeout)
+                    .await
+                    .map_err(|e| TransferError::Source(SourceFault::Io(e)))?;
+                if n == 0 {
+                    src.decoder
+                        .finish_at_eof()
+                        .map_err(|e| TransferError::Source(SourceFault::Framing(e)))?;
+                }
+            }
+            Decoded::Done => {
+                if framing == OutFraming::Chunked {
+                    out.extend_from_slice(b"0\r\n\r\n");
+                }
+                write_buf(dst, out, io_timeout).await.map_err(TransferError::Destination)?;
+                return Ok(moved);
+            }
+        }
+    }
+}
+
+/// Appends `data` to `out` with the outgoing framing; a piece too large to copy is handed back
+/// to be written directly (its chunk header, if any, is already in `out`).
+fn frame(out: &mut BytesMut, framing: OutFraming, data: Bytes) -> Option<Bytes> {
+    if framing == OutFraming::None || data.is_empty() {
+        return None;
+    }
+    if framing == OutFraming::Chunked {
+        write_chunk_size(out, data.len());
+    }
+    if data.len() > COALESCE_MAX {
+        return Some(data);
+    }
+    out.extend_from_slice(&data);
+    if framing == OutFraming::Chunked {
+        out.extend_from_slice(b"\r\n");
+    }
+    None
+}
+
+fn write_chunk_size(out: &mut BytesMut, len: usize) {
+    let mut hex = [0u8; 16];
+    let mut i = hex.len();
+    let mut n = len;
+    loop {
+        i -= 1;
+        hex[i] = b"0123456789abcdef"[n & 15];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&hex[i..]);
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_framing() {
+        let mut out = BytesMut::new();
+        assert!(frame(&mut out, OutFraming::Chunked, Bytes::from_static(b"hello world!!!!!!")).is_none());
+        assert_eq!(&out[..], b"11\r\nhello world!!!!!!\r\n");
+        let big = Bytes::from(vec![b'x'; COALESCE_MAX + 1]);
+        let mut out = BytesMut::new();
+        assert_eq!(frame(&mut out, OutFraming::Chunked, big.clone()), Some(big));
+        assert_eq!(&out[..], b"4001\r\n");
+    }
+
+    #[test]
+    fn none_framing_discards_and_length_copies_small() {
+        let mut out = BytesMut::new();
+        assert!(frame(&mut out, OutFraming::None, Bytes::from_static(b"abc")).is_none());
+        assert!(out.is_empty());
+        assert!(frame(&mut out, OutFraming::Length, Bytes::from_static(b"abc")).is_none());
+        assert_eq!(&out[..], b"abc");
+    }
+}

@@ -1,0 +1,166 @@
+//! Writes the heads the proxy sends: the request to the upstream (HTTP/1.1, hop-by-hop removed,
+//! X-Forwarded-* added) and the response to the client (re-framed for the client's version).
+
+use super::transfer::OutFraming;
+use crate::http::{BodyKind, RequestHead, ResponseHead, Version};
+use bytes::BytesMut;
+
+/// Appends the upstream request head. `client_ip` is the peer address as text.
+pub fn write_request_head(out: &mut BytesMut, req: &RequestHead, client_ip: &str, framing: OutFraming, backend_authority: &str) {
+    let raw = &req.raw[..];
+    out.extend_from_slice(req.method());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(req.target());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for h in &req.headers {
+        push_header(out, h.name.of(raw), h.value.of(raw));
+    }
+    if req.host.is_none() {
+        // HTTP/1.0 clients may omit Host; HTTP/1.1 upstreams require one.
+        push_header(out, b"Host", backend_authority.as_bytes());
+    }
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    for prior in &req.forwarded_for {
+        let v = prior.of(raw);
+        if !v.is_empty() {
+            out.extend_from_slice(v);
+            out.extend_from_slice(b", ");
+        }
+    }
+    out.extend_from_slice(client_ip.as_bytes());
+    out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\n");
+    if let Some(host) = req.host {
+        push_header(out, b"X-Forwarded-Host", host.of(raw));
+    }
+    if req.te_trailers {
+        out.extend_from_slice(b"TE: trailers\r\n");
+    }
+    match (framing, req.body) {
+        (OutFraming::Chunked, _) => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        (_, BodyKind::Length(n)) => push_content_length(out, n),
+        _ => {}
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How the response body goes to this client: HTTP/1.0 clients never get chunked.
+pub fn response_framing(req: &RequestHead, resp: &ResponseHead) -> OutFraming {
+    match resp.body {
+        BodyKind::Empty => OutFraming::None,
+        BodyKind::Length(_) => OutFraming::Length,
+        BodyKind::Chunked | BodyKind::UntilClose if req.version == Version::Http11 => OutFraming::Chunked,
+        BodyKind::Chunked | BodyKind::UntilClose => OutFraming::Close,
+    }
+}
+
+/// Appends the client response head.
+pub fn write_response_head(out: &mut BytesMut, req: &RequestHead, resp: &ResponseHead, framing: OutFraming, keep_alive: bool) {
+    let raw = &resp.raw[..];
+    let mut code = itoa::Buffer::new();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(code.format(resp.status).as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(resp.reason.of(raw));
+    out.extend_from_slice(b"\r\n");
+    for h in &resp.headers {
+        push_header(out, h.name.of(raw), h.value.of(raw));
+    }
+    match (framing, resp.body) {
+        (OutFraming::Length, BodyKind::Length(n)) => push_content_length(out, n),
+        (OutFraming::Chunked, _) => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        (OutFraming::None, _) if req.is_head() || resp.status == 304 => {
+            // A bodiless answer still describes the body it stands for (RFC 9110 §8.6).
+            if let Some(cl) = resp.content_length {
+                push_header(out, b"Content-Length", cl.of(raw));
+            } else if resp.declared_chunked && req.version == Version::Http11 {
+                out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+            }
+        }
+        _ => {}
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if req.version == Version::Http10 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_content_length(out: &mut BytesMut, n: u64) {
+    let mut buf = itoa::Buffer::new();
+    push_header(out, b"Content-Length", buf.format(n).as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Limits;
+    use crate::http::{parse_request, parse_response};
+
+    fn limits() -> Limits {
+        Limits {
+            max_request_line_bytes: 8192,
+            max_header_bytes: 65536,
+            max_headers: 100,
+            max_body_bytes: None,
+        }
+    }
+
+    fn request(raw: &str) -> RequestHead {
+        parse_request(&mut BytesMut::from(raw), &limits()).unwrap().unwrap()
+    }
+
+    #[test]
+    fn request_head_drops_hop_by_hop_and_adds_forwarded() {
+        let req = request(
+            "POST /p?q=1 HTTP/1.1\r\nHost: example.com\r\nConnection: keep-alive, X-Secret\r\n\
+             X-Secret: s\r\nKeep-Alive: 5\r\nProxy-Connection: x\r\nTE: trailers, gzip\r\nUpgrade: h2c\r\n\
+             X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Host: evil\r\nX-Forwarded-Proto: https\r\n\
+             Content-Length: 3\r\nAccept: */*\r\n\r\n",
+        );
+        let mut out = BytesMut::new();
+        write_request_head(&mut out, &req, "127.0.0.1", OutFraming::Length, "127.0.0.1:9000");
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "POST /p?q=1 HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\
+             X-Forwarded-For: 10.0.0.1, 127.0.0.1\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: example.com\r\n\
+             TE: trailers\r\nContent-Length: 3\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn http10_request_without_host_gets_one() {
+        let req = request("GET / HTTP/1.0\r\n\r\n");
+        let mut out = BytesMut::new();
+        write_request_head(&mut out, &req, "::1", OutFraming::None, "127.0.0.1:9000");
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(text.starts_with("GET / HTTP/1.1\r\nHost: 127.0.0.1:9000\r\nX-Forwarded-For: ::1\r\n"));
+        assert!(!req.keep_alive);
+    }
+
+    #[test]
+    fn response_reframed_for_http10_and_head_keeps_length() {
+        let req10 = request("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nKeep-Alive: 1\r\nX-A: b\r\n\r\n");
+        let resp = parse_response(&mut buf, false).unwrap().unwrap();
+        let framing = response_framing(&req10, &resp);
+        assert_eq!(framing, OutFraming::Close);
+        let mut out = BytesMut::new();
+        write_response_head(&mut out, &req10, &resp, framing, false);
+        assert_eq!(&out[..], b"HTTP/1.1 200 OK\r\nX-A: b\r\nConnection: close\r\n\r\n");
+
+        let head = request("HEAD / HTTP/1.1\r\nHost: a\r\n\r\n");
+        let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n");
+        let resp = parse_response(&mut buf, true).unwrap().unwrap();
+        let mut out = BytesMut::new();
+        write_response_head(&mut out, &head, &resp, response_framing(&head, &resp), true);
+        assert_eq!(&out[..], b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n");
+    }
+}

@@ -1,0 +1,53 @@
+//! Backends and the part of their state shared by all cores. Up/down and the effective weight
+//! are atomics: workers read them on every pick without a lock; the health thread (and later the
+//! admin API) writes them.
+
+use crate::config::ResolvedBackend;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+
+#[derive(Debug)]
+pub struct Backend {
+    pub url: String,
+    pub addr: SocketAddr,
+    pub health_check_path: String,
+    up: AtomicBool,
+    weight: AtomicU32,
+}
+
+impl Backend {
+    pub fn new(b: &ResolvedBackend) -> Self {
+        Backend {
+            url: b.url.clone(),
+            addr: b.addr,
+            health_check_path: b.health_check_path.clone(),
+            // Until health checks run, every backend is taken to be up.
+            up: AtomicBool::new(true),
+            weight: AtomicU32::new(b.weight),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::Relaxed);
+    }
+
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    pub fn set_weight(&self, weight: u32) {
+        self.weight.store(weight, Ordering::Relaxed);
+    }
+}
+
+/// The backends of the default upstream group, shared by every worker.
+pub type BackendSet = Arc<[Backend]>;
+
+pub fn backend_set(resolved: &[ResolvedBackend]) -> BackendSet {
+    resolved.iter().map(Backend::new).collect()
+}

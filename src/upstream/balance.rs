@@ -1,0 +1,116 @@
+//! Backend selection, one `Balancer` per worker (no shared cursor, no lock).
+//! `RoundRobin` rotates over the backends that are up; `Weighted` is nginx's smooth weighted
+//! round robin, which interleaves picks (a:5 b:1 c:1 gives a a b a c a a) instead of bursting.
+
+use super::Backend;
+use crate::config::Strategy;
+
+#[derive(Debug)]
+pub struct Balancer {
+    strategy: Strategy,
+    next: usize,
+    current_weight: Vec<i64>,
+}
+
+impl Balancer {
+    pub fn new(strategy: Strategy, backends: usize) -> Self {
+        Balancer {
+            strategy,
+            next: 0,
+            current_weight: vec![0; backends],
+        }
+    }
+
+    /// Chooses a backend that is up and not in `excluded`; `None` when there is none.
+    pub fn pick(&mut self, backends: &[Backend], excluded: &[usize]) -> Option<usize> {
+        if self.current_weight.len() != backends.len() {
+            self.current_weight = vec![0; backends.len()];
+        }
+        let eligible = |i: usize| backends[i].is_up() && !excluded.contains(&i);
+        match self.strategy {
+            Strategy::RoundRobin => {
+                let n = backends.len();
+                let chosen = (0..n).map(|k| (self.next + k) % n).find(|&i| eligible(i))?;
+                self.next = (chosen + 1) % n;
+                Some(chosen)
+            }
+            Strategy::Weighted => {
+                let mut total = 0i64;
+                let mut best: Option<usize> = None;
+                for i in (0..backends.len()).filter(|&i| eligible(i)) {
+                    let w = i64::from(backends[i].weight());
+                    self.current_weight[i] += w;
+                    total += w;
+                    if best.is_none_or(|b| self.current_weight[i] > self.current_weight[b]) {
+                        best = Some(i);
+                    }
+                }
+                let chosen = best?;
+                self.current_weight[chosen] -= total;
+                Some(chosen)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ResolvedBackend;
+
+    fn backends(weights: &[u32]) -> Vec<Backend> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| {
+                Backend::new(&ResolvedBackend {
+                    url: format!("http://127.0.0.1:{}", 9000 + i),
+                    addr: ([127, 0, 0, 1], 9000 + i as u16).into(),
+                    weight: w,
+                    health_check_path: "/health".into(),
+                })
+            })
+            .collect()
+    }
+
+    fn picks(b: &mut Balancer, set: &[Backend], n: usize) -> Vec<usize> {
+        (0..n).map(|_| b.pick(set, &[]).unwrap()).collect()
+    }
+
+    #[test]
+    fn smooth_weighted_matches_nginx_sequence() {
+        let set = backends(&[5, 1, 1]);
+        let mut b = Balancer::new(Strategy::Weighted, 3);
+        assert_eq!(picks(&mut b, &set, 7), vec![0, 0, 1, 0, 2, 0, 0]);
+    }
+
+    #[test]
+    fn weighted_spread_is_proportional() {
+        let set = backends(&[3, 1]);
+        let mut b = Balancer::new(Strategy::Weighted, 2);
+        let p = picks(&mut b, &set, 400);
+        assert_eq!(p.iter().filter(|&&i| i == 0).count(), 300);
+    }
+
+    #[test]
+    fn round_robin_ignores_weights_and_skips_down() {
+        let set = backends(&[3, 1, 1]);
+        let mut b = Balancer::new(Strategy::RoundRobin, 3);
+        assert_eq!(picks(&mut b, &set, 4), vec![0, 1, 2, 0]);
+        set[1].set_up(false);
+        assert_eq!(picks(&mut b, &set, 4), vec![2, 0, 2, 0]);
+    }
+
+    #[test]
+    fn exclusion_and_all_down() {
+        let set = backends(&[1, 1]);
+        for strategy in [Strategy::RoundRobin, Strategy::Weighted] {
+            let mut b = Balancer::new(strategy, 2);
+            assert_eq!(b.pick(&set, &[0]), Some(1));
+            assert_eq!(b.pick(&set, &[0, 1]), None);
+        }
+        set[0].set_up(false);
+        set[1].set_up(false);
+        assert_eq!(Balancer::new(Strategy::Weighted, 2).pick(&set, &[]), None);
+    }
+}

@@ -1,0 +1,133 @@
+//! Per-worker keep-alive connections to backends. Owned by one worker, so plain data: no lock.
+//! Connections are reused most-recently-idle first (keeps the hot set small and warm) and
+//! closed after `idle_timeout`, or when more than `max_idle_per_backend` wait.
+
+use crate::config::PoolSettings;
+use bytes::BytesMut;
+use monoio::net::TcpStream;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+/// Read buffer of a fresh upstream connection; it grows for large heads and bodies.
+const UPSTREAM_READ_BUF: usize = 16 * 1024;
+/// A connection idle longer than this is checked for a close by the upstream before reuse;
+/// a fresher one is trusted (and the request retried if it proves stale).
+const PEEK_AFTER_IDLE: Duration = Duration::from_secs(2);
+
+pub struct UpstreamConn {
+    pub stream: TcpStream,
+    pub rbuf: BytesMut,
+    pub backend: usize,
+    /// Taken from the pool rather than freshly connected.
+    pub reused: bool,
+}
+
+struct IdleConn {
+    conn: UpstreamConn,
+    since: Instant,
+}
+
+pub struct UpstreamPool {
+    idle: Vec<VecDeque<IdleConn>>,
+    settings: PoolSettings,
+}
+
+impl UpstreamPool {
+    pub fn new(settings: PoolSettings, backends: usize) -> Self {
+        UpstreamPool {
+            idle: (0..backends).map(|_| VecDeque::new()).collect(),
+            settings,
+        }
+    }
+
+    /// The most recently idle live connection to `backend`, if any.
+    pub fn checkout(&mut self, backend: usize) -> Option<UpstreamConn> {
+        let queue = self.idle.get_mut(backend)?;
+        while let Some(IdleConn { mut conn, since }) = queue.pop_back() {
+            let idle_for = since.elapsed();
+            if idle_for >= self.settings.idle_timeout {
+                // Everything older is expired too.
+                queue.clear();
+                return None;
+            }
+            if idle_for < PEEK_AFTER_IDLE || still_open(&conn.stream) {
+                conn.reused = true;
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose last exchange ended cleanly.
+    pub fn checkin(&mut self, conn: UpstreamConn) {
+        let max = self.settings.max_idle_per_backend;
+        let Some(queue) = self.idle.get_mut(conn.backend) else {
+            return;
+        };
+        if max == 0 || !conn.rbuf.is_empty() {
+            return;
+        }
+        if queue.len() >= max {
+            queue.pop_front();
+        }
+        queue.push_back(IdleConn {
+            conn,
+            since: Instant::now(),
+        });
+    }
+
+    /// Closes connections idle longer than the timeout; run periodically by the worker.
+    pub fn sweep(&mut self) {
+        let timeout = self.settings.idle_timeout;
+        for queue in &mut self.idle {
+            while queue.front().is_some_and(|c| c.since.elapsed() >= timeout) {
+                queue.pop_front();
+            }
+        }
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle.iter().map(VecDeque::len).sum()
+    }
+}
+
+/// An idle keep-alive connection must have nothing to read: EOF or stray bytes mean it is
+/// unusable. One non-blocking peek, done only for connections idle a while.
+fn still_open(stream: &TcpStream) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: valid fd owned by `stream`, one-byte buffer on the stack.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+}
+
+#[derive(Debug)]
+pub enum ConnectError {
+    Failed(std::io::Error),
+    Timeout,
+}
+
+/// Opens a new connection to a backend within `timeout`.
+pub async fn connect(backend: usize, addr: SocketAddr, timeout: Duration) -> Result<UpstreamConn, ConnectError> {
+    let stream = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(ConnectError::Failed(e)),
+        Err(_) => return Err(ConnectError::Timeout),
+    };
+    // Heads and small bodies go out in one write; Nagle would only add latency.
+    let _ = stream.set_nodelay(true);
+    Ok(UpstreamConn {
+        stream,
+        rbuf: BytesMut::with_capacity(UPSTREAM_READ_BUF),
+        backend,
+        reused: false,
+    })
+}
