@@ -4,6 +4,7 @@
 use crate::config::ValidConfig;
 use crate::proxy::{serve_connection, WorkerCtx};
 use crate::upstream::BackendSet;
+use std::cell::Cell;
 use std::io;
 use std::rc::Rc;
 use std::sync::mpsc::SyncSender;
@@ -14,6 +15,8 @@ use std::time::Duration;
 const POOL_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Pause after a failed accept (e.g. EMFILE) so the loop does not spin on it.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+/// Bound on writing the refusal to a connection over the cap.
+const REFUSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// io_uring submission queue size per worker.
 const URING_ENTRIES: u32 = 4096;
 
@@ -35,7 +38,10 @@ pub fn driver_name() -> &'static str {
 }
 
 /// Starts the worker thread; it reports on `ready` once it accepts connections (or why it can't).
-pub fn spawn(spec: WorkerSpec, ready: SyncSender<io::Result<()>>) -> io::Result<std::thread::JoinHandle<()>> {
+pub fn spawn(
+    spec: WorkerSpec,
+    ready: SyncSender<io::Result<()>>,
+) -> io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("worker-{}", spec.id))
         .spawn(move || {
@@ -63,10 +69,20 @@ fn run(spec: WorkerSpec, ready: &SyncSender<io::Result<()>>) -> io::Result<()> {
             "worker listening"
         );
         let _ = ready.send(Ok(()));
+        let max_connections = ctx.config.limits.max_connections;
+        let active = Rc::new(Cell::new(0usize));
         loop {
             match listener.accept().await {
+                Ok((stream, _)) if active.get() >= max_connections => {
+                    monoio::spawn(refuse_connection(stream, ctx.clone()));
+                }
                 Ok((stream, peer)) => {
-                    monoio::spawn(serve_connection(stream, peer, ctx.clone()));
+                    let slot = ConnectionSlot::take(&active);
+                    let ctx = ctx.clone();
+                    monoio::spawn(async move {
+                        serve_connection(stream, peer, ctx).await;
+                        drop(slot);
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(worker = spec.id, error = %e, "accept failed");
@@ -75,6 +91,35 @@ fn run(spec: WorkerSpec, ready: &SyncSender<io::Result<()>>) -> io::Result<()> {
             }
         }
     })
+}
+
+/// Counts a live client connection for `max_connections`; released when dropped.
+struct ConnectionSlot(Rc<Cell<usize>>);
+
+impl ConnectionSlot {
+    fn take(active: &Rc<Cell<usize>>) -> Self {
+        active.set(active.get() + 1);
+        ConnectionSlot(active.clone())
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+/// Over the connection cap: answer 503 and close at once, rather than leave the client
+/// waiting in the backlog or let descriptors run out.
+async fn refuse_connection(mut stream: monoio::net::TcpStream, ctx: Rc<WorkerCtx>) {
+    tracing::warn!(
+        worker = ctx.worker_id,
+        max = ctx.config.limits.max_connections,
+        "connection limit reached; refusing"
+    );
+    let mut out = bytes::BytesMut::new();
+    crate::http::status::write_error(&mut out, 503, false);
+    let _ = crate::proxy::io::write_buf(&mut stream, &mut out, REFUSE_WRITE_TIMEOUT).await;
 }
 
 async fn sweep_pool(ctx: Rc<WorkerCtx>) {

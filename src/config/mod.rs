@@ -7,7 +7,9 @@ mod schema;
 mod validate;
 
 pub use schema::*;
-pub use validate::{HealthSettings, Limits, PoolSettings, ResolvedBackend, Timeouts, ValidConfig};
+pub use validate::{
+    HealthSettings, Limits, PassiveSettings, PoolSettings, ResolvedBackend, Timeouts, ValidConfig,
+};
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -21,6 +21,8 @@ pub struct Config {
     #[serde(default)]
     pub timeouts: TimeoutConfig,
     #[serde(default)]
+    pub passive_health: PassiveHealthConfig,
+    #[serde(default)]
     pub upstream: UpstreamConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -123,6 +125,8 @@ pub struct HealthCheckConfig {
     pub timeout_seconds: f64,
     pub failure_threshold: i64,
     pub success_threshold: i64,
+    /// Status codes that count as healthy: ranges and codes, e.g. `"200-399"` or `"200,204"`.
+    pub expected_status: String,
 }
 
 impl Default for HealthCheckConfig {
@@ -133,6 +137,31 @@ impl Default for HealthCheckConfig {
             timeout_seconds: 5.0,
             failure_threshold: 3,
             success_threshold: 2,
+            expected_status: "200-399".into(),
+        }
+    }
+}
+
+/// Circuit breaking on real traffic (nginx's `max_fails`/`fail_timeout`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PassiveHealthConfig {
+    pub enabled: bool,
+    /// Failures within `fail_timeout_seconds` that eject a backend (default 3).
+    pub max_fails: i64,
+    /// Failure window and ejection cool-down (default 10).
+    pub fail_timeout_seconds: f64,
+    /// Count 5xx responses as failures (default false: only connect errors, resets, timeouts).
+    pub eject_on_5xx: bool,
+}
+
+impl Default for PassiveHealthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_fails: 3,
+            fail_timeout_seconds: 10.0,
+            eject_on_5xx: false,
         }
     }
 }
@@ -198,6 +227,9 @@ pub struct UpstreamConfig {
     pub max_idle_per_backend: i64,
     /// Idle pooled connections are closed after this (default 60).
     pub idle_timeout_seconds: f64,
+    /// Further backends tried after a retryable failure; default: the number of other
+    /// backends, at most 2.
+    pub retries: Option<i64>,
 }
 
 impl Default for UpstreamConfig {
@@ -205,6 +237,7 @@ impl Default for UpstreamConfig {
         Self {
             max_idle_per_backend: 64,
             idle_timeout_seconds: 60.0,
+            retries: None,
         }
     }
 }
@@ -220,6 +253,8 @@ pub struct LimitsConfig {
     pub max_headers: i64,
     /// Largest request body, 0 = unlimited (default 0) -> 413.
     pub max_body_bytes: i64,
+    /// Client connections per worker; beyond it new ones get a 503 and are closed (default 16384).
+    pub max_connections: i64,
 }
 
 impl Default for LimitsConfig {
@@ -229,6 +264,7 @@ impl Default for LimitsConfig {
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             max_body_bytes: 0,
+            max_connections: 16384,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! (durations, sizes, resolved backend addresses). All problems are reported, not just the first.
 
 use super::schema::*;
+pub use crate::upstream::passive::PassiveSettings;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
@@ -37,12 +38,15 @@ pub struct Limits {
     pub max_headers: usize,
     /// `None` = unlimited.
     pub max_body_bytes: Option<u64>,
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
     pub max_idle_per_backend: usize,
     pub idle_timeout: Duration,
+    /// Further backends tried after a retryable failure.
+    pub retries: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -52,6 +56,16 @@ pub struct HealthSettings {
     pub timeout: Duration,
     pub failure_threshold: u32,
     pub success_threshold: u32,
+    /// Inclusive status ranges that count as healthy.
+    pub expected_status: Vec<(u16, u16)>,
+}
+
+impl HealthSettings {
+    pub fn expects(&self, status: u16) -> bool {
+        self.expected_status
+            .iter()
+            .any(|&(lo, hi)| (lo..=hi).contains(&status))
+    }
 }
 
 /// A config that passed validation, in the types the proxy uses.
@@ -67,6 +81,7 @@ pub struct ValidConfig {
     pub logging: LoggingConfig,
     pub timeouts: Timeouts,
     pub pool: PoolSettings,
+    pub passive: PassiveSettings,
     pub limits: Limits,
 }
 
@@ -89,7 +104,10 @@ impl Checker {
         if value.is_finite() && value > 0.0 && value <= 1e9 {
             Duration::from_secs_f64(value)
         } else {
-            self.fail(key, format!("must be a positive number of seconds, got {value}"));
+            self.fail(
+                key,
+                format!("must be a positive number of seconds, got {value}"),
+            );
             Duration::from_secs(1)
         }
     }
@@ -111,7 +129,10 @@ pub fn validate(c: Config) -> Result<ValidConfig, Vec<Problem>> {
     let listen = match c.server.host.parse::<IpAddr>() {
         Ok(ip) => SocketAddr::new(ip, port),
         Err(_) => {
-            ck.fail("server.host", format!("not an IP address: {:?}", c.server.host));
+            ck.fail(
+                "server.host",
+                format!("not an IP address: {:?}", c.server.host),
+            );
             SocketAddr::from(([127, 0, 0, 1], port))
         }
     };
@@ -135,22 +156,59 @@ pub fn validate(c: Config) -> Result<ValidConfig, Vec<Problem>> {
         enabled: h.enabled,
         interval: ck.seconds("health_checks.interval_seconds", h.interval_seconds),
         timeout: ck.seconds("health_checks.timeout_seconds", h.timeout_seconds),
-        failure_threshold: ck.range("health_checks.failure_threshold", h.failure_threshold, 1, 1000)
-            as u32,
-        success_threshold: ck.range("health_checks.success_threshold", h.success_threshold, 1, 1000)
-            as u32,
+        failure_threshold: ck.range(
+            "health_checks.failure_threshold",
+            h.failure_threshold,
+            1,
+            1000,
+        ) as u32,
+        success_threshold: ck.range(
+            "health_checks.success_threshold",
+            h.success_threshold,
+            1,
+            1000,
+        ) as u32,
+        expected_status: parse_status_ranges(&h.expected_status).unwrap_or_else(|| {
+            ck.fail(
+                "health_checks.expected_status",
+                format!(
+                    "expected status codes like \"200-399\" or \"200,204\", got {:?}",
+                    h.expected_status
+                ),
+            );
+            vec![]
+        }),
+    };
+    let p = &c.passive_health;
+    let passive = PassiveSettings {
+        enabled: p.enabled,
+        max_fails: ck.range("passive_health.max_fails", p.max_fails, 1, 1_000_000) as u32,
+        fail_timeout: ck.seconds(
+            "passive_health.fail_timeout_seconds",
+            p.fail_timeout_seconds,
+        ),
+        eject_on_5xx: p.eject_on_5xx,
     };
 
     if c.logging.level.trim().is_empty() {
         ck.fail("logging.level", "must not be empty (e.g. \"info\")");
     } else if tracing_subscriber::EnvFilter::try_new(&c.logging.level).is_err() {
-        ck.fail("logging.level", format!("not a valid level or filter: {:?}", c.logging.level));
+        ck.fail(
+            "logging.level",
+            format!("not a valid level or filter: {:?}", c.logging.level),
+        );
     }
 
     let t = &c.timeouts;
     let timeouts = Timeouts {
-        connect: ck.seconds("timeouts.connect_timeout_seconds", t.connect_timeout_seconds),
-        request: ck.seconds("timeouts.request_timeout_seconds", t.request_timeout_seconds),
+        connect: ck.seconds(
+            "timeouts.connect_timeout_seconds",
+            t.connect_timeout_seconds,
+        ),
+        request: ck.seconds(
+            "timeouts.request_timeout_seconds",
+            t.request_timeout_seconds,
+        ),
         client_header: ck.seconds(
             "timeouts.client_header_timeout_seconds",
             t.client_header_timeout_seconds,
@@ -161,21 +219,35 @@ pub fn validate(c: Config) -> Result<ValidConfig, Vec<Problem>> {
 
     let u = &c.upstream;
     let pool = PoolSettings {
-        max_idle_per_backend: ck.range("upstream.max_idle_per_backend", u.max_idle_per_backend, 0, 100_000)
-            as usize,
+        max_idle_per_backend: ck.range(
+            "upstream.max_idle_per_backend",
+            u.max_idle_per_backend,
+            0,
+            100_000,
+        ) as usize,
         idle_timeout: ck.seconds("upstream.idle_timeout_seconds", u.idle_timeout_seconds),
+        retries: match u.retries {
+            Some(n) => ck.range("upstream.retries", n, 0, 100) as usize,
+            None => c.backends.len().saturating_sub(1).min(2),
+        },
     };
 
     let l = &c.limits;
     let limits = Limits {
-        max_request_line_bytes: ck.range("limits.max_request_line_bytes", l.max_request_line_bytes, 64, 1 << 20)
+        max_request_line_bytes: ck.range(
+            "limits.max_request_line_bytes",
+            l.max_request_line_bytes,
+            64,
+            1 << 20,
+        ) as usize,
+        max_header_bytes: ck.range("limits.max_header_bytes", l.max_header_bytes, 256, 16 << 20)
             as usize,
-        max_header_bytes: ck.range("limits.max_header_bytes", l.max_header_bytes, 256, 16 << 20) as usize,
         max_headers: ck.range("limits.max_headers", l.max_headers, 1, MAX_HEADERS_CEILING) as usize,
         max_body_bytes: match ck.range("limits.max_body_bytes", l.max_body_bytes, 0, i64::MAX) {
             0 => None,
             n => Some(n as u64),
         },
+        max_connections: ck.range("limits.max_connections", l.max_connections, 1, 1 << 24) as usize,
     };
 
     if !ck.problems.is_empty() {
@@ -191,8 +263,21 @@ pub fn validate(c: Config) -> Result<ValidConfig, Vec<Problem>> {
         logging: c.logging,
         timeouts,
         pool,
+        passive,
         limits,
     })
+}
+
+/// `"200-399"`, `"200,204,301-302"` -> inclusive ranges; `None` if malformed or out of 100-599.
+fn parse_status_ranges(spec: &str) -> Option<Vec<(u16, u16)>> {
+    spec.split(',')
+        .map(|part| {
+            let part = part.trim();
+            let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+            let (lo, hi): (u16, u16) = (lo.trim().parse().ok()?, hi.trim().parse().ok()?);
+            ((100..=599).contains(&lo) && (lo..=599).contains(&hi)).then_some((lo, hi))
+        })
+        .collect()
 }
 
 fn resolve_backend(ck: &mut Checker, i: usize, b: &BackendConfig) -> Option<ResolvedBackend> {
@@ -209,11 +294,17 @@ fn resolve_backend(ck: &mut Checker, i: usize, b: &BackendConfig) -> Option<Reso
         }
     };
     if url.scheme() != "http" {
-        ck.fail(key("url"), format!("only http:// backends are supported, got {:?}", b.url));
+        ck.fail(
+            key("url"),
+            format!("only http:// backends are supported, got {:?}", b.url),
+        );
         return None;
     }
     if !matches!(url.path(), "" | "/") || url.query().is_some() {
-        ck.fail(key("url"), "must not have a path or query: requests keep their own path");
+        ck.fail(
+            key("url"),
+            "must not have a path or query: requests keep their own path",
+        );
         return None;
     }
     let host = url.host_str().unwrap_or_default();
@@ -248,8 +339,11 @@ mod tests {
 
     #[test]
     fn minimal_config_gets_documented_defaults() {
-        let c = crate::config::parse(Path::new("t.toml"), "[[backends]]\nurl = \"http://127.0.0.1:9001\"\n")
-            .expect("valid");
+        let c = crate::config::parse(
+            Path::new("t.toml"),
+            "[[backends]]\nurl = \"http://127.0.0.1:9001\"\n",
+        )
+        .expect("valid");
         assert_eq!(c.listen, "127.0.0.1:3000".parse().unwrap());
         assert_eq!(c.workers, None);
         assert!(c.pin_cores);
@@ -274,18 +368,33 @@ mod tests {
 
     #[test]
     fn errors_name_file_line_and_key() {
-        let errs = problems("[server]\nport = 70000\n\n[[backends]]\nurl = \"http://127.0.0.1:1\"\nweight = 0\n");
+        let errs = problems(
+            "[server]\nport = 70000\n\n[[backends]]\nurl = \"http://127.0.0.1:1\"\nweight = 0\n",
+        );
         assert_eq!(errs.len(), 2, "{errs:?}");
-        assert!(errs[0].starts_with("t.toml:2:1: server.port: must be between 1 and 65535"), "{errs:?}");
-        assert!(errs[1].starts_with("t.toml:6:1: backends[0].weight: must be between 1"), "{errs:?}");
+        assert!(
+            errs[0].starts_with("t.toml:2:1: server.port: must be between 1 and 65535"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].starts_with("t.toml:6:1: backends[0].weight: must be between 1"),
+            "{errs:?}"
+        );
     }
 
     #[test]
     fn unknown_key_and_wrong_type_are_errors_with_lines() {
         let errs = problems("[server]\nprot = 1\n[[backends]]\nurl = \"http://127.0.0.1:1\"\n");
-        assert!(errs[0].contains("t.toml:2:") && errs[0].contains("unknown field `prot`"), "{errs:?}");
-        let errs = problems("[server]\npin_cores = \"yes\"\n[[backends]]\nurl = \"http://127.0.0.1:1\"\n");
-        assert!(errs[0].contains("t.toml:2:") && errs[0].contains("server.pin_cores"), "{errs:?}");
+        assert!(
+            errs[0].contains("t.toml:2:") && errs[0].contains("unknown field `prot`"),
+            "{errs:?}"
+        );
+        let errs =
+            problems("[server]\npin_cores = \"yes\"\n[[backends]]\nurl = \"http://127.0.0.1:1\"\n");
+        assert!(
+            errs[0].contains("t.toml:2:") && errs[0].contains("server.pin_cores"),
+            "{errs:?}"
+        );
     }
 
     #[test]
@@ -297,10 +406,46 @@ mod tests {
     }
 
     #[test]
+    fn status_ranges() {
+        assert_eq!(parse_status_ranges("200-399"), Some(vec![(200, 399)]));
+        assert_eq!(
+            parse_status_ranges("200, 204,301-302"),
+            Some(vec![(200, 200), (204, 204), (301, 302)])
+        );
+        assert_eq!(parse_status_ranges("300-200"), None);
+        assert_eq!(parse_status_ranges("abc"), None);
+        assert_eq!(parse_status_ranges(""), None);
+        assert!(problems("[health_checks]\nexpected_status = \"2xx\"\n[[backends]]\nurl = \"http://127.0.0.1:1\"\n")[0]
+            .contains("t.toml:2:1: health_checks.expected_status"));
+    }
+
+    #[test]
+    fn retries_default_to_other_backends_at_most_two() {
+        let one = "[[backends]]\nurl = \"http://127.0.0.1:1\"\n";
+        let parse = |s: &str| {
+            crate::config::parse(Path::new("t.toml"), s)
+                .unwrap()
+                .pool
+                .retries
+        };
+        assert_eq!(parse(one), 0);
+        assert_eq!(parse(&one.repeat(2)), 1);
+        assert_eq!(parse(&one.repeat(5)), 2);
+        assert_eq!(
+            parse(&format!("[upstream]\nretries = 4\n{}", one.repeat(2))),
+            4
+        );
+    }
+
+    #[test]
     fn workers_auto_or_count() {
-        assert!(problems("[server]\nworkers = \"many\"\n[[backends]]\nurl = \"http://127.0.0.1:1\"\n")[0]
-            .contains("server.workers"));
-        assert!(problems("[server]\nworkers = 0\n[[backends]]\nurl = \"http://127.0.0.1:1\"\n")[0]
-            .contains("server.workers: must be between 1"));
+        assert!(problems(
+            "[server]\nworkers = \"many\"\n[[backends]]\nurl = \"http://127.0.0.1:1\"\n"
+        )[0]
+        .contains("server.workers"));
+        assert!(
+            problems("[server]\nworkers = 0\n[[backends]]\nurl = \"http://127.0.0.1:1\"\n")[0]
+                .contains("server.workers: must be between 1")
+        );
     }
 }

@@ -109,7 +109,9 @@ impl BodyDecoder {
                     return Ok(Decoded::Data(buf.split().freeze()));
                 }
                 State::ChunkSize => {
-                    let Some(line) = take_line(buf, MAX_CHUNK_LINE_BYTES, BodyError::ChunkLineTooLong)? else {
+                    let Some(line) =
+                        take_line(buf, MAX_CHUNK_LINE_BYTES, BodyError::ChunkLineTooLong)?
+                    else {
                         return Ok(Decoded::NeedMore);
                     };
                     let size = parse_chunk_size(&line)?;
@@ -139,7 +141,9 @@ impl BodyDecoder {
                     } else if !is_valid_trailer(&line) {
                         return Err(BodyError::BadTrailer);
                     } else {
-                        self.state = State::Trailers { seen: seen + line.len() + 2 };
+                        self.state = State::Trailers {
+                            seen: seen + line.len() + 2,
+                        };
                     }
                 }
             }
@@ -160,9 +164,17 @@ impl BodyDecoder {
 
 /// Takes one CRLF-terminated line (without the CRLF) off `buf`. A bare LF or CR is an error:
 /// lenient line endings are where parsers disagree.
-fn take_line(buf: &mut BytesMut, max: usize, too_long: BodyError) -> Result<Option<Bytes>, BodyError> {
+fn take_line(
+    buf: &mut BytesMut,
+    max: usize,
+    too_long: BodyError,
+) -> Result<Option<Bytes>, BodyError> {
     let Some(lf) = buf.iter().take(max + 2).position(|&b| b == b'\n') else {
-        return if buf.len() > max + 1 { Err(too_long) } else { Ok(None) };
+        return if buf.len() > max + 1 {
+            Err(too_long)
+        } else {
+            Ok(None)
+        };
     };
     if lf == 0 || buf[lf - 1] != b'\r' || buf[..lf - 1].contains(&b'\r') {
         return Err(BodyError::BadChunkSize);
@@ -179,9 +191,15 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, BodyError> {
     }
     let rest = &line[digits..];
     let ext_ok = {
-        let after_ws = rest.iter().position(|&b| b != b' ' && b != b'\t').map_or(&[][..], |p| &rest[p..]);
+        let after_ws = rest
+            .iter()
+            .position(|&b| b != b' ' && b != b'\t')
+            .map_or(&[][..], |p| &rest[p..]);
         after_ws.is_empty() && rest.is_empty()
-            || after_ws.first() == Some(&b';') && after_ws.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80)
+            || after_ws.first() == Some(&b';')
+                && after_ws
+                    .iter()
+                    .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80)
     };
     if !ext_ok {
         return Err(BodyError::BadChunkSize);
@@ -196,8 +214,12 @@ fn is_valid_trailer(line: &[u8]) -> bool {
         return false;
     };
     colon > 0
-        && line[..colon].iter().all(|&b| b.is_ascii_graphic() && b != b':')
-        && line[colon + 1..].iter().all(|&b| b == b'\t' || b >= b' ' && b != 0x7f)
+        && line[..colon]
+            .iter()
+            .all(|&b| b.is_ascii_graphic() && b != b':')
+        && line[colon + 1..]
+            .iter()
+            .all(|&b| b == b'\t' || b >= b' ' && b != 0x7f)
 }
 
 #[cfg(test)]
@@ -251,7 +273,10 @@ mod tests {
         let (body, rest) = decode_all(BodyKind::Chunked, input).unwrap();
         assert_eq!(body, b"hello world");
         assert_eq!(rest, b"NEXT");
-        assert_eq!(decode_bytewise(BodyKind::Chunked, input).unwrap(), b"hello world");
+        assert_eq!(
+            decode_bytewise(BodyKind::Chunked, input).unwrap(),
+            b"hello world"
+        );
     }
 
     #[test]
@@ -266,22 +291,47 @@ mod tests {
             b"0\r\nbad trailer\r\n\r\n",
             b"5\r\r\nhello\r\n0\r\n\r\n",
         ] {
-            assert!(decode_all(BodyKind::Chunked, bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                decode_all(BodyKind::Chunked, bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
     #[test]
     fn chunk_line_and_trailer_caps() {
-        let long = format!("5;{}\r\nhello\r\n0\r\n\r\n", "x".repeat(MAX_CHUNK_LINE_BYTES));
-        assert_eq!(decode_all(BodyKind::Chunked, long.as_bytes()), Err(BodyError::ChunkLineTooLong));
-        let trailers = format!("0\r\n{}\r\n", "X-A: b\r\n".repeat(MAX_TRAILER_BYTES / 8 + 1));
-        assert_eq!(decode_all(BodyKind::Chunked, trailers.as_bytes()), Err(BodyError::TrailerTooLarge));
+        let long = format!(
+            "5;{}\r\nhello\r\n0\r\n\r\n",
+            "x".repeat(MAX_CHUNK_LINE_BYTES)
+        );
+        assert_eq!(
+            decode_all(BodyKind::Chunked, long.as_bytes()),
+            Err(BodyError::ChunkLineTooLong)
+        );
+        let trailers = format!(
+            "0\r\n{}\r\n",
+            "X-A: b\r\n".repeat(MAX_TRAILER_BYTES / 8 + 1)
+        );
+        assert_eq!(
+            decode_all(BodyKind::Chunked, trailers.as_bytes()),
+            Err(BodyError::TrailerTooLarge)
+        );
     }
 
     #[test]
     fn truncation_is_an_error_except_until_close() {
-        assert_eq!(decode_all(BodyKind::Length(10), b"short"), Err(BodyError::Truncated));
-        assert_eq!(decode_all(BodyKind::Chunked, b"5\r\nhel"), Err(BodyError::Truncated));
-        assert_eq!(decode_all(BodyKind::UntilClose, b"all of it").unwrap().0, b"all of it");
+        assert_eq!(
+            decode_all(BodyKind::Length(10), b"short"),
+            Err(BodyError::Truncated)
+        );
+        assert_eq!(
+            decode_all(BodyKind::Chunked, b"5\r\nhel"),
+            Err(BodyError::Truncated)
+        );
+        assert_eq!(
+            decode_all(BodyKind::UntilClose, b"all of it").unwrap().0,
+            b"all of it"
+        );
     }
 }

@@ -19,7 +19,8 @@ impl Span {
     }
 
     pub fn of<'a>(&self, raw: &'a [u8]) -> &'a [u8] {
-        raw.get(self.start as usize..self.end as usize).unwrap_or_default()
+        raw.get(self.start as usize..self.end as usize)
+            .unwrap_or_default()
     }
 }
 
@@ -38,7 +39,10 @@ pub enum Version {
 
 /// Trimmed, non-empty elements of a comma-separated header value.
 pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value.split(|&b| b == b',').map(trim_ows).filter(|t| !t.is_empty())
+    value
+        .split(|&b| b == b',')
+        .map(trim_ows)
+        .filter(|t| !t.is_empty())
 }
 
 pub fn trim_ows(mut s: &[u8]) -> &[u8] {
@@ -91,7 +95,9 @@ impl ConnectionOptions {
     }
 
     pub fn names(&self, raw: &[u8], name: &[u8]) -> bool {
-        self.named.iter().any(|s| s.of(raw).eq_ignore_ascii_case(name))
+        self.named
+            .iter()
+            .any(|s| s.of(raw).eq_ignore_ascii_case(name))
     }
 }
 
@@ -118,14 +124,18 @@ impl ContentLength {
     }
 
     /// `Ok(None)` when absent, `Err` when malformed or contradictory.
-    pub fn get(&self) -> Result<Option<u64>, ()> {
+    pub fn get(&self) -> Result<Option<u64>, InvalidContentLength> {
         if self.invalid {
-            Err(())
+            Err(InvalidContentLength)
         } else {
             Ok(self.value)
         }
     }
 }
+
+/// Content-Length headers that are malformed or disagree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidContentLength;
 
 /// Digits only: no sign, no whitespace inside, no overflow.
 pub fn parse_decimal(s: &[u8]) -> Option<u64> {
@@ -182,15 +192,28 @@ mod tests {
         cl.add(b"", b"42");
         cl.add(b"", b" 42 ");
         assert_eq!(cl.get(), Ok(Some(42)));
-        for bad in [&b"+1"[..], b"-1", b"1 2", b"0x10", b"", b"99999999999999999999", b"5, 5"] {
+        for bad in [
+            &b"+1"[..],
+            b"-1",
+            b"1 2",
+            b"0x10",
+            b"",
+            b"99999999999999999999",
+            b"5, 5",
+        ] {
             let mut cl = ContentLength::default();
             cl.add(b"", bad);
-            assert_eq!(cl.get(), Err(()), "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                cl.get(),
+                Err(InvalidContentLength),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         let mut cl = ContentLength::default();
         cl.add(b"", b"1");
         cl.add(b"", b"2");
-        assert_eq!(cl.get(), Err(()));
+        assert_eq!(cl.get(), Err(InvalidContentLength));
     }
 
     #[test]
@@ -203,11 +226,17 @@ mod tests {
         assert_eq!(te(&[b"chunked"]), TransferCoding::Chunked);
         assert_eq!(te(&[b"Chunked "]), TransferCoding::Chunked);
         assert_eq!(te(&[b"gzip, chunked"]), TransferCoding::ChunkedAfterOthers);
-        assert_eq!(te(&[b"gzip", b"chunked"]), TransferCoding::ChunkedAfterOthers);
+        assert_eq!(
+            te(&[b"gzip", b"chunked"]),
+            TransferCoding::ChunkedAfterOthers
+        );
         assert_eq!(te(&[b"chunked, identity"]), TransferCoding::NotChunked);
         assert_eq!(te(&[b"xchunked"]), TransferCoding::NotChunked);
         assert_eq!(te(&[b""]), TransferCoding::NotChunked);
-        assert_eq!(te(&[b"chunked", b"chunked"]), TransferCoding::ChunkedAfterOthers);
+        assert_eq!(
+            te(&[b"chunked", b"chunked"]),
+            TransferCoding::ChunkedAfterOthers
+        );
     }
 
     #[test]

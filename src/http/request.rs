@@ -85,7 +85,10 @@ impl RequestError {
 
 /// Parses a request head from the front of `buf`. `Ok(None)`: incomplete, read more.
 /// On success the head's bytes are split off `buf`; body bytes stay in it.
-pub fn parse_request(buf: &mut BytesMut, limits: &Limits) -> Result<Option<RequestHead>, RequestError> {
+pub fn parse_request(
+    buf: &mut BytesMut,
+    limits: &Limits,
+) -> Result<Option<RequestHead>, RequestError> {
     let n = limits.max_headers;
     let parsed = if n <= STACK_HEADERS {
         let mut table = [httparse::EMPTY_HEADER; STACK_HEADERS];
@@ -125,12 +128,18 @@ fn parse_into<'b>(
         return Err(RequestError::UriTooLong);
     }
     if len > limits.max_header_bytes {
-        return Err(RequestError::HeadersTooLarge("request head larger than max_header_bytes"));
+        return Err(RequestError::HeadersTooLarge(
+            "request head larger than max_header_bytes",
+        ));
     }
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(RequestError::BadRequest("malformed request line"));
     };
-    let version = if minor == 1 { Version::Http11 } else { Version::Http10 };
+    let version = if minor == 1 {
+        Version::Http11
+    } else {
+        Version::Http10
+    };
     if method == "CONNECT" {
         return Err(RequestError::NotImplemented("CONNECT is not supported"));
     }
@@ -158,7 +167,11 @@ fn parse_into<'b>(
 
     // Connection first: it can name further headers to drop.
     let mut conn = ConnectionOptions::default();
-    for h in req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")) {
+    for h in req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+    {
         conn.add(buf, h.value);
     }
     let mut content_length = ContentLength::default();
@@ -202,7 +215,9 @@ fn parse_into<'b>(
 
     match version {
         Version::Http11 if hosts != 1 => {
-            return Err(RequestError::BadRequest("HTTP/1.1 request needs exactly one Host"))
+            return Err(RequestError::BadRequest(
+                "HTTP/1.1 request needs exactly one Host",
+            ))
         }
         Version::Http10 if hosts > 1 => return Err(RequestError::BadRequest("more than one Host")),
         Version::Http11 => head.keep_alive = !conn.close,
@@ -211,22 +226,32 @@ fn parse_into<'b>(
 
     let length = content_length
         .get()
-        .map_err(|()| RequestError::BadRequest("invalid Content-Length"))?;
+        .map_err(|_| RequestError::BadRequest("invalid Content-Length"))?;
     head.body = match (coding, length) {
         (TransferCoding::Absent, None) => BodyKind::Empty,
         (TransferCoding::Absent, Some(0)) => BodyKind::Empty,
         (TransferCoding::Absent, Some(n)) => BodyKind::Length(n),
         // RFC 9112 §6.1 would allow TE to win; both present is a smuggling signature, so refuse.
-        (_, Some(_)) => return Err(RequestError::BadRequest("both Content-Length and Transfer-Encoding")),
+        (_, Some(_)) => {
+            return Err(RequestError::BadRequest(
+                "both Content-Length and Transfer-Encoding",
+            ))
+        }
         _ if version == Version::Http10 => {
-            return Err(RequestError::BadRequest("Transfer-Encoding in an HTTP/1.0 request"))
+            return Err(RequestError::BadRequest(
+                "Transfer-Encoding in an HTTP/1.0 request",
+            ))
         }
         (TransferCoding::Chunked, None) => BodyKind::Chunked,
         (TransferCoding::ChunkedAfterOthers, None) => {
-            return Err(RequestError::NotImplemented("transfer codings other than chunked"))
+            return Err(RequestError::NotImplemented(
+                "transfer codings other than chunked",
+            ))
         }
         (TransferCoding::NotChunked, None) => {
-            return Err(RequestError::BadRequest("Transfer-Encoding must end in chunked"))
+            return Err(RequestError::BadRequest(
+                "Transfer-Encoding must end in chunked",
+            ))
         }
     };
     if let (BodyKind::Length(n), Some(max)) = (head.body, limits.max_body_bytes) {
@@ -242,8 +267,14 @@ fn parse_into<'b>(
 
 /// Length of the request line (leading empty lines excluded), or of all of `buf` if unfinished.
 fn request_line_len(buf: &[u8]) -> usize {
-    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(buf.len());
-    buf[start..].iter().position(|&b| b == b'\n').unwrap_or(buf.len() - start)
+    let start = buf
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(buf.len());
+    buf[start..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .unwrap_or(buf.len() - start)
 }
 
 fn check_partial_limits(buf: &[u8], limits: &Limits) -> Result<(), RequestError> {
@@ -251,7 +282,114 @@ fn check_partial_limits(buf: &[u8], limits: &Limits) -> Result<(), RequestError>
         return Err(RequestError::UriTooLong);
     }
     if buf.len() > limits.max_header_bytes {
-        return Err(RequestError::HeadersTooLarge("request head larger than max_header_bytes"));
+        return Err(RequestError::HeadersTooLarge(
+            "request head larger than max_header_bytes",
+        ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_request_line_bytes: 64,
+            max_header_bytes: 256,
+            max_headers: 4,
+            max_body_bytes: Some(1000),
+            max_connections: 100,
+        }
+    }
+
+    fn parse(raw: &[u8]) -> Result<Option<RequestHead>, RequestError> {
+        parse_request(&mut BytesMut::from(raw), &limits())
+    }
+
+    fn status(raw: &[u8]) -> u16 {
+        match parse(raw) {
+            Ok(Some(_)) => 200,
+            Ok(None) => 0,
+            Err(e) => e.status(),
+        }
+    }
+
+    #[test]
+    fn framing_smuggling_vectors_are_refused() {
+        let cases: &[(&[u8], u16)] = &[
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -5\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x5\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n", 400),
+            (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nX : b\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\0b\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nX\x01: b\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+            (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n", 400),
+            (b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n", 501),
+            (b"GET nothing HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1001\r\n\r\n", 413),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(status(raw), *want, "{:?}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    #[test]
+    fn limits_give_414_and_431() {
+        let long_target = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(80));
+        assert_eq!(status(long_target.as_bytes()), 414);
+        // Still incomplete, but already over the line limit: refused without waiting for more.
+        assert_eq!(status(format!("GET /{}", "a".repeat(80)).as_bytes()), 414);
+        let many = "GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 1\r\nC: 1\r\nD: 1\r\n\r\n";
+        assert_eq!(status(many.as_bytes()), 431);
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nA: {}\r\n\r\n",
+            "x".repeat(300)
+        );
+        assert_eq!(status(big.as_bytes()), 431);
+        assert_eq!(
+            status(format!("GET / HTTP/1.1\r\nA: {}", "x".repeat(300)).as_bytes()),
+            431
+        );
+    }
+
+    #[test]
+    fn valid_requests_parse_with_their_framing() {
+        let head = parse(b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.body, BodyKind::Chunked);
+        assert!(head.keep_alive);
+        let head = parse(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(head.keep_alive && head.version == Version::Http10);
+        let head = parse(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(!head.keep_alive);
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost: a\r\n"), 0);
+    }
+
+    #[test]
+    fn head_is_split_off_and_body_stays() {
+        let mut buf =
+            BytesMut::from(&b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET"[..]);
+        let head = parse_request(&mut buf, &limits()).unwrap().unwrap();
+        assert_eq!(head.body, BodyKind::Length(3));
+        assert_eq!(&buf[..], b"abcGET");
+        assert_eq!(head.target(), b"/");
+    }
 }

@@ -50,13 +50,28 @@ impl ResponseError {
 
 /// Parses a response head from the front of `buf`; `request_was_head` makes any body absent.
 /// `Ok(None)`: incomplete, read more. On success the head's bytes are split off `buf`.
-pub fn parse_response(buf: &mut BytesMut, request_was_head: bool) -> Result<Option<ResponseHead>, ResponseError> {
+pub fn parse_response(
+    buf: &mut BytesMut,
+    request_was_head: bool,
+) -> Result<Option<ResponseHead>, ResponseError> {
     let mut table = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let Some((len, mut head)) = parse_into(buf, request_was_head, &mut table)? else {
         return Ok(None);
     };
     head.raw = buf.split_to(len).freeze();
     Ok(Some(head))
+}
+
+/// Just the status code of a response head, for health probes; `Ok(None)` while incomplete.
+pub fn status_of(buf: &[u8]) -> Result<Option<u16>, ResponseError> {
+    let mut table = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut res = httparse::Response::new(&mut table);
+    let malformed = ResponseError::Malformed("malformed response head");
+    match res.parse(buf) {
+        Ok(httparse::Status::Complete(_)) => res.code.map(Some).ok_or(malformed),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(_) => Err(malformed),
+    }
 }
 
 fn parse_into<'b>(
@@ -83,10 +98,18 @@ fn parse_into<'b>(
     if !(100..=999).contains(&status) {
         return Err(ResponseError::Malformed("status code out of range"));
     }
-    let version = if minor == 1 { Version::Http11 } else { Version::Http10 };
+    let version = if minor == 1 {
+        Version::Http11
+    } else {
+        Version::Http10
+    };
 
     let mut conn = ConnectionOptions::default();
-    for h in res.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")) {
+    for h in res
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+    {
         conn.add(buf, h.value);
     }
     let mut content_length = ContentLength::default();
@@ -107,7 +130,7 @@ fn parse_into<'b>(
     }
     let length = content_length
         .get()
-        .map_err(|()| ResponseError::Malformed("invalid Content-Length from upstream"))?;
+        .map_err(|_| ResponseError::Malformed("invalid Content-Length from upstream"))?;
     let mut reusable = match version {
         Version::Http11 => !conn.close,
         Version::Http10 => conn.keep_alive && !conn.close,
@@ -122,7 +145,9 @@ fn parse_into<'b>(
                 BodyKind::Chunked
             }
             (TransferCoding::ChunkedAfterOthers, _) => {
-                return Err(ResponseError::Malformed("transfer codings other than chunked"))
+                return Err(ResponseError::Malformed(
+                    "transfer codings other than chunked",
+                ))
             }
             (TransferCoding::NotChunked, _) => BodyKind::UntilClose,
             (TransferCoding::Absent, Some(0)) => BodyKind::Empty,

@@ -35,7 +35,17 @@ pub fn write_error(out: &mut BytesMut, status: u16, keep_alive: bool) {
         reason,
         "\r\nServer: ringproxy\r\nContent-Type: text/plain\r\nContent-Length: ",
         len.format(body_len),
-        if keep_alive { "\r\n\r\n" } else { "\r\nConnection: close\r\n\r\n" },
+        // 503 means "no backend now": tell clients when to come back rather than hammer.
+        if status == 503 {
+            "\r\nRetry-After: 1"
+        } else {
+            ""
+        },
+        if keep_alive {
+            "\r\n\r\n"
+        } else {
+            "\r\nConnection: close\r\n\r\n"
+        },
         code,
         " ",
         reason,

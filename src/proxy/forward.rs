@@ -9,7 +9,10 @@ use super::io::{read_more_until, reset_on_close, write_buf, IoFail};
 use super::transfer::{transfer_body, OutFraming, Source, SourceFault, TransferError};
 use super::wire::{response_framing, write_request_head, write_response_head};
 use super::{ClientConn, WorkerCtx};
-use crate::http::{parse_response, status, BodyDecoder, BodyError, BodyKind, RequestHead, ResponseHead};
+use crate::http::{
+    parse_response, status, BodyDecoder, BodyError, BodyKind, RequestHead, ResponseHead,
+};
+use crate::upstream::passive::{now_ms, Circuit};
 use crate::upstream::{connect, ConnectError, UpstreamConn};
 use bytes::Bytes;
 use std::time::Instant;
@@ -26,7 +29,10 @@ enum RequestBody {
     /// Complete and already taken off the client connection.
     Buffered(Bytes),
     /// Still (partly) on the client connection; `started` once any of it was consumed.
-    Streaming { decoder: BodyDecoder, started: bool },
+    Streaming {
+        decoder: BodyDecoder,
+        started: bool,
+    },
 }
 
 impl RequestBody {
@@ -106,7 +112,9 @@ impl std::fmt::Display for Failure {
         match self {
             Failure::NoBackendUp => f.write_str("no backend is up"),
             Failure::Connect(ConnectError::Timeout) => f.write_str("connect to upstream timed out"),
-            Failure::Connect(ConnectError::Failed(e)) => write!(f, "connect to upstream failed: {e}"),
+            Failure::Connect(ConnectError::Failed(e)) => {
+                write!(f, "connect to upstream failed: {e}")
+            }
             Failure::UpstreamTimeout => f.write_str("upstream response head timed out"),
             Failure::Upstream(why) | Failure::Aborted(why) => f.write_str(why),
             Failure::BadRequestBody(e) => write!(f, "bad request body: {}", e.reason()),
@@ -124,7 +132,12 @@ enum HeadFailure {
 }
 
 /// Handles one request; returns whether the client connection can serve another.
-pub async fn handle(conn: &mut ClientConn, req: RequestHead, started: Instant, ctx: &WorkerCtx) -> bool {
+pub async fn handle(
+    conn: &mut ClientConn,
+    req: RequestHead,
+    started: Instant,
+    ctx: &WorkerCtx,
+) -> bool {
     let mut rec = AccessRecord {
         bytes_in: req.raw.len() as u64,
         ..Default::default()
@@ -135,7 +148,10 @@ pub async fn handle(conn: &mut ClientConn, req: RequestHead, started: Instant, c
         Err(failure) => answer_failure(conn, &req, &body, ctx, failure, &mut rec).await,
     };
     if ctx.config.logging.access_log {
-        let backend_url = rec.backend.and_then(|b| ctx.backends.get(b)).map(|b| b.url.as_str());
+        let backend_url = rec
+            .backend
+            .and_then(|b| ctx.backends.get(b))
+            .map(|b| b.url.as_str());
         let access = AccessContext {
             client: &conn.peer_ip,
             method: req.method(),
@@ -156,50 +172,77 @@ async fn forward(
     ctx: &WorkerCtx,
     rec: &mut AccessRecord,
 ) -> Result<bool, Failure> {
+    let max_backends = 1 + ctx.config.pool.retries;
     let mut tried: Vec<usize> = Vec::new();
-    let mut last_connect_error = None;
-    let mut retry_fresh: Option<usize> = None;
+    let mut last_failure: Option<Failure> = None;
+    // A pooled connection found closed gets one free retry on a fresh connection, same backend.
+    let mut fresh_retry: Option<usize> = None;
+    let mut fresh_retry_used = false;
     let (mut up, resp) = loop {
-        let backend = match retry_fresh {
-            Some(b) => Some(b),
-            None => ctx.balancer.borrow_mut().pick(&ctx.backends, &tried),
-        };
-        let Some(backend) = backend else {
-            return Err(last_connect_error.map_or(Failure::NoBackendUp, Failure::Connect));
+        let backend = match fresh_retry.take() {
+            Some(b) => b,
+            None => {
+                let next = (tried.len() < max_backends)
+                    .then(|| pick_backend(ctx, &tried))
+                    .flatten();
+                let Some(b) = next else {
+                    return Err(last_failure.unwrap_or(Failure::NoBackendUp));
+                };
+                tried.push(b);
+                b
+            }
         };
         rec.backend = Some(backend);
-        let pooled = match retry_fresh {
-            Some(_) => None,
-            None => ctx.pool.borrow_mut().checkout(backend),
+        let pooled = match fresh_retry_used {
+            true => None,
+            false => ctx.pool.borrow_mut().checkout(backend),
         };
         let mut up = match pooled {
             Some(up) => up,
-            None => {
-                let addr = ctx.backends[backend].addr;
-                match connect(backend, addr, ctx.config.timeouts.connect).await {
-                    Ok(up) => up,
-                    Err(e) => {
-                        tracing::warn!(backend = %ctx.backends[backend].url, error = ?e, worker = ctx.worker_id, "upstream connect failed");
-                        tried.push(backend);
-                        last_connect_error = Some(e);
-                        retry_fresh = None;
-                        continue;
-                    }
+            None => match connect(
+                backend,
+                ctx.backends[backend].addr,
+                ctx.config.timeouts.connect,
+            )
+            .await
+            {
+                Ok(up) => up,
+                Err(e) => {
+                    tracing::warn!(backend = %ctx.backends[backend].url, error = ?e, worker = ctx.worker_id, "upstream connect failed");
+                    report_failure(ctx, backend);
+                    // Nothing reached the upstream: always safe to try another backend.
+                    last_failure = Some(Failure::Connect(e));
+                    continue;
                 }
-            }
+            },
         };
         let sent_at = Instant::now();
         match exchange_head(conn, req, body, &mut up, ctx).await {
             Ok(resp) => {
                 rec.upstream_time = Some(sent_at.elapsed());
+                report_response(ctx, backend, resp.status);
                 break (up, resp);
             }
-            Err(HeadFailure::Stale) if up.reused && retry_fresh.is_none() && body.may_retry(req) => {
-                tracing::debug!(backend = %ctx.backends[backend].url, "reused upstream connection was closed; retrying on a fresh one");
-                retry_fresh = Some(backend);
+            Err(HeadFailure::Stale) if up.reused && !fresh_retry_used && body.may_retry(req) => {
+                tracing::debug!(backend = %ctx.backends[backend].url, "pooled connection was closed by the upstream; retrying on a fresh one");
+                fresh_retry = Some(backend);
+                fresh_retry_used = true;
             }
-            Err(HeadFailure::Stale) => return Err(Failure::Upstream("upstream closed the connection without a response")),
-            Err(HeadFailure::Failed(f)) => return Err(f),
+            Err(HeadFailure::Stale) => {
+                report_failure(ctx, backend);
+                let failure =
+                    Failure::Upstream("upstream closed the connection without a response");
+                if !body.may_retry(req) {
+                    return Err(failure);
+                }
+                last_failure = Some(failure);
+            }
+            Err(HeadFailure::Failed(f)) => {
+                if matches!(f, Failure::UpstreamTimeout | Failure::Upstream(_)) {
+                    report_failure(ctx, backend);
+                }
+                return Err(f);
+            }
         }
     };
 
@@ -215,7 +258,16 @@ async fn forward(
         buf: &mut up.rbuf,
         decoder: &mut decoder,
     };
-    match transfer_body(source, &mut conn.stream, &mut conn.out, framing, ctx.config.timeouts.io, None).await {
+    match transfer_body(
+        source,
+        &mut conn.stream,
+        &mut conn.out,
+        framing,
+        ctx.config.timeouts.io,
+        None,
+    )
+    .await
+    {
         Ok(moved) => {
             rec.bytes_out += moved;
             if resp.reusable && decoder.is_done() {
@@ -224,10 +276,67 @@ async fn forward(
             Ok(client_keep)
         }
         Err(TransferError::Source(fault)) => {
+            report_failure(ctx, up.backend);
             tracing::warn!(backend = %ctx.backends[up.backend].url, fault = ?fault, worker = ctx.worker_id, "upstream failed mid-response; resetting client connection");
             Err(Failure::Aborted("upstream failed mid-response"))
         }
-        Err(TransferError::Destination(_)) | Err(TransferError::TooLarge) => Err(Failure::ClientGone),
+        Err(TransferError::Destination(_)) | Err(TransferError::TooLarge) => {
+            Err(Failure::ClientGone)
+        }
+    }
+}
+
+/// Chooses a backend not yet tried that is up and not ejected. A half-open backend admits one
+/// trial request across all workers; losing that race means choosing again.
+fn pick_backend(ctx: &WorkerCtx, tried: &[usize]) -> Option<usize> {
+    let now = now_ms();
+    let passive = &ctx.config.passive;
+    let mut lost_trial: Vec<usize> = Vec::new();
+    loop {
+        let chosen = ctx.balancer.borrow_mut().pick(&ctx.backends, |i| {
+            let b = &ctx.backends[i];
+            b.is_up()
+                && b.passive.admits(now, passive)
+                && !tried.contains(&i)
+                && !lost_trial.contains(&i)
+        })?;
+        let health = &ctx.backends[chosen].passive;
+        if health.circuit(now) != Circuit::HalfOpen || health.claim_trial(now) {
+            return Some(chosen);
+        }
+        lost_trial.push(chosen);
+    }
+}
+
+/// Feeds a connect error, reset, timeout or broken response into passive health. The last
+/// available backend is never ejected: with nothing else to send to, ejecting it would turn
+/// errors into a black hole of 503s while it may still answer some requests.
+fn report_failure(ctx: &WorkerCtx, backend: usize) {
+    let now = now_ms();
+    let settings = &ctx.config.passive;
+    let b = &ctx.backends[backend];
+    if !b.passive.record_failure(now, settings) {
+        return;
+    }
+    let others_available = ctx
+        .backends
+        .iter()
+        .enumerate()
+        .any(|(i, o)| i != backend && o.is_available(now));
+    if others_available {
+        b.passive.eject(now, settings);
+        tracing::warn!(backend = %b.url, cool_down_s = settings.fail_timeout.as_secs_f64(), worker = ctx.worker_id, "backend ejected after repeated failures");
+    } else {
+        b.passive.release_trial();
+        tracing::warn!(backend = %b.url, worker = ctx.worker_id, "backend failing but it is the last one available; not ejected");
+    }
+}
+
+fn report_response(ctx: &WorkerCtx, backend: usize, status: u16) {
+    if status >= 500 && ctx.config.passive.eject_on_5xx {
+        report_failure(ctx, backend);
+    } else if ctx.backends[backend].passive.record_success(now_ms()) {
+        tracing::info!(backend = %ctx.backends[backend].url, worker = ctx.worker_id, "backend readmitted after a successful trial request");
     }
 }
 
@@ -242,8 +351,14 @@ async fn exchange_head(
     let timeouts = &ctx.config.timeouts;
     let framing = body.framing(req);
     conn.upstream_out.clear();
-    let authority = ctx.backends[up.backend].addr.to_string();
-    write_request_head(&mut conn.upstream_out, req, &conn.peer_ip, framing, &authority);
+    let backend_addr = ctx.backends[up.backend].addr;
+    write_request_head(
+        &mut conn.upstream_out,
+        req,
+        &conn.peer_ip,
+        framing,
+        backend_addr,
+    );
     match body {
         RequestBody::Empty | RequestBody::Buffered(_) => {
             if let RequestBody::Buffered(data) = body {
@@ -252,7 +367,11 @@ async fn exchange_head(
             match write_buf(&mut up.stream, &mut conn.upstream_out, timeouts.io).await {
                 Ok(()) => {}
                 Err(IoFail::Io(_)) => return Err(HeadFailure::Stale),
-                Err(IoFail::Timeout) => return Err(HeadFailure::Failed(Failure::Upstream("timed out sending the request"))),
+                Err(IoFail::Timeout) => {
+                    return Err(HeadFailure::Failed(Failure::Upstream(
+                        "timed out sending the request",
+                    )))
+                }
             }
         }
         RequestBody::Streaming { decoder, started } => {
@@ -270,9 +389,16 @@ async fn exchange_head(
                 decoder,
             };
             let max = ctx.config.limits.max_body_bytes;
-            transfer_body(source, &mut up.stream, &mut conn.upstream_out, framing, timeouts.io, max)
-                .await
-                .map_err(|e| HeadFailure::Failed(request_body_failure(e)))?;
+            transfer_body(
+                source,
+                &mut up.stream,
+                &mut conn.upstream_out,
+                framing,
+                timeouts.io,
+                max,
+            )
+            .await
+            .map_err(|e| HeadFailure::Failed(request_body_failure(e)))?;
         }
     }
     read_response_head(up, req.is_head(), Instant::now() + timeouts.request).await
@@ -285,12 +411,18 @@ fn request_body_failure(e: TransferError) -> Failure {
         TransferError::Source(SourceFault::Framing(BodyError::Truncated)) => Failure::ClientGone,
         TransferError::Source(SourceFault::Framing(e)) => Failure::BadRequestBody(e),
         TransferError::TooLarge => Failure::BodyTooLarge,
-        TransferError::Destination(_) => Failure::Upstream("upstream failed while receiving the request body"),
+        TransferError::Destination(_) => {
+            Failure::Upstream("upstream failed while receiving the request body")
+        }
     }
 }
 
 /// Reads until a final (non-1xx) response head; interim 1xx answers are skipped.
-async fn read_response_head(up: &mut UpstreamConn, request_was_head: bool, deadline: Instant) -> Result<ResponseHead, HeadFailure> {
+async fn read_response_head(
+    up: &mut UpstreamConn,
+    request_was_head: bool,
+    deadline: Instant,
+) -> Result<ResponseHead, HeadFailure> {
     let mut received_any = false;
     loop {
         if !up.rbuf.is_empty() {
@@ -298,7 +430,9 @@ async fn read_response_head(up: &mut UpstreamConn, request_was_head: bool, deadl
             match parse_response(&mut up.rbuf, request_was_head) {
                 Ok(Some(head)) if head.is_interim() => continue,
                 Ok(Some(head)) if head.status == 101 => {
-                    return Err(HeadFailure::Failed(Failure::Upstream("101 Switching Protocols without an upgrade request")))
+                    return Err(HeadFailure::Failed(Failure::Upstream(
+                        "101 Switching Protocols without an upgrade request",
+                    )))
                 }
                 Ok(Some(head)) => return Ok(head),
                 Ok(None) => {}
@@ -308,7 +442,9 @@ async fn read_response_head(up: &mut UpstreamConn, request_was_head: bool, deadl
         match read_more_until(&mut up.stream, &mut up.rbuf, UPSTREAM_HEAD_READ, deadline).await {
             Ok(0) | Err(IoFail::Io(_)) if !received_any => return Err(HeadFailure::Stale),
             Ok(0) | Err(IoFail::Io(_)) => {
-                return Err(HeadFailure::Failed(Failure::Upstream("upstream closed inside the response head")))
+                return Err(HeadFailure::Failed(Failure::Upstream(
+                    "upstream closed inside the response head",
+                )))
             }
             Ok(_) => {}
             Err(IoFail::Timeout) => return Err(HeadFailure::Failed(Failure::UpstreamTimeout)),
@@ -326,7 +462,10 @@ async fn answer_failure(
     failure: Failure,
     rec: &mut AccessRecord,
 ) -> bool {
-    let backend = rec.backend.and_then(|b| ctx.backends.get(b)).map_or("-", |b| b.url.as_str());
+    let backend = rec
+        .backend
+        .and_then(|b| ctx.backends.get(b))
+        .map_or("-", |b| b.url.as_str());
     let Some(code) = failure.status() else {
         tracing::info!(client = %conn.peer, backend, reason = %failure, worker = ctx.worker_id, "request abandoned");
         if let Failure::Aborted(_) = failure {
@@ -344,5 +483,8 @@ async fn answer_failure(
     conn.out.clear();
     status::write_error(&mut conn.out, code, keep);
     rec.bytes_out = conn.out.len() as u64;
-    write_buf(&mut conn.stream, &mut conn.out, ctx.config.timeouts.io).await.is_ok() && keep
+    write_buf(&mut conn.stream, &mut conn.out, ctx.config.timeouts.io)
+        .await
+        .is_ok()
+        && keep
 }

@@ -53,7 +53,11 @@ pub async fn read_more_until(
 }
 
 /// Writes all of `buf`, then empties it for reuse.
-pub async fn write_buf(stream: &mut TcpStream, buf: &mut BytesMut, timeout: Duration) -> Result<(), IoFail> {
+pub async fn write_buf(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    timeout: Duration,
+) -> Result<(), IoFail> {
     if buf.is_empty() {
         return Ok(());
     }
@@ -68,7 +72,11 @@ pub async fn write_buf(stream: &mut TcpStream, buf: &mut BytesMut, timeout: Dura
 }
 
 /// Writes a frozen slice (body data split off a read buffer) without copying it.
-pub async fn write_bytes(stream: &mut TcpStream, data: Bytes, timeout: Duration) -> Result<(), IoFail> {
+pub async fn write_bytes(
+    stream: &mut TcpStream,
+    data: Bytes,
+    timeout: Duration,
+) -> Result<(), IoFail> {
     match monoio::time::timeout(timeout, stream.write_all(data)).await {
         Ok((result, _)) => result.map(drop).map_err(IoFail::Io),
         Err(_) => Err(IoFail::Timeout),
@@ -78,7 +86,10 @@ pub async fn write_bytes(stream: &mut TcpStream, data: Bytes, timeout: Duration)
 /// Makes the coming close send a RST instead of a FIN, so a peer that got a truncated body
 /// sees an error rather than what could pass for a complete close-delimited message.
 pub fn reset_on_close(stream: &TcpStream) {
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     // SAFETY: valid fd owned by `stream`; the option value is a plain struct of the right size.
     unsafe {
         libc::setsockopt(

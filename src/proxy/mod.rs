@@ -89,18 +89,31 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Rc<Worke
 /// Reads the next request head. The first byte of a follow-up request may take up to the idle
 /// timeout; from then on (or from accept, for the first request) the whole head must arrive
 /// within the client header timeout, however slowly it trickles.
-async fn read_request(conn: &mut ClientConn, ctx: &WorkerCtx, first: bool) -> Result<(RequestHead, Instant), ReadError> {
+async fn read_request(
+    conn: &mut ClientConn,
+    ctx: &WorkerCtx,
+    first: bool,
+) -> Result<(RequestHead, Instant), ReadError> {
     let timeouts = &ctx.config.timeouts;
     let mut started = Instant::now();
     let mut deadline = (first || !conn.rbuf.is_empty()).then(|| started + timeouts.client_header);
     loop {
         if !conn.rbuf.is_empty() {
-            if let Some(head) = parse_request(&mut conn.rbuf, &ctx.config.limits).map_err(ReadError::Invalid)? {
+            if let Some(head) =
+                parse_request(&mut conn.rbuf, &ctx.config.limits).map_err(ReadError::Invalid)?
+            {
                 return Ok((head, started));
             }
         }
         let wait_until = deadline.unwrap_or_else(|| Instant::now() + timeouts.idle);
-        match read_more_until(&mut conn.stream, &mut conn.rbuf, CLIENT_READ_BUF, wait_until).await {
+        match read_more_until(
+            &mut conn.stream,
+            &mut conn.rbuf,
+            CLIENT_READ_BUF,
+            wait_until,
+        )
+        .await
+        {
             Ok(0) | Err(IoFail::Io(_)) => return Err(ReadError::Closed),
             Ok(_) => {
                 if deadline.is_none() {

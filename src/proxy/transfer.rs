@@ -62,15 +62,23 @@ pub async fn transfer_body(
 ) -> Result<u64, TransferError> {
     let mut moved = 0u64;
     loop {
-        match src.decoder.decode(src.buf).map_err(|e| TransferError::Source(SourceFault::Framing(e)))? {
+        match src
+            .decoder
+            .decode(src.buf)
+            .map_err(|e| TransferError::Source(SourceFault::Framing(e)))?
+        {
             Decoded::Data(data) => {
                 moved += data.len() as u64;
                 if max_bytes.is_some_and(|max| moved > max) {
                     return Err(TransferError::TooLarge);
                 }
                 if let Some(large) = frame(out, framing, data) {
-                    write_buf(dst, out, io_timeout).await.map_err(TransferError::Destination)?;
-                    write_bytes(dst, large, io_timeout).await.map_err(TransferError::Destination)?;
+                    write_buf(dst, out, io_timeout)
+                        .await
+                        .map_err(TransferError::Destination)?;
+                    write_bytes(dst, large, io_timeout)
+                        .await
+                        .map_err(TransferError::Destination)?;
                     if framing == OutFraming::Chunked {
                         out.extend_from_slice(b"\r\n");
                     }
@@ -78,7 +86,9 @@ pub async fn transfer_body(
             }
             Decoded::NeedMore => {
                 // Send what we have before waiting, so the destination sees progress.
-                write_buf(dst, out, io_timeout).await.map_err(TransferError::Destination)?;
+                write_buf(dst, out, io_timeout)
+                    .await
+                    .map_err(TransferError::Destination)?;
                 let n = read_more(src.stream, src.buf, BODY_READ_BYTES, io_timeout)
                     .await
                     .map_err(|e| TransferError::Source(SourceFault::Io(e)))?;
@@ -92,7 +102,9 @@ pub async fn transfer_body(
                 if framing == OutFraming::Chunked {
                     out.extend_from_slice(b"0\r\n\r\n");
                 }
-                write_buf(dst, out, io_timeout).await.map_err(TransferError::Destination)?;
+                write_buf(dst, out, io_timeout)
+                    .await
+                    .map_err(TransferError::Destination)?;
                 return Ok(moved);
             }
         }
@@ -141,7 +153,12 @@ mod tests {
     #[test]
     fn chunk_framing() {
         let mut out = BytesMut::new();
-        assert!(frame(&mut out, OutFraming::Chunked, Bytes::from_static(b"hello world!!!!!!")).is_none());
+        assert!(frame(
+            &mut out,
+            OutFraming::Chunked,
+            Bytes::from_static(b"hello world!!!!!!")
+        )
+        .is_none());
         assert_eq!(&out[..], b"11\r\nhello world!!!!!!\r\n");
         let big = Bytes::from(vec![b'x'; COALESCE_MAX + 1]);
         let mut out = BytesMut::new();

@@ -4,9 +4,16 @@
 use super::transfer::OutFraming;
 use crate::http::{BodyKind, RequestHead, ResponseHead, Version};
 use bytes::BytesMut;
+use std::net::SocketAddr;
 
 /// Appends the upstream request head. `client_ip` is the peer address as text.
-pub fn write_request_head(out: &mut BytesMut, req: &RequestHead, client_ip: &str, framing: OutFraming, backend_authority: &str) {
+pub fn write_request_head(
+    out: &mut BytesMut,
+    req: &RequestHead,
+    client_ip: &str,
+    framing: OutFraming,
+    backend: SocketAddr,
+) {
     let raw = &req.raw[..];
     out.extend_from_slice(req.method());
     out.extend_from_slice(b" ");
@@ -17,7 +24,7 @@ pub fn write_request_head(out: &mut BytesMut, req: &RequestHead, client_ip: &str
     }
     if req.host.is_none() {
         // HTTP/1.0 clients may omit Host; HTTP/1.1 upstreams require one.
-        push_header(out, b"Host", backend_authority.as_bytes());
+        push_header(out, b"Host", backend.to_string().as_bytes());
     }
     out.extend_from_slice(b"X-Forwarded-For: ");
     for prior in &req.forwarded_for {
@@ -48,13 +55,21 @@ pub fn response_framing(req: &RequestHead, resp: &ResponseHead) -> OutFraming {
     match resp.body {
         BodyKind::Empty => OutFraming::None,
         BodyKind::Length(_) => OutFraming::Length,
-        BodyKind::Chunked | BodyKind::UntilClose if req.version == Version::Http11 => OutFraming::Chunked,
+        BodyKind::Chunked | BodyKind::UntilClose if req.version == Version::Http11 => {
+            OutFraming::Chunked
+        }
         BodyKind::Chunked | BodyKind::UntilClose => OutFraming::Close,
     }
 }
 
 /// Appends the client response head.
-pub fn write_response_head(out: &mut BytesMut, req: &RequestHead, resp: &ResponseHead, framing: OutFraming, keep_alive: bool) {
+pub fn write_response_head(
+    out: &mut BytesMut,
+    req: &RequestHead,
+    resp: &ResponseHead,
+    framing: OutFraming,
+    keep_alive: bool,
+) {
     let raw = &resp.raw[..];
     let mut code = itoa::Buffer::new();
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -110,11 +125,14 @@ mod tests {
             max_header_bytes: 65536,
             max_headers: 100,
             max_body_bytes: None,
+            max_connections: 100,
         }
     }
 
     fn request(raw: &str) -> RequestHead {
-        parse_request(&mut BytesMut::from(raw), &limits()).unwrap().unwrap()
+        parse_request(&mut BytesMut::from(raw), &limits())
+            .unwrap()
+            .unwrap()
     }
 
     #[test]
@@ -126,7 +144,13 @@ mod tests {
              Content-Length: 3\r\nAccept: */*\r\n\r\n",
         );
         let mut out = BytesMut::new();
-        write_request_head(&mut out, &req, "127.0.0.1", OutFraming::Length, "127.0.0.1:9000");
+        write_request_head(
+            &mut out,
+            &req,
+            "127.0.0.1",
+            OutFraming::Length,
+            "127.0.0.1:9000".parse().unwrap(),
+        );
         assert_eq!(
             std::str::from_utf8(&out).unwrap(),
             "POST /p?q=1 HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\
@@ -139,22 +163,35 @@ mod tests {
     fn http10_request_without_host_gets_one() {
         let req = request("GET / HTTP/1.0\r\n\r\n");
         let mut out = BytesMut::new();
-        write_request_head(&mut out, &req, "::1", OutFraming::None, "127.0.0.1:9000");
+        write_request_head(
+            &mut out,
+            &req,
+            "::1",
+            OutFraming::None,
+            "127.0.0.1:9000".parse().unwrap(),
+        );
         let text = std::str::from_utf8(&out).unwrap();
-        assert!(text.starts_with("GET / HTTP/1.1\r\nHost: 127.0.0.1:9000\r\nX-Forwarded-For: ::1\r\n"));
+        assert!(
+            text.starts_with("GET / HTTP/1.1\r\nHost: 127.0.0.1:9000\r\nX-Forwarded-For: ::1\r\n")
+        );
         assert!(!req.keep_alive);
     }
 
     #[test]
     fn response_reframed_for_http10_and_head_keeps_length() {
         let req10 = request("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
-        let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nKeep-Alive: 1\r\nX-A: b\r\n\r\n");
+        let mut buf = BytesMut::from(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nKeep-Alive: 1\r\nX-A: b\r\n\r\n",
+        );
         let resp = parse_response(&mut buf, false).unwrap().unwrap();
         let framing = response_framing(&req10, &resp);
         assert_eq!(framing, OutFraming::Close);
         let mut out = BytesMut::new();
         write_response_head(&mut out, &req10, &resp, framing, false);
-        assert_eq!(&out[..], b"HTTP/1.1 200 OK\r\nX-A: b\r\nConnection: close\r\n\r\n");
+        assert_eq!(
+            &out[..],
+            b"HTTP/1.1 200 OK\r\nX-A: b\r\nConnection: close\r\n\r\n"
+        );
 
         let head = request("HEAD / HTTP/1.1\r\nHost: a\r\n\r\n");
         let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n");

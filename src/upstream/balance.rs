@@ -21,12 +21,15 @@ impl Balancer {
         }
     }
 
-    /// Chooses a backend that is up and not in `excluded`; `None` when there is none.
-    pub fn pick(&mut self, backends: &[Backend], excluded: &[usize]) -> Option<usize> {
+    /// Chooses among the backends for which `eligible` holds; `None` when there is none.
+    pub fn pick(
+        &mut self,
+        backends: &[Backend],
+        eligible: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
         if self.current_weight.len() != backends.len() {
             self.current_weight = vec![0; backends.len()];
         }
-        let eligible = |i: usize| backends[i].is_up() && !excluded.contains(&i);
         match self.strategy {
             Strategy::RoundRobin => {
                 let n = backends.len();
@@ -73,8 +76,12 @@ mod tests {
             .collect()
     }
 
+    fn up(set: &[Backend]) -> impl Fn(usize) -> bool + '_ {
+        |i| set[i].is_up()
+    }
+
     fn picks(b: &mut Balancer, set: &[Backend], n: usize) -> Vec<usize> {
-        (0..n).map(|_| b.pick(set, &[]).unwrap()).collect()
+        (0..n).map(|_| b.pick(set, up(set)).unwrap()).collect()
     }
 
     #[test]
@@ -106,11 +113,14 @@ mod tests {
         let set = backends(&[1, 1]);
         for strategy in [Strategy::RoundRobin, Strategy::Weighted] {
             let mut b = Balancer::new(strategy, 2);
-            assert_eq!(b.pick(&set, &[0]), Some(1));
-            assert_eq!(b.pick(&set, &[0, 1]), None);
+            assert_eq!(b.pick(&set, |i| i != 0), Some(1));
+            assert_eq!(b.pick(&set, |_| false), None);
         }
         set[0].set_up(false);
         set[1].set_up(false);
-        assert_eq!(Balancer::new(Strategy::Weighted, 2).pick(&set, &[]), None);
+        assert_eq!(
+            Balancer::new(Strategy::Weighted, 2).pick(&set, up(&set)),
+            None
+        );
     }
 }

@@ -116,7 +116,11 @@ pub enum ConnectError {
 }
 
 /// Opens a new connection to a backend within `timeout`.
-pub async fn connect(backend: usize, addr: SocketAddr, timeout: Duration) -> Result<UpstreamConn, ConnectError> {
+pub async fn connect(
+    backend: usize,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<UpstreamConn, ConnectError> {
     let stream = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(ConnectError::Failed(e)),

@@ -1,0 +1,238 @@
+//! Active health checks: one dedicated thread with its own small monoio runtime, one task per
+//! backend sending `GET <health_check_path>` every interval. Results go through a fall/rise
+//! tracker (HAProxy's semantics) and are published as the backend's `up` atomic, which every
+//! worker reads on each pick. This thread is the only writer of active-check results.
+//!
+//! Startup: a backend starts up (HAProxy's default `init-state up`) and is probed at once; until it
+//! has passed one check a single failure takes it down, so a dead backend gets no flood first.
+
+use super::Backend;
+use crate::config::HealthSettings;
+use crate::upstream::BackendSet;
+use bytes::BytesMut;
+use monoio::io::AsyncWriteRentExt;
+use monoio::net::TcpStream;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// Most bytes read looking for a health response's status line and head.
+const MAX_PROBE_HEAD: usize = 16 * 1024;
+const PROBE_READ_BOUND: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TrackerState {
+    /// Not checked yet: counted as up, one failure takes it down.
+    Initial,
+    Up,
+    Down,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    WentDown,
+    WentUp,
+}
+
+/// Consecutive-result counting: down after `fall` failures, up after `rise` successes.
+#[derive(Debug)]
+pub struct HealthTracker {
+    state: TrackerState,
+    streak: u32,
+}
+
+impl Default for HealthTracker {
+    fn default() -> Self {
+        HealthTracker {
+            state: TrackerState::Initial,
+            streak: 0,
+        }
+    }
+}
+
+impl HealthTracker {
+    pub fn is_up(&self) -> bool {
+        self.state != TrackerState::Down
+    }
+
+    pub fn record(&mut self, ok: bool, rise: u32, fall: u32) -> Option<Transition> {
+        let (state, streak, transition) = match (self.state, ok) {
+            (TrackerState::Initial, true) => (TrackerState::Up, 0, None),
+            (TrackerState::Initial, false) => (TrackerState::Down, 0, Some(Transition::WentDown)),
+            (TrackerState::Up, true) => (TrackerState::Up, 0, None),
+            (TrackerState::Up, false) if self.streak + 1 >= fall => {
+                (TrackerState::Down, 0, Some(Transition::WentDown))
+            }
+            (TrackerState::Up, false) => (TrackerState::Up, self.streak + 1, None),
+            (TrackerState::Down, false) => (TrackerState::Down, 0, None),
+            (TrackerState::Down, true) if self.streak + 1 >= rise => {
+                (TrackerState::Up, 0, Some(Transition::WentUp))
+            }
+            (TrackerState::Down, true) => (TrackerState::Down, self.streak + 1, None),
+        };
+        self.state = state;
+        self.streak = streak;
+        transition
+    }
+}
+
+/// What one probe saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeResult {
+    Status(u16),
+    Refused,
+    Timeout,
+    Failed(String),
+}
+
+impl fmt::Display for ProbeResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProbeResult::Status(s) => write!(f, "status {s}"),
+            ProbeResult::Refused => f.write_str("connection refused"),
+            ProbeResult::Timeout => f.write_str("timeout"),
+            ProbeResult::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Starts the health thread (nothing is started when checks are disabled).
+pub fn spawn(
+    backends: BackendSet,
+    settings: HealthSettings,
+) -> std::io::Result<Option<std::thread::JoinHandle<()>>> {
+    if !settings.enabled {
+        return Ok(None);
+    }
+    let handle = std::thread::Builder::new()
+        .name("health".into())
+        .spawn(move || {
+            let runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                .enable_timer()
+                .build();
+            let mut runtime = match runtime {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "health checks cannot start: no runtime");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let tasks: Vec<_> = (0..backends.len())
+                    .map(|i| monoio::spawn(check_forever(backends.clone(), i, settings.clone())))
+                    .collect();
+                for t in tasks {
+                    t.await;
+                }
+            });
+        })?;
+    Ok(Some(handle))
+}
+
+async fn check_forever(backends: BackendSet, index: usize, settings: HealthSettings) {
+    let backend = &backends[index];
+    let mut tracker = HealthTracker::default();
+    loop {
+        let started = Instant::now();
+        let result = probe(backend, settings.timeout).await;
+        let ok = matches!(result, ProbeResult::Status(s) if settings.expects(s));
+        backend.set_last_check(&result, ok);
+        match tracker.record(ok, settings.success_threshold, settings.failure_threshold) {
+            Some(Transition::WentDown) => {
+                tracing::warn!(backend = %backend.url, reason = %result, "backend is down (health check)")
+            }
+            Some(Transition::WentUp) => {
+                tracing::info!(backend = %backend.url, "backend is up (health check)")
+            }
+            None => {}
+        }
+        backend.set_up(tracker.is_up());
+        // Checks start every `interval`, however long each took.
+        monoio::time::sleep(settings.interval.saturating_sub(started.elapsed())).await;
+    }
+}
+
+/// One `GET <health_check_path>` bounded by `timeout` as a whole; returns the status code.
+pub async fn probe(backend: &Backend, timeout: Duration) -> ProbeResult {
+    match monoio::time::timeout(timeout, probe_unbounded(backend)).await {
+        Ok(result) => result,
+        Err(_) => ProbeResult::Timeout,
+    }
+}
+
+async fn probe_unbounded(backend: &Backend) -> ProbeResult {
+    let mut stream = match TcpStream::connect_addr(backend.addr).await {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return ProbeResult::Refused,
+        Err(e) => return ProbeResult::Failed(format!("connect: {e}")),
+    };
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ringproxy-health\r\nConnection: close\r\n\r\n",
+        backend.health_check_path, backend.addr
+    );
+    if let (Err(e), _) = stream.write_all(request.into_bytes()).await {
+        return ProbeResult::Failed(format!("write: {e}"));
+    }
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        match crate::http::response::status_of(&buf) {
+            Ok(Some(status)) => return ProbeResult::Status(status),
+            Ok(None) if buf.len() < MAX_PROBE_HEAD => {}
+            _ => return ProbeResult::Failed("malformed response".into()),
+        }
+        // The caller's timeout bounds the whole probe; this one only has to be finite.
+        match crate::proxy::io::read_more(&mut stream, &mut buf, 1024, PROBE_READ_BOUND).await {
+            Ok(0) => return ProbeResult::Failed("closed before a response".into()),
+            Ok(_) => {}
+            Err(e) => return ProbeResult::Failed(format!("read: {e:?}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn down_after_fall_failures_up_after_rise_successes() {
+        let mut t = HealthTracker::default();
+        assert_eq!(t.record(true, 2, 3), None);
+        assert_eq!(t.record(false, 2, 3), None);
+        assert_eq!(t.record(false, 2, 3), None);
+        assert!(t.is_up());
+        assert_eq!(t.record(false, 2, 3), Some(Transition::WentDown));
+        assert!(!t.is_up());
+        assert_eq!(t.record(true, 2, 3), None);
+        assert_eq!(
+            t.record(false, 2, 3),
+            None,
+            "a failure resets the rise count"
+        );
+        assert_eq!(t.record(true, 2, 3), None);
+        assert_eq!(t.record(true, 2, 3), Some(Transition::WentUp));
+    }
+
+    #[test]
+    fn success_resets_the_fall_count() {
+        let mut t = HealthTracker::default();
+        t.record(true, 2, 2);
+        t.record(false, 2, 2);
+        t.record(true, 2, 2);
+        assert_eq!(t.record(false, 2, 2), None);
+        assert_eq!(t.record(false, 2, 2), Some(Transition::WentDown));
+    }
+
+    #[test]
+    fn first_check_failing_takes_backend_down_at_once() {
+        let mut t = HealthTracker::default();
+        assert!(t.is_up());
+        assert_eq!(t.record(false, 2, 3), Some(Transition::WentDown));
+    }
+
+    #[test]
+    fn thresholds_of_one() {
+        let mut t = HealthTracker::default();
+        t.record(true, 1, 1);
+        assert_eq!(t.record(false, 1, 1), Some(Transition::WentDown));
+        assert_eq!(t.record(true, 1, 1), Some(Transition::WentUp));
+    }
+}
