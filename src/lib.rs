@@ -4,11 +4,15 @@
 //! runtime per core, accept loop) -> `proxy::serve_connection` (request phases) ->
 //! `upstream` (balancer, pool) and `http` (framing).
 
+pub mod admin;
 pub mod config;
 pub mod http;
 pub mod listener;
 pub mod logging;
+pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod server;
+pub mod state;
 pub mod upstream;
 pub mod worker;

@@ -35,7 +35,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let log_guard = ringproxy::logging::init(&config.logging);
-    let result = ringproxy::server::run(config, cli.workers.map(usize::from));
+    let result = ringproxy::server::run(config, cli.config.clone(), cli.workers.map(usize::from));
     if let Err(e) = &result {
         tracing::error!(error = %e, "ringproxy failed");
         eprintln!("error: {e}");

@@ -1,63 +1,142 @@
-//! Process assembly: decide the workers and their cores, refuse a port already in use, bind one
-//! listener per worker, start the workers, then wait for a stop signal.
+//! Process assembly: decide the workers and their cores, refuse an address already in use, bind
+//! one listener per worker, start the health thread, the admin listener and the workers, then
+//! handle signals: SIGHUP reloads, SIGTERM/SIGINT drain and stop (a second one stops at once).
 
 use crate::config::ValidConfig;
-use crate::upstream::backend::backend_set;
-use crate::{listener, worker};
+use crate::state::Shared;
+use crate::{admin, listener, worker};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::PathBuf;
 use std::sync::mpsc;
-use std::sync::Arc;
 
-/// Starts all workers and blocks until SIGTERM or SIGINT.
-pub fn run(mut config: ValidConfig, workers_override: Option<usize>) -> io::Result<()> {
+/// Descriptors kept aside for listeners, logs, health probes and the like.
+const RESERVED_FDS: usize = 256;
+
+/// Runs until stopped by a signal; returns once every worker has drained.
+pub fn run(
+    mut config: ValidConfig,
+    config_path: PathBuf,
+    workers_override: Option<usize>,
+) -> io::Result<()> {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let count = workers_override
         .or(config.workers)
         .unwrap_or_else(|| cores.len().max(1));
-    config.limits.max_connections = fit_connections_to_fd_limit(config.limits.max_connections, count);
-    let config = Arc::new(config);
+    config.limits.max_connections =
+        fit_connections_to_fd_limit(config.limits.max_connections, count);
     listener::ensure_address_free(config.listen).map_err(|e| with_context(e, config.listen))?;
-    let backends = backend_set(&config.backends);
+    let listen = config.listen;
+    let pin = config.pin_cores;
+    let shared = Shared::new(config, config_path, count);
+    let snapshot = shared.snapshot();
     tracing::info!(
-        listen = %config.listen,
+        %listen,
         workers = count,
         driver = worker::driver_name(),
-        backends = config.backends.len(),
+        backends = snapshot.backends.len(),
         version = env!("CARGO_PKG_VERSION"),
         "starting ringproxy"
     );
 
-    crate::upstream::health::spawn(backends.clone(), config.health.clone())?;
+    crate::upstream::health::spawn(shared.clone())?;
+    admin::spawn(shared.clone())?;
+
+    // Kept to wake the workers' accept loops on shutdown (shutdown(2) on a listener ends a
+    // pending accept); duplicates, so they stay valid whatever the workers do.
+    let mut wake_fds: Vec<RawFd> = Vec::with_capacity(count);
     let (ready_tx, ready_rx) = mpsc::sync_channel(count);
+    let mut handles = Vec::with_capacity(count);
     for id in 0..count {
-        let core = (config.pin_cores && !cores.is_empty()).then(|| cores[id % cores.len()]);
+        let socket = listener::bind_worker_socket(listen).map_err(|e| with_context(e, listen))?;
+        // SAFETY: duplicating a descriptor we own.
+        wake_fds.push(unsafe { libc::dup(socket.as_raw_fd()) });
         let spec = worker::WorkerSpec {
             id,
-            core,
-            listener: listener::bind_worker_socket(config.listen)
-                .map_err(|e| with_context(e, config.listen))?,
-            config: config.clone(),
-            backends: backends.clone(),
+            core: (pin && !cores.is_empty()).then(|| cores[id % cores.len()]),
+            listener: socket,
+            shared: shared.clone(),
         };
-        worker::spawn(spec, ready_tx.clone())?;
+        handles.push(worker::spawn(spec, ready_tx.clone())?);
     }
     for _ in 0..count {
         ready_rx
             .recv()
             .map_err(|_| io::Error::other("a worker exited during startup"))??;
     }
-    tracing::info!(listen = %config.listen, "ready: all workers listening");
-    wait_for_stop_signal()
+    tracing::info!(%listen, "ready: all workers listening");
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
+
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    let signal_handle = signals.handle();
+    let mut waiter = None;
+    for sig in signals.forever() {
+        match sig {
+            SIGHUP => reload(&shared),
+            _ if shared.is_draining() => {
+                tracing::warn!(signal = sig, "second stop signal: exiting now");
+                std::process::exit(1);
+            }
+            _ => {
+                tracing::info!(signal = sig, "stopping: draining connections");
+                notify_systemd(&[sd_notify::NotifyState::Stopping]);
+                shared
+                    .draining
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                for &fd in &wake_fds {
+                    // SAFETY: our own duplicate of a listening socket.
+                    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+                }
+                let handles = std::mem::take(&mut handles);
+                let signal_handle = signal_handle.clone();
+                waiter = Some(std::thread::spawn(move || {
+                    for h in handles {
+                        let _ = h.join();
+                    }
+                    signal_handle.close();
+                }));
+            }
+        }
+    }
+    if let Some(w) = waiter {
+        let _ = w.join();
+    }
+    for fd in wake_fds {
+        // SAFETY: closing our own duplicates.
+        unsafe { libc::close(fd) };
+    }
+    tracing::info!("stopped");
+    Ok(())
 }
 
-/// Descriptors kept aside for listeners, logs, health probes and the like.
-const RESERVED_FDS: usize = 256;
+fn reload(shared: &Shared) {
+    tracing::info!("SIGHUP: reloading configuration");
+    notify_systemd(&[
+        sd_notify::NotifyState::Reloading,
+        sd_notify::NotifyState::monotonic_usec_now().unwrap_or(sd_notify::NotifyState::Custom("")),
+    ]);
+    if let Err(errors) = crate::reload::reload(shared) {
+        for e in &errors {
+            tracing::error!(error = %e, "reload refused; keeping the running configuration");
+        }
+    }
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
+}
+
+/// Tells systemd (`Type=notify`) about state changes; a no-op outside systemd.
+pub fn notify_systemd(state: &[sd_notify::NotifyState]) {
+    let _ = sd_notify::notify(false, state);
+}
 
 /// Raises the soft open-files limit to the hard one, then lowers the per-worker connection cap
 /// if even that cannot hold every client connection plus one upstream connection each (as
 /// HAProxy derives maxconn from `ulimit -n`), so the cap is hit before descriptors run out.
 fn fit_connections_to_fd_limit(max_connections: usize, workers: usize) -> usize {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: plain syscalls on a stack struct.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
@@ -88,13 +167,4 @@ fn with_context(e: io::Error, addr: std::net::SocketAddr) -> io::Error {
         e.to_string()
     };
     io::Error::new(e.kind(), format!("cannot listen on {addr}: {what}"))
-}
-
-fn wait_for_stop_signal() -> io::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
-    if let Some(sig) = signals.forever().next() {
-        tracing::info!(signal = sig, "stopping");
-    }
-    Ok(())
 }

@@ -1,15 +1,17 @@
 //! One worker = one thread pinned to a core, running its own monoio runtime (io_uring, or epoll
 //! where io_uring is unavailable) with its own listener, connections, pool and balancer.
+//! On shutdown it stops accepting, closes idle connections, lets busy ones finish their
+//! request (bounded by the shutdown timeout), then returns.
 
-use crate::config::ValidConfig;
 use crate::proxy::{serve_connection, WorkerCtx};
-use crate::upstream::BackendSet;
+use crate::state::Shared;
 use std::cell::Cell;
 use std::io;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often idle pooled upstream connections are checked for expiry.
 const POOL_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -17,6 +19,8 @@ const POOL_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 /// Bound on writing the refusal to a connection over the cap.
 const REFUSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often a draining worker checks whether its connections are done.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// io_uring submission queue size per worker.
 const URING_ENTRIES: u32 = 4096;
 
@@ -24,8 +28,7 @@ pub struct WorkerSpec {
     pub id: usize,
     pub core: Option<core_affinity::CoreId>,
     pub listener: std::net::TcpListener,
-    pub config: Arc<ValidConfig>,
-    pub backends: BackendSet,
+    pub shared: Arc<Shared>,
 }
 
 /// Which I/O driver monoio's `FusionDriver` will pick on this machine.
@@ -59,7 +62,9 @@ fn run(spec: WorkerSpec, ready: &SyncSender<io::Result<()>>) -> io::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let listener = monoio::net::TcpListener::from_std(spec.listener)?;
-        let ctx = Rc::new(WorkerCtx::new(spec.id, spec.config, spec.backends));
+        let ctx = Rc::new(WorkerCtx::new(spec.id, spec.shared));
+        let core = spec.core.filter(|_| pinned).map_or(-1, |c| c.id as i64);
+        ctx.metrics.core.store(core, Ordering::Relaxed);
         monoio::spawn(sweep_pool(ctx.clone()));
         tracing::info!(
             worker = spec.id,
@@ -69,54 +74,105 @@ fn run(spec: WorkerSpec, ready: &SyncSender<io::Result<()>>) -> io::Result<()> {
             "worker listening"
         );
         let _ = ready.send(Ok(()));
-        let max_connections = ctx.config.limits.max_connections;
         let active = Rc::new(Cell::new(0usize));
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) if active.get() >= max_connections => {
-                    monoio::spawn(refuse_connection(stream, ctx.clone()));
-                }
-                Ok((stream, peer)) => {
-                    let slot = ConnectionSlot::take(&active);
-                    let ctx = ctx.clone();
-                    monoio::spawn(async move {
-                        serve_connection(stream, peer, ctx).await;
-                        drop(slot);
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(worker = spec.id, error = %e, "accept failed");
-                    monoio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                }
-            }
-        }
+        accept_until_draining(&listener, &ctx, &active).await;
+        drop(listener);
+        drain(&ctx, &active).await;
+        Ok(())
     })
 }
 
+async fn accept_until_draining(
+    listener: &monoio::net::TcpListener,
+    ctx: &Rc<WorkerCtx>,
+    active: &Rc<Cell<usize>>,
+) {
+    loop {
+        let accepted = listener.accept().await;
+        if ctx.shared.is_draining() {
+            return;
+        }
+        match accepted {
+            Ok((stream, _)) if active.get() >= ctx.view().config.limits.max_connections => {
+                monoio::spawn(refuse_connection(stream, ctx.clone()));
+            }
+            Ok((stream, peer)) => {
+                let slot = ConnectionSlot::take(active, ctx.clone());
+                monoio::spawn(async move {
+                    serve_connection(stream, peer, slot.ctx.clone()).await;
+                    drop(slot);
+                });
+            }
+            Err(e) => {
+                tracing::warn!(worker = ctx.worker_id, error = %e, "accept failed");
+                monoio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Lets busy connections finish (each closes after its current response), closes idle ones,
+/// and gives up at the shutdown timeout.
+async fn drain(ctx: &WorkerCtx, active: &Cell<usize>) {
+    ctx.pool().clear();
+    let deadline = Instant::now() + ctx.view().config.shutdown_timeout;
+    tracing::info!(
+        worker = ctx.worker_id,
+        connections = active.get(),
+        "draining"
+    );
+    loop {
+        ctx.close_idle_connections();
+        if active.get() == 0 {
+            tracing::info!(worker = ctx.worker_id, "drained");
+            return;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                worker = ctx.worker_id,
+                connections = active.get(),
+                "shutdown timeout: closing remaining connections"
+            );
+            return;
+        }
+        monoio::time::sleep(DRAIN_POLL).await;
+    }
+}
+
 /// Counts a live client connection for `max_connections`; released when dropped.
-struct ConnectionSlot(Rc<Cell<usize>>);
+struct ConnectionSlot {
+    active: Rc<Cell<usize>>,
+    ctx: Rc<WorkerCtx>,
+}
 
 impl ConnectionSlot {
-    fn take(active: &Rc<Cell<usize>>) -> Self {
+    fn take(active: &Rc<Cell<usize>>, ctx: Rc<WorkerCtx>) -> Self {
         active.set(active.get() + 1);
-        ConnectionSlot(active.clone())
+        ctx.metrics
+            .active_connections
+            .store(active.get() as i64, Ordering::Relaxed);
+        ConnectionSlot {
+            active: active.clone(),
+            ctx,
+        }
     }
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.0.set(self.0.get() - 1);
+        self.active.set(self.active.get() - 1);
+        self.ctx
+            .metrics
+            .active_connections
+            .store(self.active.get() as i64, Ordering::Relaxed);
     }
 }
 
 /// Over the connection cap: answer 503 and close at once, rather than leave the client
 /// waiting in the backlog or let descriptors run out.
 async fn refuse_connection(mut stream: monoio::net::TcpStream, ctx: Rc<WorkerCtx>) {
-    tracing::warn!(
-        worker = ctx.worker_id,
-        max = ctx.config.limits.max_connections,
-        "connection limit reached; refusing"
-    );
+    crate::metrics::bump(&ctx.metrics.connections_refused_over_cap);
+    tracing::warn!(worker = ctx.worker_id, "connection limit reached; refusing");
     let mut out = bytes::BytesMut::new();
     crate::http::status::write_error(&mut out, 503, false);
     let _ = crate::proxy::io::write_buf(&mut stream, &mut out, REFUSE_WRITE_TIMEOUT).await;
@@ -125,6 +181,10 @@ async fn refuse_connection(mut stream: monoio::net::TcpStream, ctx: Rc<WorkerCtx
 async fn sweep_pool(ctx: Rc<WorkerCtx>) {
     loop {
         monoio::time::sleep(POOL_SWEEP_INTERVAL).await;
-        ctx.pool.borrow_mut().sweep();
+        let mut pool = ctx.pool();
+        pool.sweep();
+        ctx.metrics
+            .pool_idle
+            .store(pool.idle_count() as i64, Ordering::Relaxed);
     }
 }

@@ -8,7 +8,8 @@ mod validate;
 
 pub use schema::*;
 pub use validate::{
-    HealthSettings, Limits, PassiveSettings, PoolSettings, ResolvedBackend, Timeouts, ValidConfig,
+    AdminSettings, HealthSettings, Limits, PassiveSettings, PoolSettings, ResolvedBackend,
+    Timeouts, ValidConfig,
 };
 
 use std::fmt;

@@ -26,6 +26,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -39,6 +41,8 @@ pub struct ServerConfig {
     pub workers: Workers,
     /// Pin worker N to the N-th allowed CPU (default true).
     pub pin_cores: bool,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish (default 30).
+    pub shutdown_timeout_seconds: f64,
 }
 
 impl Default for ServerConfig {
@@ -48,6 +52,7 @@ impl Default for ServerConfig {
             port: 3000,
             workers: Workers::Auto,
             pin_cores: true,
+            shutdown_timeout_seconds: 30.0,
         }
     }
 }
@@ -265,6 +270,28 @@ impl Default for LimitsConfig {
             max_headers: 100,
             max_body_bytes: 0,
             max_connections: 16384,
+        }
+    }
+}
+
+/// The admin listener: metrics, status and runtime changes. Never the proxy's port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    pub host: String,
+    pub port: i64,
+    /// When set, every admin request needs `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            host: "127.0.0.1".into(),
+            port: 9901,
+            token: None,
         }
     }
 }

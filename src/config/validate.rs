@@ -68,6 +68,13 @@ impl HealthSettings {
     }
 }
 
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    pub token: Option<String>,
+}
+
 /// A config that passed validation, in the types the proxy uses.
 #[derive(Debug, Clone)]
 pub struct ValidConfig {
@@ -75,6 +82,7 @@ pub struct ValidConfig {
     /// `None` = one per allowed CPU.
     pub workers: Option<usize>,
     pub pin_cores: bool,
+    pub shutdown_timeout: Duration,
     pub backends: Vec<ResolvedBackend>,
     pub strategy: Strategy,
     pub health: HealthSettings,
@@ -83,6 +91,7 @@ pub struct ValidConfig {
     pub pool: PoolSettings,
     pub passive: PassiveSettings,
     pub limits: Limits,
+    pub admin: AdminSettings,
 }
 
 /// Hard ceiling on `max_headers`: the parser's header table is sized from it.
@@ -140,6 +149,39 @@ pub fn validate(c: Config) -> Result<ValidConfig, Vec<Problem>> {
         Workers::Auto => None,
         Workers::Count(n) => Some(ck.range("server.workers", n, 1, 1024) as usize),
     };
+
+    let shutdown_timeout = ck.seconds(
+        "server.shutdown_timeout_seconds",
+        c.server.shutdown_timeout_seconds,
+    );
+    let a = &c.admin;
+    let admin_port = ck.range("admin.port", a.port, 1, 65535) as u16;
+    let admin = AdminSettings {
+        enabled: a.enabled,
+        listen: match a.host.parse::<IpAddr>() {
+            Ok(ip) => SocketAddr::new(ip, admin_port),
+            Err(_) => {
+                ck.fail("admin.host", format!("not an IP address: {:?}", a.host));
+                SocketAddr::from(([127, 0, 0, 1], admin_port))
+            }
+        },
+        token: a.token.clone().filter(|t| !t.is_empty()),
+    };
+    if admin.enabled && admin_port == port {
+        ck.fail(
+            "admin.port",
+            "must differ from server.port: the admin API never shares the proxy's port",
+        );
+    }
+    if a.token
+        .as_deref()
+        .is_some_and(|t| t.is_empty() || t.bytes().any(|b| !b.is_ascii_graphic()))
+    {
+        ck.fail(
+            "admin.token",
+            "must be non-empty printable ASCII without spaces",
+        );
+    }
 
     if c.backends.is_empty() {
         ck.fail("backends", "at least one [[backends]] entry is required");
@@ -257,6 +299,7 @@ pub fn validate(c: Config) -> Result<ValidConfig, Vec<Problem>> {
         listen,
         workers,
         pin_cores: c.server.pin_cores,
+        shutdown_timeout,
         backends,
         strategy: c.load_balancing.strategy,
         health,
@@ -265,6 +308,7 @@ pub fn validate(c: Config) -> Result<ValidConfig, Vec<Problem>> {
         pool,
         passive,
         limits,
+        admin,
     })
 }
 

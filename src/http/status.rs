@@ -21,6 +21,20 @@ pub fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
+/// Reason phrase for any status the proxy or its admin API sends.
+pub fn reason_phrase_any(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        411 => "Length Required",
+        422 => "Unprocessable Content",
+        _ => reason_phrase(status),
+    }
+}
+
 /// Appends a complete error response, e.g. `502 Bad Gateway\n` as a text/plain body.
 pub fn write_error(out: &mut BytesMut, status: u16, keep_alive: bool) {
     let reason = reason_phrase(status);

@@ -3,13 +3,31 @@
 
 use std::time::{Duration, Instant};
 
-#[derive(Default)]
 pub struct AccessRecord {
     pub status: u16,
+    /// The backend the request is on now (in-flight accounting).
     pub backend: Option<usize>,
+    /// The last backend the request went to, for the log.
+    pub backend_seen: Option<usize>,
+    /// A status was sent (false for client gone or reset mid-response).
+    pub answered: bool,
     pub upstream_time: Option<Duration>,
     pub bytes_in: u64,
     pub bytes_out: u64,
+}
+
+impl Default for AccessRecord {
+    fn default() -> Self {
+        AccessRecord {
+            status: 0,
+            backend: None,
+            backend_seen: None,
+            answered: true,
+            upstream_time: None,
+            bytes_in: 0,
+            bytes_out: 0,
+        }
+    }
 }
 
 pub struct AccessContext<'a> {

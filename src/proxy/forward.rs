@@ -12,9 +12,12 @@ use super::{ClientConn, WorkerCtx};
 use crate::http::{
     parse_response, status, BodyDecoder, BodyError, BodyKind, RequestHead, ResponseHead,
 };
+use crate::metrics::{add_gauge, bump, status_class};
+use crate::state::Snapshot;
 use crate::upstream::passive::{now_ms, Circuit};
 use crate::upstream::{connect, ConnectError, UpstreamConn};
 use bytes::Bytes;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 /// Request bodies up to this size that already sit in the read buffer are sent with the head in
@@ -138,19 +141,22 @@ pub async fn handle(
     started: Instant,
     ctx: &WorkerCtx,
 ) -> bool {
+    let view = ctx.view();
     let mut rec = AccessRecord {
         bytes_in: req.raw.len() as u64,
         ..Default::default()
     };
     let mut body = RequestBody::new(&req, &mut conn.rbuf);
-    let keep = match forward(conn, &req, &mut body, ctx, &mut rec).await {
+    let keep = match forward(conn, &req, &mut body, ctx, &view, &mut rec).await {
         Ok(keep) => keep,
-        Err(failure) => answer_failure(conn, &req, &body, ctx, failure, &mut rec).await,
+        Err(failure) => answer_failure(conn, &req, &body, ctx, &view, failure, &mut rec).await,
     };
-    if ctx.config.logging.access_log {
+    set_backend(&mut rec, &view, ctx, None);
+    record_metrics(ctx, &rec, started);
+    if view.config.logging.access_log {
         let backend_url = rec
-            .backend
-            .and_then(|b| ctx.backends.get(b))
+            .backend_seen
+            .and_then(|b| view.backends.get(b))
             .map(|b| b.url.as_str());
         let access = AccessContext {
             client: &conn.peer_ip,
@@ -165,14 +171,45 @@ pub async fn handle(
     keep
 }
 
+/// Moves the request to `backend` (or off any backend), keeping per-backend in-flight gauges.
+fn set_backend(rec: &mut AccessRecord, view: &Snapshot, ctx: &WorkerCtx, backend: Option<usize>) {
+    if let Some(prev) = rec.backend.take() {
+        add_gauge(&view.backends[prev].stats(ctx.worker_id).in_flight, -1);
+    }
+    if let Some(b) = backend {
+        add_gauge(&view.backends[b].stats(ctx.worker_id).in_flight, 1);
+        rec.backend = Some(b);
+        rec.backend_seen = Some(b);
+    }
+}
+
+fn record_metrics(ctx: &WorkerCtx, rec: &AccessRecord, started: Instant) {
+    let m = &ctx.metrics;
+    let class = status_class(rec.status).filter(|_| rec.answered);
+    match class {
+        Some(c) => bump(&m.requests_by_class[c]),
+        None => bump(&m.requests_unanswered),
+    }
+    m.request_duration.observe(started.elapsed());
+    if let Some(t) = rec.upstream_time {
+        m.upstream_duration.observe(t);
+    }
+    if let (Some(c), Some(b)) = (class, rec.backend_seen) {
+        if let Some(backend) = ctx.view().backends.get(b) {
+            bump(&backend.stats(ctx.worker_id).requests_by_class[c]);
+        }
+    }
+}
+
 async fn forward(
     conn: &mut ClientConn,
     req: &RequestHead,
     body: &mut RequestBody,
     ctx: &WorkerCtx,
+    view: &Snapshot,
     rec: &mut AccessRecord,
 ) -> Result<bool, Failure> {
-    let max_backends = 1 + ctx.config.pool.retries;
+    let max_backends = 1 + view.config.pool.retries;
     let mut tried: Vec<usize> = Vec::new();
     let mut last_failure: Option<Failure> = None;
     // A pooled connection found closed gets one free retry on a fresh connection, same backend.
@@ -183,53 +220,66 @@ async fn forward(
             Some(b) => b,
             None => {
                 let next = (tried.len() < max_backends)
-                    .then(|| pick_backend(ctx, &tried))
+                    .then(|| pick_backend(ctx, view, &tried))
                     .flatten();
                 let Some(b) = next else {
                     return Err(last_failure.unwrap_or(Failure::NoBackendUp));
                 };
+                if !tried.is_empty() {
+                    bump(&ctx.metrics.retries);
+                }
                 tried.push(b);
                 b
             }
         };
-        rec.backend = Some(backend);
+        set_backend(rec, view, ctx, Some(backend));
         let pooled = match fresh_retry_used {
             true => None,
-            false => ctx.pool.borrow_mut().checkout(backend),
+            false => ctx.pool().checkout(backend),
         };
+        let target = &view.backends[backend];
         let mut up = match pooled {
-            Some(up) => up,
-            None => match connect(
-                backend,
-                ctx.backends[backend].addr,
-                ctx.config.timeouts.connect,
-            )
-            .await
-            {
-                Ok(up) => up,
-                Err(e) => {
-                    tracing::warn!(backend = %ctx.backends[backend].url, error = ?e, worker = ctx.worker_id, "upstream connect failed");
-                    report_failure(ctx, backend);
-                    // Nothing reached the upstream: always safe to try another backend.
-                    last_failure = Some(Failure::Connect(e));
-                    continue;
+            Some(up) => {
+                bump(&ctx.metrics.upstream_reused);
+                up
+            }
+            None => {
+                let timeout = view.config.timeouts.connect;
+                match connect(backend, target.addr, timeout, view.generation).await {
+                    Ok(up) => {
+                        bump(&ctx.metrics.upstream_opened);
+                        up
+                    }
+                    Err(e) => {
+                        tracing::warn!(backend = %target.url, error = ?e, worker = ctx.worker_id, "upstream connect failed");
+                        let stats = target.stats(ctx.worker_id);
+                        bump(&stats.connect_errors);
+                        if matches!(e, ConnectError::Timeout) {
+                            bump(&stats.timeouts);
+                        }
+                        report_failure(ctx, view, backend);
+                        // Nothing reached the upstream: always safe to try another backend.
+                        last_failure = Some(Failure::Connect(e));
+                        continue;
+                    }
                 }
-            },
+            }
         };
         let sent_at = Instant::now();
-        match exchange_head(conn, req, body, &mut up, ctx).await {
+        match exchange_head(conn, req, body, &mut up, view).await {
             Ok(resp) => {
                 rec.upstream_time = Some(sent_at.elapsed());
-                report_response(ctx, backend, resp.status);
+                report_response(ctx, view, backend, resp.status);
                 break (up, resp);
             }
             Err(HeadFailure::Stale) if up.reused && !fresh_retry_used && body.may_retry(req) => {
-                tracing::debug!(backend = %ctx.backends[backend].url, "pooled connection was closed by the upstream; retrying on a fresh one");
+                tracing::debug!(backend = %view.backends[backend].url, "pooled connection was closed by the upstream; retrying on a fresh one");
+                bump(&ctx.metrics.retries);
                 fresh_retry = Some(backend);
                 fresh_retry_used = true;
             }
             Err(HeadFailure::Stale) => {
-                report_failure(ctx, backend);
+                report_failure(ctx, view, backend);
                 let failure =
                     Failure::Upstream("upstream closed the connection without a response");
                 if !body.may_retry(req) {
@@ -238,8 +288,11 @@ async fn forward(
                 last_failure = Some(failure);
             }
             Err(HeadFailure::Failed(f)) => {
+                if let Failure::UpstreamTimeout = f {
+                    bump(&view.backends[backend].stats(ctx.worker_id).timeouts);
+                }
                 if matches!(f, Failure::UpstreamTimeout | Failure::Upstream(_)) {
-                    report_failure(ctx, backend);
+                    report_failure(ctx, view, backend);
                 }
                 return Err(f);
             }
@@ -247,7 +300,11 @@ async fn forward(
     };
 
     let framing = response_framing(req, &resp);
-    let client_keep = req.keep_alive && framing != OutFraming::Close && body.complete();
+    // While draining, this is the connection's last response.
+    let client_keep = req.keep_alive
+        && framing != OutFraming::Close
+        && body.complete()
+        && !ctx.shared.is_draining();
     conn.out.clear();
     write_response_head(&mut conn.out, req, &resp, framing, client_keep);
     rec.status = resp.status;
@@ -258,12 +315,13 @@ async fn forward(
         buf: &mut up.rbuf,
         decoder: &mut decoder,
     };
+    let io_timeout = view.config.timeouts.io;
     match transfer_body(
         source,
         &mut conn.stream,
         &mut conn.out,
         framing,
-        ctx.config.timeouts.io,
+        io_timeout,
         None,
     )
     .await
@@ -271,13 +329,17 @@ async fn forward(
         Ok(moved) => {
             rec.bytes_out += moved;
             if resp.reusable && decoder.is_done() {
-                ctx.pool.borrow_mut().checkin(up);
+                let mut pool = ctx.pool();
+                pool.checkin(up);
+                ctx.metrics
+                    .pool_idle
+                    .store(pool.idle_count() as i64, Ordering::Relaxed);
             }
             Ok(client_keep)
         }
         Err(TransferError::Source(fault)) => {
-            report_failure(ctx, up.backend);
-            tracing::warn!(backend = %ctx.backends[up.backend].url, fault = ?fault, worker = ctx.worker_id, "upstream failed mid-response; resetting client connection");
+            report_failure(ctx, view, up.backend);
+            tracing::warn!(backend = %view.backends[up.backend].url, fault = ?fault, worker = ctx.worker_id, "upstream failed mid-response; resetting client connection");
             Err(Failure::Aborted("upstream failed mid-response"))
         }
         Err(TransferError::Destination(_)) | Err(TransferError::TooLarge) => {
@@ -288,19 +350,19 @@ async fn forward(
 
 /// Chooses a backend not yet tried that is up and not ejected. A half-open backend admits one
 /// trial request across all workers; losing that race means choosing again.
-fn pick_backend(ctx: &WorkerCtx, tried: &[usize]) -> Option<usize> {
+fn pick_backend(ctx: &WorkerCtx, view: &Snapshot, tried: &[usize]) -> Option<usize> {
     let now = now_ms();
-    let passive = &ctx.config.passive;
+    let passive = &view.config.passive;
     let mut lost_trial: Vec<usize> = Vec::new();
     loop {
-        let chosen = ctx.balancer.borrow_mut().pick(&ctx.backends, |i| {
-            let b = &ctx.backends[i];
-            b.is_up()
+        let chosen = ctx.balancer().pick(&view.backends, |i| {
+            let b = &view.backends[i];
+            b.accepts_traffic()
                 && b.passive.admits(now, passive)
                 && !tried.contains(&i)
                 && !lost_trial.contains(&i)
         })?;
-        let health = &ctx.backends[chosen].passive;
+        let health = &view.backends[chosen].passive;
         if health.circuit(now) != Circuit::HalfOpen || health.claim_trial(now) {
             return Some(chosen);
         }
@@ -311,20 +373,21 @@ fn pick_backend(ctx: &WorkerCtx, tried: &[usize]) -> Option<usize> {
 /// Feeds a connect error, reset, timeout or broken response into passive health. The last
 /// available backend is never ejected: with nothing else to send to, ejecting it would turn
 /// errors into a black hole of 503s while it may still answer some requests.
-fn report_failure(ctx: &WorkerCtx, backend: usize) {
+fn report_failure(ctx: &WorkerCtx, view: &Snapshot, backend: usize) {
     let now = now_ms();
-    let settings = &ctx.config.passive;
-    let b = &ctx.backends[backend];
+    let settings = &view.config.passive;
+    let b = &view.backends[backend];
     if !b.passive.record_failure(now, settings) {
         return;
     }
-    let others_available = ctx
+    let others_available = view
         .backends
         .iter()
         .enumerate()
         .any(|(i, o)| i != backend && o.is_available(now));
     if others_available {
         b.passive.eject(now, settings);
+        b.ejections.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(backend = %b.url, cool_down_s = settings.fail_timeout.as_secs_f64(), worker = ctx.worker_id, "backend ejected after repeated failures");
     } else {
         b.passive.release_trial();
@@ -332,11 +395,11 @@ fn report_failure(ctx: &WorkerCtx, backend: usize) {
     }
 }
 
-fn report_response(ctx: &WorkerCtx, backend: usize, status: u16) {
-    if status >= 500 && ctx.config.passive.eject_on_5xx {
-        report_failure(ctx, backend);
-    } else if ctx.backends[backend].passive.record_success(now_ms()) {
-        tracing::info!(backend = %ctx.backends[backend].url, worker = ctx.worker_id, "backend readmitted after a successful trial request");
+fn report_response(ctx: &WorkerCtx, view: &Snapshot, backend: usize, status: u16) {
+    if status >= 500 && view.config.passive.eject_on_5xx {
+        report_failure(ctx, view, backend);
+    } else if view.backends[backend].passive.record_success(now_ms()) {
+        tracing::info!(backend = %view.backends[backend].url, worker = ctx.worker_id, "backend readmitted after a successful trial request");
     }
 }
 
@@ -346,12 +409,12 @@ async fn exchange_head(
     req: &RequestHead,
     body: &mut RequestBody,
     up: &mut UpstreamConn,
-    ctx: &WorkerCtx,
+    view: &Snapshot,
 ) -> Result<ResponseHead, HeadFailure> {
-    let timeouts = &ctx.config.timeouts;
+    let timeouts = &view.config.timeouts;
     let framing = body.framing(req);
     conn.upstream_out.clear();
-    let backend_addr = ctx.backends[up.backend].addr;
+    let backend_addr = view.backends[up.backend].addr;
     write_request_head(
         &mut conn.upstream_out,
         req,
@@ -388,7 +451,7 @@ async fn exchange_head(
                 buf: &mut conn.rbuf,
                 decoder,
             };
-            let max = ctx.config.limits.max_body_bytes;
+            let max = view.config.limits.max_body_bytes;
             transfer_body(
                 source,
                 &mut up.stream,
@@ -459,31 +522,34 @@ async fn answer_failure(
     req: &RequestHead,
     body: &RequestBody,
     ctx: &WorkerCtx,
+    view: &Snapshot,
     failure: Failure,
     rec: &mut AccessRecord,
 ) -> bool {
     let backend = rec
-        .backend
-        .and_then(|b| ctx.backends.get(b))
+        .backend_seen
+        .and_then(|b| view.backends.get(b))
         .map_or("-", |b| b.url.as_str());
     let Some(code) = failure.status() else {
         tracing::info!(client = %conn.peer, backend, reason = %failure, worker = ctx.worker_id, "request abandoned");
         if let Failure::Aborted(_) = failure {
             reset_on_close(&conn.stream);
             rec.status = if rec.status == 0 { 502 } else { rec.status };
+            rec.answered = false;
         } else {
             // nginx's convention for "client closed the connection".
             rec.status = 499;
+            rec.answered = false;
         }
         return false;
     };
     tracing::warn!(client = %conn.peer, backend, status = code, reason = %failure, worker = ctx.worker_id, "request failed");
     rec.status = code;
-    let keep = req.keep_alive && body.complete() && code >= 500;
+    let keep = req.keep_alive && body.complete() && code >= 500 && !ctx.shared.is_draining();
     conn.out.clear();
     status::write_error(&mut conn.out, code, keep);
     rec.bytes_out = conn.out.len() as u64;
-    write_buf(&mut conn.stream, &mut conn.out, ctx.config.timeouts.io)
+    write_buf(&mut conn.stream, &mut conn.out, view.config.timeouts.io)
         .await
         .is_ok()
         && keep

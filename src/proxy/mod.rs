@@ -9,13 +9,15 @@ pub mod io;
 pub mod transfer;
 mod wire;
 
-pub use context::WorkerCtx;
+pub use context::{View, WorkerCtx};
 
 use crate::http::{parse_request, status, RequestError, RequestHead};
 use bytes::BytesMut;
 use io::{read_more_until, write_buf, IoFail};
 use monoio::net::TcpStream;
+use std::cell::Cell;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -48,6 +50,7 @@ enum ReadError {
 /// Serves one accepted client connection until it closes or must be closed.
 pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Rc<WorkerCtx>) {
     let _ = stream.set_nodelay(true);
+    let handle = ctx.register(stream.as_raw_fd());
     let mut conn = ClientConn {
         stream,
         rbuf: BytesMut::with_capacity(CLIENT_READ_BUF),
@@ -58,7 +61,7 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Rc<Worke
     };
     let mut first = true;
     loop {
-        let request = match read_request(&mut conn, &ctx, first).await {
+        let request = match read_request(&mut conn, &ctx, &handle.idle, first).await {
             Ok(r) => r,
             Err(ReadError::Closed) => return,
             Err(ReadError::Timeout) => {
@@ -74,7 +77,7 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Rc<Worke
         };
         first = false;
         let (head, started) = request;
-        if !forward::handle(&mut conn, head, started, &ctx).await {
+        if !forward::handle(&mut conn, head, started, &ctx).await || ctx.shared.is_draining() {
             return;
         }
         if conn.rbuf.capacity() > KEEP_BUF_MAX && conn.rbuf.is_empty() {
@@ -88,32 +91,40 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Rc<Worke
 
 /// Reads the next request head. The first byte of a follow-up request may take up to the idle
 /// timeout; from then on (or from accept, for the first request) the whole head must arrive
-/// within the client header timeout, however slowly it trickles.
+/// within the client header timeout, however slowly it trickles. `idle` is set while nothing of
+/// the next request has arrived, so shutdown may close the connection.
 async fn read_request(
     conn: &mut ClientConn,
     ctx: &WorkerCtx,
+    idle: &Cell<bool>,
     first: bool,
 ) -> Result<(RequestHead, Instant), ReadError> {
-    let timeouts = &ctx.config.timeouts;
+    let view = ctx.view();
+    let timeouts = &view.config.timeouts;
     let mut started = Instant::now();
     let mut deadline = (first || !conn.rbuf.is_empty()).then(|| started + timeouts.client_header);
     loop {
         if !conn.rbuf.is_empty() {
+            idle.set(false);
             if let Some(head) =
-                parse_request(&mut conn.rbuf, &ctx.config.limits).map_err(ReadError::Invalid)?
+                parse_request(&mut conn.rbuf, &view.config.limits).map_err(ReadError::Invalid)?
             {
                 return Ok((head, started));
             }
+        } else {
+            idle.set(true);
+            if ctx.shared.is_draining() {
+                return Err(ReadError::Closed);
+            }
         }
         let wait_until = deadline.unwrap_or_else(|| Instant::now() + timeouts.idle);
-        match read_more_until(
+        let read = read_more_until(
             &mut conn.stream,
             &mut conn.rbuf,
             CLIENT_READ_BUF,
             wait_until,
-        )
-        .await
-        {
+        );
+        match read.await {
             Ok(0) | Err(IoFail::Io(_)) => return Err(ReadError::Closed),
             Ok(_) => {
                 if deadline.is_none() {
@@ -136,5 +147,5 @@ async fn respond_error(conn: &mut ClientConn, ctx: &WorkerCtx, status: u16) {
 }
 
 fn io_timeout(ctx: &WorkerCtx) -> Duration {
-    ctx.config.timeouts.io
+    ctx.view().config.timeouts.io
 }

@@ -5,8 +5,9 @@
 use super::health::ProbeResult;
 use super::passive::{Circuit, PassiveHealth};
 use crate::config::ResolvedBackend;
+use crate::metrics::BackendStats;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 #[derive(Debug)]
@@ -20,10 +21,16 @@ pub struct Backend {
     pub passive: PassiveHealth,
     /// Last active check, for status reporting; written by the health thread only.
     last_check: Mutex<Option<(ProbeResult, bool)>>,
+    /// Drained through the admin API: no new requests, in-flight ones finish.
+    drained: AtomicBool,
+    /// Passive ejections so far (rare, so one shared counter).
+    pub ejections: AtomicU64,
+    /// Per-worker counters, indexed by worker id; each worker writes only its own slot.
+    pub stats: Box<[BackendStats]>,
 }
 
 impl Backend {
-    pub fn new(b: &ResolvedBackend) -> Self {
+    pub fn new(b: &ResolvedBackend, workers: usize) -> Self {
         Backend {
             url: b.url.clone(),
             addr: b.addr,
@@ -33,12 +40,35 @@ impl Backend {
             weight: AtomicU32::new(b.weight),
             passive: PassiveHealth::default(),
             last_check: Mutex::new(None),
+            drained: AtomicBool::new(false),
+            ejections: AtomicU64::new(0),
+            stats: (0..workers.max(1))
+                .map(|_| BackendStats::default())
+                .collect(),
         }
     }
 
-    /// Up by active checks and not ejected by passive ones (as of `now_ms`).
+    /// Up by active checks, not drained, and not ejected by passive ones (as of `now_ms`).
     pub fn is_available(&self, now_ms: u64) -> bool {
-        self.is_up() && self.passive.circuit(now_ms) != Circuit::Open
+        self.accepts_traffic() && self.passive.circuit(now_ms) != Circuit::Open
+    }
+
+    /// Up by active checks and not drained by an operator.
+    pub fn accepts_traffic(&self) -> bool {
+        self.is_up() && !self.is_drained()
+    }
+
+    pub fn is_drained(&self) -> bool {
+        self.drained.load(Ordering::Relaxed)
+    }
+
+    pub fn set_drained(&self, drained: bool) {
+        self.drained.store(drained, Ordering::Relaxed);
+    }
+
+    /// This worker's counters for this backend.
+    pub fn stats(&self, worker: usize) -> &BackendStats {
+        &self.stats[worker % self.stats.len()]
     }
 
     pub fn set_last_check(&self, result: &ProbeResult, ok: bool) {
@@ -68,9 +98,12 @@ impl Backend {
     }
 }
 
-/// The backends of the default upstream group, shared by every worker.
-pub type BackendSet = Arc<[Backend]>;
+/// The backends of the default upstream group, shared by every worker. Each is an `Arc` so a
+/// reload can keep the ones that did not change, with their state.
+pub type BackendSet = Arc<[Arc<Backend>]>;
 
-pub fn backend_set(resolved: &[ResolvedBackend]) -> BackendSet {
-    resolved.iter().map(Backend::new).collect()
+impl AsRef<Backend> for Backend {
+    fn as_ref(&self) -> &Backend {
+        self
+    }
 }

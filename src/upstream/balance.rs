@@ -22,9 +22,9 @@ impl Balancer {
     }
 
     /// Chooses among the backends for which `eligible` holds; `None` when there is none.
-    pub fn pick(
+    pub fn pick<B: AsRef<Backend>>(
         &mut self,
-        backends: &[Backend],
+        backends: &[B],
         eligible: impl Fn(usize) -> bool,
     ) -> Option<usize> {
         if self.current_weight.len() != backends.len() {
@@ -41,7 +41,7 @@ impl Balancer {
                 let mut total = 0i64;
                 let mut best: Option<usize> = None;
                 for i in (0..backends.len()).filter(|&i| eligible(i)) {
-                    let w = i64::from(backends[i].weight());
+                    let w = i64::from(backends[i].as_ref().weight());
                     self.current_weight[i] += w;
                     total += w;
                     if best.is_none_or(|b| self.current_weight[i] > self.current_weight[b]) {
@@ -66,12 +66,15 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, &w)| {
-                Backend::new(&ResolvedBackend {
-                    url: format!("http://127.0.0.1:{}", 9000 + i),
-                    addr: ([127, 0, 0, 1], 9000 + i as u16).into(),
-                    weight: w,
-                    health_check_path: "/health".into(),
-                })
+                Backend::new(
+                    &ResolvedBackend {
+                        url: format!("http://127.0.0.1:{}", 9000 + i),
+                        addr: ([127, 0, 0, 1], 9000 + i as u16).into(),
+                        weight: w,
+                        health_check_path: "/health".into(),
+                    },
+                    1,
+                )
             })
             .collect()
     }

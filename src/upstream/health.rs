@@ -7,12 +7,12 @@
 //! has passed one check a single failure takes it down, so a dead backend gets no flood first.
 
 use super::Backend;
-use crate::config::HealthSettings;
-use crate::upstream::BackendSet;
+use crate::state::Shared;
 use bytes::BytesMut;
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Most bytes read looking for a health response's status line and head.
@@ -95,45 +95,63 @@ impl fmt::Display for ProbeResult {
     }
 }
 
-/// Starts the health thread (nothing is started when checks are disabled).
-pub fn spawn(
-    backends: BackendSet,
-    settings: HealthSettings,
-) -> std::io::Result<Option<std::thread::JoinHandle<()>>> {
-    if !settings.enabled {
-        return Ok(None);
-    }
-    let handle = std::thread::Builder::new()
+/// How often the health thread looks for a reloaded backend set.
+const SUPERVISE_INTERVAL: Duration = Duration::from_millis(200);
+/// While checks are disabled, how often a checker looks whether a reload enabled them.
+const DISABLED_RECHECK: Duration = Duration::from_secs(1);
+
+/// Starts the health thread. It follows reloads: new backends get a checker, removed ones lose it.
+pub fn spawn(shared: Arc<Shared>) -> std::io::Result<()> {
+    std::thread::Builder::new()
         .name("health".into())
         .spawn(move || {
             let runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
                 .enable_timer()
                 .build();
-            let mut runtime = match runtime {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!(error = %e, "health checks cannot start: no runtime");
-                    return;
-                }
-            };
-            runtime.block_on(async move {
-                let tasks: Vec<_> = (0..backends.len())
-                    .map(|i| monoio::spawn(check_forever(backends.clone(), i, settings.clone())))
-                    .collect();
-                for t in tasks {
-                    t.await;
-                }
-            });
+            match runtime {
+                Ok(mut rt) => rt.block_on(supervise(shared)),
+                Err(e) => tracing::error!(error = %e, "health checks cannot start: no runtime"),
+            }
         })?;
-    Ok(Some(handle))
+    Ok(())
 }
 
-async fn check_forever(backends: BackendSet, index: usize, settings: HealthSettings) {
-    let backend = &backends[index];
+async fn supervise(shared: Arc<Shared>) {
+    let mut seen_generation = 0;
+    let mut watched: Vec<Arc<Backend>> = Vec::new();
+    loop {
+        if shared.generation() != seen_generation {
+            let snapshot = shared.snapshot();
+            seen_generation = snapshot.generation;
+            watched.retain(|w| snapshot.backends.iter().any(|b| Arc::ptr_eq(w, b)));
+            for backend in snapshot.backends.iter() {
+                if !watched.iter().any(|w| Arc::ptr_eq(w, backend)) {
+                    watched.push(backend.clone());
+                    monoio::spawn(check_forever(shared.clone(), backend.clone()));
+                }
+            }
+        }
+        monoio::time::sleep(SUPERVISE_INTERVAL).await;
+    }
+}
+
+async fn check_forever(shared: Arc<Shared>, backend: Arc<Backend>) {
     let mut tracker = HealthTracker::default();
     loop {
+        let snapshot = shared.snapshot();
+        if !snapshot.backends.iter().any(|b| Arc::ptr_eq(b, &backend)) {
+            return; // removed by a reload
+        }
+        let settings = &snapshot.config.health;
+        if !settings.enabled {
+            // No probes; a backend is not held down by checks that no longer run.
+            backend.set_up(true);
+            tracker = HealthTracker::default();
+            monoio::time::sleep(DISABLED_RECHECK).await;
+            continue;
+        }
         let started = Instant::now();
-        let result = probe(backend, settings.timeout).await;
+        let result = probe(&backend, settings.timeout).await;
         let ok = matches!(result, ProbeResult::Status(s) if settings.expects(s));
         backend.set_last_check(&result, ok);
         match tracker.record(ok, settings.success_threshold, settings.failure_threshold) {

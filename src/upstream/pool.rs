@@ -2,12 +2,14 @@
 //! Connections are reused most-recently-idle first (keeps the hot set small and warm) and
 //! closed after `idle_timeout`, or when more than `max_idle_per_backend` wait.
 
+use super::BackendSet;
 use crate::config::PoolSettings;
 use bytes::BytesMut;
 use monoio::net::TcpStream;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Read buffer of a fresh upstream connection; it grows for large heads and bodies.
@@ -22,6 +24,8 @@ pub struct UpstreamConn {
     pub backend: usize,
     /// Taken from the pool rather than freshly connected.
     pub reused: bool,
+    /// Config generation whose backend numbering `backend` refers to.
+    pub generation: u64,
 }
 
 struct IdleConn {
@@ -32,14 +36,51 @@ struct IdleConn {
 pub struct UpstreamPool {
     idle: Vec<VecDeque<IdleConn>>,
     settings: PoolSettings,
+    generation: u64,
 }
 
 impl UpstreamPool {
-    pub fn new(settings: PoolSettings, backends: usize) -> Self {
+    pub fn new(settings: PoolSettings, backends: usize, generation: u64) -> Self {
         UpstreamPool {
             idle: (0..backends).map(|_| VecDeque::new()).collect(),
             settings,
+            generation,
         }
+    }
+
+    /// After a reload: idle connections to backends still present move to their new index;
+    /// those to removed backends are closed.
+    pub fn rebuild(
+        &mut self,
+        old: &BackendSet,
+        new: &BackendSet,
+        settings: PoolSettings,
+        generation: u64,
+    ) {
+        let mut idle: Vec<VecDeque<IdleConn>> = (0..new.len()).map(|_| VecDeque::new()).collect();
+        for (old_index, queue) in self.idle.drain(..).enumerate() {
+            let Some(old_backend) = old.get(old_index) else {
+                continue;
+            };
+            if let Some(new_index) = new.iter().position(|b| Arc::ptr_eq(b, old_backend)) {
+                idle[new_index] = queue
+                    .into_iter()
+                    .map(|mut c| {
+                        c.conn.backend = new_index;
+                        c.conn.generation = generation;
+                        c
+                    })
+                    .collect();
+            }
+        }
+        self.idle = idle;
+        self.settings = settings;
+        self.generation = generation;
+    }
+
+    /// Closes every idle connection (shutdown).
+    pub fn clear(&mut self) {
+        self.idle.iter_mut().for_each(VecDeque::clear);
     }
 
     /// The most recently idle live connection to `backend`, if any.
@@ -66,7 +107,7 @@ impl UpstreamPool {
         let Some(queue) = self.idle.get_mut(conn.backend) else {
             return;
         };
-        if max == 0 || !conn.rbuf.is_empty() {
+        if max == 0 || !conn.rbuf.is_empty() || conn.generation != self.generation {
             return;
         }
         if queue.len() >= max {
@@ -120,6 +161,7 @@ pub async fn connect(
     backend: usize,
     addr: SocketAddr,
     timeout: Duration,
+    generation: u64,
 ) -> Result<UpstreamConn, ConnectError> {
     let stream = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
         Ok(Ok(s)) => s,
@@ -133,5 +175,6 @@ pub async fn connect(
         rbuf: BytesMut::with_capacity(UPSTREAM_READ_BUF),
         backend,
         reused: false,
+        generation,
     })
 }

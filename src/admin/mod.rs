@@ -1,0 +1,189 @@
+//! The admin listener: `/metrics`, `/status`, `/healthz`, `/readyz` and runtime changes
+//! (drain, enable, weight, reload). It runs on its own thread with blocking sockets: admin traffic
+//! is light and must never share a worker's event loop or the proxy's port.
+
+mod prometheus;
+mod routes;
+mod status;
+
+use crate::config::Limits;
+use crate::http::{parse_request, BodyKind};
+use crate::state::Shared;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Bound on reading one admin request and writing its answer.
+const ADMIN_IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Admin request bodies are tiny (a weight); anything larger is refused.
+const MAX_ADMIN_BODY: u64 = 4096;
+
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl Response {
+    pub fn text(status: u16, body: impl Into<String>) -> Self {
+        Response {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into(),
+        }
+    }
+
+    pub fn json(status: u16, value: &serde_json::Value) -> Self {
+        Response {
+            status,
+            content_type: "application/json",
+            body: format!("{value}\n"),
+        }
+    }
+}
+
+/// Binds the admin listener (if enabled) and serves it on a thread of its own.
+pub fn spawn(shared: Arc<Shared>) -> std::io::Result<()> {
+    let settings = shared.snapshot().config.admin.clone();
+    if !settings.enabled {
+        return Ok(());
+    }
+    let listener = TcpListener::bind(settings.listen).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on admin address {}: {e}", settings.listen),
+        )
+    })?;
+    tracing::info!(listen = %settings.listen, "admin listening");
+    std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                match stream {
+                    Ok(stream) => serve(stream, &shared),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept failed");
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// One request per connection: read it, answer it, close.
+fn serve(mut stream: TcpStream, shared: &Shared) {
+    let _ = stream.set_read_timeout(Some(ADMIN_IO_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(ADMIN_IO_TIMEOUT));
+    let response = match read_request(&mut stream) {
+        Ok((method, path, authorization, body)) => {
+            let token = shared.snapshot().config.admin.token.clone();
+            if !authorized(token.as_deref(), authorization.as_deref()) {
+                Response::text(
+                    401,
+                    "401 Unauthorized: send Authorization: Bearer <token>\n",
+                )
+            } else {
+                routes::route(&method, &path, &body, shared)
+            }
+        }
+        Err(status) => Response::text(status, format!("{status} bad admin request\n")),
+    };
+    let head =
+        format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n",
+        response.status,
+        crate::http::status::reason_phrase_any(response.status),
+        response.content_type,
+        response.body.len(),
+        if response.status == 401 { "WWW-Authenticate: Bearer\r\n" } else { "" },
+    );
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(response.body.as_bytes());
+}
+
+fn authorized(token: Option<&str>, header: Option<&str>) -> bool {
+    let Some(token) = token else { return true };
+    let Some(given) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+        return false;
+    };
+    // Compare in constant time so the token cannot be guessed byte by byte.
+    given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+type AdminRequest = (String, String, Option<String>, String);
+
+fn read_request(stream: &mut TcpStream) -> Result<AdminRequest, u16> {
+    let limits = Limits {
+        max_request_line_bytes: 8192,
+        max_header_bytes: 16 * 1024,
+        max_headers: 64,
+        max_body_bytes: Some(MAX_ADMIN_BODY),
+        max_connections: 1,
+    };
+    let deadline = Instant::now() + ADMIN_IO_TIMEOUT;
+    let mut buf = bytes::BytesMut::with_capacity(1024);
+    let head = loop {
+        if let Some(head) = parse_request(&mut buf, &limits).map_err(|e| e.status())? {
+            break head;
+        }
+        if Instant::now() > deadline || !read_some(stream, &mut buf) {
+            return Err(408);
+        }
+    };
+    let raw = &head.raw[..];
+    let header = |name: &str| {
+        head.headers
+            .iter()
+            .find(|h| h.name.of(raw).eq_ignore_ascii_case(name.as_bytes()))
+            .map(|h| String::from_utf8_lossy(h.value.of(raw)).into_owned())
+    };
+    let authorization = header("authorization");
+    let body = match head.body {
+        BodyKind::Length(n) => {
+            while (buf.len() as u64) < n {
+                if Instant::now() > deadline || !read_some(stream, &mut buf) {
+                    return Err(408);
+                }
+            }
+            String::from_utf8_lossy(&buf[..n as usize]).into_owned()
+        }
+        BodyKind::Empty => String::new(),
+        // Admin clients send small bodies with a length; chunked is not worth supporting here.
+        _ => return Err(411),
+    };
+    let method = String::from_utf8_lossy(head.method()).into_owned();
+    let path = String::from_utf8_lossy(head.target()).into_owned();
+    Ok((method, path, authorization, body))
+}
+
+fn read_some(stream: &mut TcpStream, buf: &mut bytes::BytesMut) -> bool {
+    let mut chunk = [0u8; 1024];
+    match stream.read(&mut chunk) {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            true
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::authorized;
+
+    #[test]
+    fn bearer_token_check() {
+        assert!(authorized(None, None));
+        assert!(authorized(Some("s3cret"), Some("Bearer s3cret")));
+        assert!(!authorized(Some("s3cret"), Some("Bearer s3cre")));
+        assert!(!authorized(Some("s3cret"), Some("s3cret")));
+        assert!(!authorized(Some("s3cret"), None));
+    }
+}

@@ -1,0 +1,251 @@
+//! `GET /metrics` in the Prometheus text exposition format (version 0.0.4). Per-worker counters
+//! are summed here, on read.
+
+use crate::metrics::{read, HistogramTotals, WorkerMetrics, CLASS_LABELS, LATENCY_BUCKETS};
+use crate::state::Shared;
+use crate::upstream::passive::now_ms;
+use crate::upstream::Backend;
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+pub fn render(shared: &Shared) -> String {
+    let snapshot = shared.snapshot();
+    let workers = &shared.workers;
+    let mut out = String::with_capacity(8192);
+    let sum = |f: &dyn Fn(&WorkerMetrics) -> u64| workers.iter().map(|w| f(w)).sum::<u64>();
+
+    family(
+        &mut out,
+        "ringproxy_build_info",
+        "gauge",
+        "Build information.",
+    );
+    let _ = writeln!(
+        out,
+        "ringproxy_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    family(
+        &mut out,
+        "ringproxy_uptime_seconds",
+        "gauge",
+        "Seconds since the process started.",
+    );
+    let _ = writeln!(
+        out,
+        "ringproxy_uptime_seconds {}",
+        shared.started_at.elapsed().as_secs_f64()
+    );
+    family(
+        &mut out,
+        "ringproxy_config_generation",
+        "gauge",
+        "Config snapshot in use (1 at start, +1 per reload).",
+    );
+    let _ = writeln!(out, "ringproxy_config_generation {}", snapshot.generation);
+
+    family(
+        &mut out,
+        "ringproxy_requests_total",
+        "counter",
+        "Requests answered, by status class.",
+    );
+    for (i, class) in CLASS_LABELS.iter().enumerate() {
+        let n = sum(&|w| read(&w.requests_by_class[i]));
+        let _ = writeln!(out, "ringproxy_requests_total{{class=\"{class}\"}} {n}");
+    }
+    counter(&mut out, "ringproxy_requests_unanswered_total", "Requests that got no response (client gone, or reset after an upstream failure mid-response).", sum(&|w| read(&w.requests_unanswered)));
+    family(
+        &mut out,
+        "ringproxy_worker_requests_total",
+        "counter",
+        "Requests handled by each worker.",
+    );
+    for (id, w) in workers.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "ringproxy_worker_requests_total{{worker=\"{id}\"}} {}",
+            w.requests_total()
+        );
+    }
+    family(
+        &mut out,
+        "ringproxy_active_connections",
+        "gauge",
+        "Open client connections, by worker.",
+    );
+    for (id, w) in workers.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "ringproxy_active_connections{{worker=\"{id}\"}} {}",
+            w.active_connections.load(Ordering::Relaxed)
+        );
+    }
+    counter(
+        &mut out,
+        "ringproxy_connections_refused_total",
+        "Client connections refused over limits.max_connections.",
+        sum(&|w| read(&w.connections_refused_over_cap)),
+    );
+    counter(
+        &mut out,
+        "ringproxy_retries_total",
+        "Requests sent again to a backend after a retryable failure.",
+        sum(&|w| read(&w.retries)),
+    );
+    histogram(
+        &mut out,
+        "ringproxy_request_duration_seconds",
+        "Time from request head to the end of the response.",
+        workers,
+        |w| &w.request_duration,
+    );
+    histogram(
+        &mut out,
+        "ringproxy_upstream_response_duration_seconds",
+        "Time from sending the request upstream to its response head.",
+        workers,
+        |w| &w.upstream_duration,
+    );
+
+    family(
+        &mut out,
+        "ringproxy_upstream_pool_idle_connections",
+        "gauge",
+        "Idle keep-alive upstream connections, by worker.",
+    );
+    for (id, w) in workers.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "ringproxy_upstream_pool_idle_connections{{worker=\"{id}\"}} {}",
+            w.pool_idle.load(Ordering::Relaxed)
+        );
+    }
+    counter(
+        &mut out,
+        "ringproxy_upstream_connections_opened_total",
+        "New upstream connections.",
+        sum(&|w| read(&w.upstream_opened)),
+    );
+    counter(
+        &mut out,
+        "ringproxy_upstream_connections_reused_total",
+        "Requests sent on a pooled upstream connection.",
+        sum(&|w| read(&w.upstream_reused)),
+    );
+
+    let now = now_ms();
+    let backends = &snapshot.backends;
+    family(
+        &mut out,
+        "ringproxy_backend_requests_total",
+        "counter",
+        "Requests answered by each backend, by status class.",
+    );
+    for b in backends.iter() {
+        for (i, class) in CLASS_LABELS.iter().enumerate() {
+            let n: u64 = b.stats.iter().map(|s| read(&s.requests_by_class[i])).sum();
+            let _ = writeln!(
+                out,
+                "ringproxy_backend_requests_total{{backend=\"{}\",class=\"{class}\"}} {n}",
+                escape(&b.url)
+            );
+        }
+    }
+    let per_backend: [BackendFamily; 7] = [
+        (
+            "ringproxy_backend_connect_errors_total",
+            "counter",
+            "Failed connects to each backend.",
+            &|b| b.stats.iter().map(|s| read(&s.connect_errors)).sum::<u64>() as f64,
+        ),
+        (
+            "ringproxy_backend_timeouts_total",
+            "counter",
+            "Connect or response-head timeouts per backend.",
+            &|b| b.stats.iter().map(|s| read(&s.timeouts)).sum::<u64>() as f64,
+        ),
+        (
+            "ringproxy_backend_ejections_total",
+            "counter",
+            "Passive-health ejections per backend.",
+            &|b| b.ejections.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "ringproxy_backend_in_flight",
+            "gauge",
+            "Requests in flight to each backend.",
+            &|b| {
+                b.stats
+                    .iter()
+                    .map(|s| s.in_flight.load(Ordering::Relaxed))
+                    .sum::<i64>() as f64
+            },
+        ),
+        (
+            "ringproxy_backend_up",
+            "gauge",
+            "1 if the backend passes active health checks.",
+            &|b| f64::from(u8::from(b.is_up())),
+        ),
+        (
+            "ringproxy_backend_available",
+            "gauge",
+            "1 if new requests may go to the backend (up, not drained, not ejected).",
+            &|b| f64::from(u8::from(b.is_available(now))),
+        ),
+        (
+            "ringproxy_backend_weight",
+            "gauge",
+            "Effective weight of the backend.",
+            &|b| f64::from(b.weight()),
+        ),
+    ];
+    for (name, kind, help, value) in per_backend {
+        family(&mut out, name, kind, help);
+        for b in backends.iter() {
+            let _ = writeln!(out, "{name}{{backend=\"{}\"}} {}", escape(&b.url), value(b));
+        }
+    }
+    out
+}
+
+/// A per-backend metric: name, type, help, and how to read it from a backend.
+type BackendFamily<'a> = (&'a str, &'a str, &'a str, &'a dyn Fn(&Backend) -> f64);
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    family(out, name, "counter", help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+fn histogram(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    workers: &[std::sync::Arc<WorkerMetrics>],
+    pick: impl Fn(&WorkerMetrics) -> &crate::metrics::Histogram,
+) {
+    let mut totals = HistogramTotals::default();
+    workers.iter().for_each(|w| pick(w).accumulate(&mut totals));
+    family(out, name, "histogram", help);
+    let mut cumulative = 0;
+    for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+        cumulative += totals.buckets[i];
+        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+    }
+    cumulative += totals.buckets[LATENCY_BUCKETS.len()];
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+    let _ = writeln!(out, "{name}_sum {}", totals.sum_micros as f64 / 1e6);
+    let _ = writeln!(out, "{name}_count {cumulative}");
+}
+
+/// Label values escape backslash, double quote and newline.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

@@ -1,0 +1,106 @@
+//! Configuration reload (SIGHUP and `POST /reload`): re-read the file, and if it is valid publish
+//! a new snapshot that every worker picks up on its next request. Backends that did not change
+//! keep their state; requests in flight finish on the snapshot they started with. Settings that
+//! only take effect at start (listen address, workers, pinning, admin listener) are reported.
+
+use crate::config::{self, ConfigError, ValidConfig};
+use crate::state::{build_backends, Shared};
+use serde::Serialize;
+use std::sync::Arc;
+
+#[derive(Debug, Serialize)]
+pub struct ReloadReport {
+    pub generation: u64,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// (url, old weight, new weight)
+    pub reweighted: Vec<(String, u32, u32)>,
+    /// Changed keys that need a restart; the running values are kept.
+    pub restart_required: Vec<&'static str>,
+}
+
+pub fn reload(shared: &Shared) -> Result<ReloadReport, Vec<ConfigError>> {
+    let _serialised = shared.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+    let mut next = config::load(&shared.config_path)?;
+    let current = shared.snapshot();
+    let old = &current.config;
+    let restart_required = keep_startup_settings(&mut next, old);
+    let old_weights: Vec<(String, u32)> = current
+        .backends
+        .iter()
+        .map(|b| (b.url.clone(), b.weight()))
+        .collect();
+    let backends = build_backends(&next, Some(&current.backends), shared.workers.len());
+
+    let added = backends
+        .iter()
+        .filter(|b| !current.backends.iter().any(|o| Arc::ptr_eq(o, b)))
+        .map(|b| b.url.clone())
+        .collect();
+    let removed = current
+        .backends
+        .iter()
+        .filter(|o| !backends.iter().any(|b| Arc::ptr_eq(o, b)))
+        .map(|o| o.url.clone())
+        .collect();
+    let reweighted = backends
+        .iter()
+        .filter_map(|b| {
+            let (_, before) = old_weights.iter().find(|(url, _)| *url == b.url)?;
+            (*before != b.weight()).then(|| (b.url.clone(), *before, b.weight()))
+        })
+        .collect();
+    crate::logging::set_level(&next.logging.level);
+    let generation = shared.publish(next, backends);
+    let report = ReloadReport {
+        generation,
+        added,
+        removed,
+        reweighted,
+        restart_required,
+    };
+    tracing::info!(
+        generation,
+        added = ?report.added,
+        removed = ?report.removed,
+        reweighted = ?report.reweighted,
+        "configuration reloaded"
+    );
+    for key in &report.restart_required {
+        tracing::warn!(
+            key,
+            "changed in the config file but only applied at start: restart to use it"
+        );
+    }
+    Ok(report)
+}
+
+/// Keeps the running values of settings a reload cannot change and names those that differ.
+fn keep_startup_settings(next: &mut ValidConfig, old: &ValidConfig) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if next.listen != old.listen {
+        changed.push("server.host/server.port");
+        next.listen = old.listen;
+    }
+    if next.workers != old.workers {
+        changed.push("server.workers");
+        next.workers = old.workers;
+    }
+    if next.pin_cores != old.pin_cores {
+        changed.push("server.pin_cores");
+        next.pin_cores = old.pin_cores;
+    }
+    if next.admin.listen != old.admin.listen || next.admin.enabled != old.admin.enabled {
+        changed.push("admin.host/admin.port/admin.enabled");
+        next.admin.listen = old.admin.listen;
+        next.admin.enabled = old.admin.enabled;
+    }
+    if next.logging.format != old.logging.format {
+        changed.push("logging.format");
+    }
+    // The connection cap was fitted to the descriptor limit at start.
+    if next.limits.max_connections != old.limits.max_connections {
+        next.limits.max_connections = next.limits.max_connections.min(old.limits.max_connections);
+    }
+    changed
+}
