@@ -17,6 +17,7 @@ use crate::state::Snapshot;
 use crate::upstream::passive::{now_ms, Circuit};
 use crate::upstream::{connect, ConnectError, UpstreamConn};
 use bytes::Bytes;
+use smallvec::SmallVec;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -152,7 +153,7 @@ pub async fn handle(
         Err(failure) => answer_failure(conn, &req, &body, ctx, &view, failure, &mut rec).await,
     };
     set_backend(&mut rec, &view, ctx, None);
-    record_metrics(ctx, &rec, started);
+    record_metrics(ctx, &view, &rec, started);
     if view.config.logging.access_log {
         let backend_url = rec
             .backend_seen
@@ -183,7 +184,7 @@ fn set_backend(rec: &mut AccessRecord, view: &Snapshot, ctx: &WorkerCtx, backend
     }
 }
 
-fn record_metrics(ctx: &WorkerCtx, rec: &AccessRecord, started: Instant) {
+fn record_metrics(ctx: &WorkerCtx, view: &Snapshot, rec: &AccessRecord, started: Instant) {
     let m = &ctx.metrics;
     let class = status_class(rec.status).filter(|_| rec.answered);
     match class {
@@ -195,7 +196,7 @@ fn record_metrics(ctx: &WorkerCtx, rec: &AccessRecord, started: Instant) {
         m.upstream_duration.observe(t);
     }
     if let (Some(c), Some(b)) = (class, rec.backend_seen) {
-        if let Some(backend) = ctx.view().backends.get(b) {
+        if let Some(backend) = view.backends.get(b) {
             bump(&backend.stats(ctx.worker_id).requests_by_class[c]);
         }
     }
@@ -210,7 +211,8 @@ async fn forward(
     rec: &mut AccessRecord,
 ) -> Result<bool, Failure> {
     let max_backends = 1 + view.config.pool.retries;
-    let mut tried: Vec<usize> = Vec::new();
+    // Inline: no allocation on the common path of one or two backends.
+    let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
     let mut last_failure: Option<Failure> = None;
     // A pooled connection found closed gets one free retry on a fresh connection, same backend.
     let mut fresh_retry: Option<usize> = None;
@@ -353,7 +355,7 @@ async fn forward(
 fn pick_backend(ctx: &WorkerCtx, view: &Snapshot, tried: &[usize]) -> Option<usize> {
     let now = now_ms();
     let passive = &view.config.passive;
-    let mut lost_trial: Vec<usize> = Vec::new();
+    let mut lost_trial: SmallVec<[usize; 2]> = SmallVec::new();
     loop {
         let chosen = ctx.balancer().pick(&view.backends, |i| {
             let b = &view.backends[i];

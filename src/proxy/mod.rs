@@ -102,7 +102,10 @@ async fn read_request(
     let view = ctx.view();
     let timeouts = &view.config.timeouts;
     let mut started = Instant::now();
-    let mut deadline = (first || !conn.rbuf.is_empty()).then(|| started + timeouts.client_header);
+    // Whether any byte of this request has arrived: decides 408 versus a quiet close on timeout
+    // (the read buffer itself is gone after a timed-out read).
+    let mut arrived = !conn.rbuf.is_empty();
+    let mut deadline = (first || arrived).then(|| started + timeouts.client_header);
     loop {
         if !conn.rbuf.is_empty() {
             idle.set(false);
@@ -127,14 +130,15 @@ async fn read_request(
         match read.await {
             Ok(0) | Err(IoFail::Io(_)) => return Err(ReadError::Closed),
             Ok(_) => {
+                arrived = true;
                 if deadline.is_none() {
                     started = Instant::now();
                     deadline = Some(started + timeouts.client_header);
                 }
             }
+            Err(IoFail::Timeout) if arrived => return Err(ReadError::Timeout),
             // Nothing sent at all: close quietly, as nginx does for an idle connection.
-            Err(IoFail::Timeout) if conn.rbuf.is_empty() => return Err(ReadError::Closed),
-            Err(IoFail::Timeout) => return Err(ReadError::Timeout),
+            Err(IoFail::Timeout) => return Err(ReadError::Closed),
         }
     }
 }

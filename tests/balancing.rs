@@ -1,0 +1,105 @@
+//! Load balancing: round-robin spreads evenly (and ignores weights), smooth weighted
+//! round-robin follows the weights, a backend refusing connections is skipped, and a backend
+//! failing its health check gets no traffic until it passes again.
+
+mod common;
+
+use common::*;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Sends `requests` GETs over a few keep-alive connections and counts answers per body.
+fn spread(proxy: &Proxy, requests: usize) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    let mut conns: Vec<HttpConn> = (0..3).map(|_| proxy.connect()).collect();
+    let spread_over = conns.len();
+    for i in 0..requests {
+        let body = conns[i % spread_over]
+            .get_ok(&format!("/spread/{i}"))
+            .text();
+        *counts.entry(body).or_insert(0) += 1;
+    }
+    counts
+}
+
+fn assert_near(counts: &HashMap<String, usize>, name: &str, expected: usize, tolerance: usize) {
+    let got = counts.get(name).copied().unwrap_or(0);
+    assert!(
+        got.abs_diff(expected) <= tolerance,
+        "backend {name}: {got} requests, expected {expected} ± {tolerance}; all: {counts:?}"
+    );
+}
+
+#[test]
+fn round_robin_spreads_evenly() {
+    let backends = [
+        Backend::fixed("a"),
+        Backend::fixed("b"),
+        Backend::fixed("c"),
+    ];
+    let ports: Vec<u16> = backends.iter().map(|b| b.port).collect();
+    let proxy = Proxy::start(&ports, "[load_balancing]\nstrategy = \"round_robin\"\n");
+    let counts = spread(&proxy, 300);
+    for name in ["a", "b", "c"] {
+        assert_near(&counts, name, 100, 5);
+    }
+}
+
+#[test]
+fn round_robin_ignores_weights() {
+    let (a, b) = (Backend::fixed("a"), Backend::fixed("b"));
+    let proxy = Proxy::start_weighted(
+        &[(a.port, 3), (b.port, 1)],
+        "[load_balancing]\nstrategy = \"round_robin\"\n",
+    );
+    let counts = spread(&proxy, 200);
+    assert_near(&counts, "a", 100, 5);
+    assert_near(&counts, "b", 100, 5);
+}
+
+#[test]
+fn weighted_follows_weights() {
+    let (a, b) = (Backend::fixed("a"), Backend::fixed("b"));
+    let proxy = Proxy::start_weighted(
+        &[(a.port, 3), (b.port, 1)],
+        "[load_balancing]\nstrategy = \"weighted\"\n",
+    );
+    let counts = spread(&proxy, 400);
+    assert_near(&counts, "a", 300, 8);
+    assert_near(&counts, "b", 100, 8);
+}
+
+#[test]
+fn refused_backend_is_skipped_by_retrying_the_other() {
+    let live = Backend::fixed("live");
+    let dead = free_port();
+    let proxy = Proxy::start(
+        &[dead, live.port],
+        "[load_balancing]\nstrategy = \"round_robin\"\n",
+    );
+    let counts = spread(&proxy, 20);
+    assert_eq!(counts.get("live"), Some(&20), "{counts:?}");
+}
+
+#[test]
+fn backend_failing_health_checks_gets_no_traffic_until_it_recovers() {
+    let healthy = Arc::new(AtomicBool::new(false));
+    let a = Backend::fixed("a");
+    let b = Backend::with_health("b", healthy.clone());
+    let proxy = Proxy::start(&[a.port, b.port], FAST_HEALTH_CHECKS);
+    let mut conn = proxy.connect();
+    let mut run_of_a = 0;
+    poll_until("b taken out of rotation", || {
+        run_of_a = if conn.get_ok("/").text() == "a" {
+            run_of_a + 1
+        } else {
+            0
+        };
+        run_of_a >= 10
+    });
+    let counts = spread(&proxy, 30);
+    assert_eq!(counts.get("a"), Some(&30), "{counts:?}");
+    healthy.store(true, Ordering::SeqCst);
+    poll_until("b back in rotation", || conn.get_ok("/").text() == "b");
+}

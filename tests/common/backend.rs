@@ -1,0 +1,228 @@
+//! Upstream servers for the tests: plain std::net listeners on 127.0.0.1, one thread per
+//! connection. `Backend::raw` hands each connection to a test-written handler;
+//! `Backend::recording` parses every request, records it, and answers with a scripted reply.
+
+use super::http::{HttpConn, Message};
+use super::sha256_hex;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+
+/// A request as the backend received it, with the index of the upstream connection it came on.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub conn: usize,
+    pub req: Message,
+}
+
+/// What a recording backend does after a request.
+pub enum Reply {
+    /// Write these bytes and keep serving the connection.
+    Send(Vec<u8>),
+    /// Write these bytes and close the connection.
+    SendClose(Vec<u8>),
+    /// Never answer; hold the connection until the peer closes it (or the read timeout).
+    Hang,
+}
+
+type Requests = Arc<Mutex<Vec<Recorded>>>;
+
+/// A listening test upstream; stops accepting when dropped.
+pub struct Backend {
+    pub port: u16,
+    requests: Requests,
+    connections: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Backend {
+    /// Serves each accepted connection with `handler(conn, index)` on its own thread.
+    pub fn raw<F>(handler: F) -> Backend
+    where
+        F: Fn(HttpConn, usize) + Send + Sync + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+        let port = listener.local_addr().expect("local_addr").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let handler = Arc::new(handler);
+        let (stop_flag, counter) = (stop.clone(), connections.clone());
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop_flag.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(stream) = stream else { continue };
+                let index = counter.fetch_add(1, Ordering::SeqCst);
+                let handler = handler.clone();
+                thread::spawn(move || handler(HttpConn::new(stream), index));
+            }
+        });
+        Backend {
+            port,
+            requests: Arc::new(Mutex::new(Vec::new())),
+            connections,
+            stop,
+        }
+    }
+
+    /// Parses requests on every connection, records them, and answers with `respond(&request)`.
+    pub fn recording<F>(respond: F) -> Backend
+    where
+        F: Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    {
+        let requests: Requests = Arc::new(Mutex::new(Vec::new()));
+        let log = requests.clone();
+        let mut backend =
+            Backend::raw(move |conn, index| serve_recorded(conn, index, &log, &respond));
+        backend.requests = requests;
+        backend
+    }
+
+    /// Answers every request with 200 and `body` (Content-Length framed, keep-alive).
+    pub fn fixed(body: &str) -> Backend {
+        let reply = response_bytes("200 OK", &[], body.as_bytes());
+        Backend::recording(move |_| Reply::Send(reply.clone()))
+    }
+
+    /// Answers every request with 200 and the request target as the body.
+    pub fn echo_target() -> Backend {
+        Backend::recording(|r| {
+            Reply::Send(response_bytes(
+                "200 OK",
+                &[],
+                r.req.head.target().as_bytes(),
+            ))
+        })
+    }
+
+    /// Answers `/health` with 200 while `healthy` is set and 500 otherwise; any other request
+    /// with 200 and `body`.
+    pub fn with_health(body: &str, healthy: Arc<AtomicBool>) -> Backend {
+        let ok = response_bytes("200 OK", &[], body.as_bytes());
+        let sick = response_bytes("500 Internal Server Error", &[], b"sick");
+        Backend::recording(move |r| {
+            let failing = r.req.head.target() == "/health" && !healthy.load(Ordering::SeqCst);
+            Reply::Send(if failing { sick.clone() } else { ok.clone() })
+        })
+    }
+
+    /// Answers every request with 200 and the sha256 (hex) of the request body it decoded.
+    pub fn body_digest() -> Backend {
+        Backend::recording(|r| {
+            Reply::Send(response_bytes(
+                "200 OK",
+                &[],
+                sha256_hex(&r.req.body).as_bytes(),
+            ))
+        })
+    }
+
+    /// Reads one request per connection, answers with `reply` (nothing if empty), then waits for
+    /// the proxy to close the connection. Each connection reports `Ok(bytes sent after the
+    /// request)` once closed, or the read error (`WouldBlock` when still open after 10 s).
+    pub fn watch_close(reply: Vec<u8>) -> (Backend, mpsc::Receiver<Result<usize, io::ErrorKind>>) {
+        let (closed_tx, closed_rx) = mpsc::channel();
+        let closed_tx = Mutex::new(closed_tx);
+        let backend = Backend::raw(move |mut conn, _| {
+            if let Ok(Some(_)) = conn.read_request() {
+                if !reply.is_empty() && conn.try_send(&reply).is_err() {
+                    return;
+                }
+                let outcome = conn
+                    .read_to_close()
+                    .map(|rest| rest.len())
+                    .map_err(|e| e.kind());
+                let _ = closed_tx.lock().expect("lock").send(outcome);
+            }
+        });
+        (backend, closed_rx)
+    }
+
+    /// Requests received so far, in arrival order.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().expect("requests lock").clone()
+    }
+
+    /// The only request received so far.
+    pub fn single_request(&self) -> Message {
+        let requests = self.requests();
+        assert_eq!(
+            requests.len(),
+            1,
+            "expected exactly one upstream request: {requests:?}"
+        );
+        requests[0].req.clone()
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept so the listener thread sees the flag and exits.
+        let _ = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], self.port)));
+    }
+}
+
+fn serve_recorded<F>(mut conn: HttpConn, index: usize, log: &Requests, respond: &F)
+where
+    F: Fn(&Recorded) -> Reply,
+{
+    while let Ok(Some(req)) = conn.read_request() {
+        let recorded = Recorded { conn: index, req };
+        let reply = respond(&recorded);
+        log.lock().expect("requests lock").push(recorded);
+        match reply {
+            Reply::Send(bytes) => {
+                if conn.try_send(&bytes).is_err() {
+                    return;
+                }
+            }
+            Reply::SendClose(bytes) => {
+                let _ = conn.try_send(&bytes);
+                return;
+            }
+            Reply::Hang => {
+                let _ = conn.read_to_close();
+                return;
+            }
+        }
+    }
+}
+
+/// `HTTP/1.1 <status>` with the given headers, a Content-Length, and `body`.
+pub fn response_bytes(status: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut out = format!("HTTP/1.1 {status}\r\n");
+    for (name, value) in headers {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    out.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let mut out = out.into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// `HTTP/1.1 <status>` with the given headers and `Transfer-Encoding: chunked`, one chunk per
+/// element of `chunks`, then the terminator with no trailers.
+pub fn chunked_response_bytes(status: &str, headers: &[(&str, &str)], chunks: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("HTTP/1.1 {status}\r\n");
+    for (name, value) in headers {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    out.push_str("Transfer-Encoding: chunked\r\n\r\n");
+    let mut out = out.into_bytes();
+    for chunk in chunks {
+        out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        out.extend_from_slice(chunk);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}

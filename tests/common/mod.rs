@@ -1,0 +1,140 @@
+//! Harness shared by the end-to-end tests: the proxy process guard, raw-socket backends,
+//! a strict HTTP/1.1 reader for both sides, and small data helpers (patterns, hashes).
+//! Every test file includes it with `mod common;`; not every file uses every helper.
+#![allow(dead_code)]
+
+pub mod backend;
+pub mod http;
+pub mod proxy;
+
+#[allow(unused_imports)]
+pub use backend::{chunked_response_bytes, response_bytes, Backend, Recorded, Reply};
+#[allow(unused_imports)]
+pub use http::{get_request, request_bytes, Framing, Head, HttpConn, Message};
+#[allow(unused_imports)]
+pub use proxy::{config_toml, run_to_exit, Proxy, RunOutcome, TempConfig, FAST_HEALTH_CHECKS};
+
+use sha2::{Digest, Sha256};
+use std::io;
+use std::net::TcpListener;
+use std::time::Duration;
+
+/// Upper bound of every single wait in the suite (socket reads, readiness, process exit).
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A port that was free a moment ago on 127.0.0.1 (bound to port 0, then released).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local_addr").port()
+}
+
+/// A listening IPv4 socket on 127.0.0.1 with the given backlog, optionally SO_REUSEPORT,
+/// for cases std's TcpListener can't express; returns it with its port.
+pub fn raw_listener(reuse_port: bool, backlog: i32) -> (socket2::Socket, u16) {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_reuse_port(reuse_port).expect("SO_REUSEPORT");
+    socket
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    socket.listen(backlog).expect("listen");
+    let port = socket
+        .local_addr()
+        .expect("local_addr")
+        .as_socket()
+        .expect("inet address")
+        .port();
+    (socket, port)
+}
+
+/// Calls `done` every 50 ms until it returns true; panics after 10 s naming `what`.
+pub fn poll_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `len` deterministic pseudo-random bytes; different seeds give different data.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex(&Sha256::digest(data))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// True when the error means the peer closed or reset the connection (not a timeout).
+pub fn is_closed_error(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+    )
+}
+
+/// Resident set size of a process in KiB, from /proc/<pid>/status.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS line in /proc status")
+}
+
+/// Asserts the upstream request carried exactly `len` body bytes in a legal framing:
+/// chunked without Content-Length, or Content-Length without Transfer-Encoding.
+pub fn assert_upstream_body_framing(req: &Message, len: usize) {
+    match req.framing {
+        Framing::Chunked => assert!(
+            !req.head.has("content-length"),
+            "chunked with CL: {:?}",
+            req.head
+        ),
+        Framing::Length(n) => {
+            assert_eq!(n, len, "upstream Content-Length");
+            assert!(!req.head.has("transfer-encoding"), "{:?}", req.head);
+        }
+        other => panic!("upstream request body framed as {other:?}: {:?}", req.head),
+    }
+}
+
+/// POSTs 1 MiB with Content-Length through `proxy` to a `Backend::body_digest()` backend and
+/// checks that the backend decoded exactly those bytes.
+pub fn assert_large_post_arrives(proxy: &Proxy, backend: &Backend) {
+    let body = pattern(1 << 20, 77);
+    let expected = sha256_hex(&body);
+    let mut conn = proxy.connect();
+    let request = request_bytes(
+        "POST",
+        "/upload",
+        &[("Content-Type", "application/octet-stream")],
+        &body,
+    );
+    let response = conn.roundtrip(&request);
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text(), expected, "backend saw a different body");
+    let received = backend.requests().pop().expect("an upstream request").req;
+    assert_eq!(sha256_hex(&received.body), expected);
+    assert_upstream_body_framing(&received, body.len());
+}

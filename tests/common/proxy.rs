@@ -1,0 +1,284 @@
+//! Running the `ringproxy` binary: temp config files, a guard that kills the process on drop,
+//! readiness by polling TCP connect, log capture to files, and bounded one-shot CLI runs.
+
+use super::http::HttpConn;
+use super::{free_port, rss_kib, IO_TIMEOUT};
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ringproxy");
+
+/// Active health checks every 0.2 s, one probe to go down or up: for tests of up/down.
+pub const FAST_HEALTH_CHECKS: &str = "[health_checks]\nenabled = true\ninterval_seconds = 0.2\n\
+    timeout_seconds = 1\nfailure_threshold = 1\nsuccess_threshold = 1\n\n";
+
+/// Base config: the given port, one unpinned worker, text logs with access log, health
+/// checks off unless `extra` configures them (so backends see only the tests' requests), the
+/// admin listener off (its default port is fixed, and tests run side by side), the
+/// `(backend port, weight)` list, then `extra` (more TOML sections) appended verbatim.
+pub fn config_toml(port: u16, backends: &[(u16, u32)], extra: &str) -> String {
+    let mut toml = format!(
+        "[server]\nhost = \"127.0.0.1\"\nport = {port}\nworkers = 1\npin_cores = false\n\n\
+         [logging]\nformat = \"text\"\naccess_log = true\n\n"
+    );
+    if !extra.contains("[health_checks]") {
+        toml.push_str("[health_checks]\nenabled = false\n\n");
+    }
+    if !extra.contains("[admin]") {
+        toml.push_str("[admin]\nenabled = false\n\n");
+    }
+    for (backend, weight) in backends {
+        toml.push_str(&format!(
+            "[[backends]]\nurl = \"http://127.0.0.1:{backend}\"\nweight = {weight}\n\n"
+        ));
+    }
+    toml.push_str(extra);
+    toml
+}
+
+/// A config file in its own temp directory (removed on drop).
+pub struct TempConfig {
+    pub dir: TempDir,
+    pub path: PathBuf,
+}
+
+impl TempConfig {
+    pub fn new(toml: &str) -> TempConfig {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        fs::write(&path, toml).expect("write config");
+        TempConfig { dir, path }
+    }
+}
+
+/// Exit status and captured output of a process that ran to completion.
+pub struct RunOutcome {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl RunOutcome {
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+}
+
+impl std::fmt::Debug for RunOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "status {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs the binary with `args` (and `env`, in `cwd` if given) and waits up to 10 s for it to exit.
+pub fn run_to_exit<S: AsRef<OsStr>>(
+    args: &[S],
+    env: &[(&str, &str)],
+    cwd: Option<&Path>,
+) -> RunOutcome {
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied());
+    if let Some(cwd) = cwd {
+        command.current_dir(cwd);
+    }
+    let mut child = spawn_logged(&mut command, out_dir.path());
+    let status = wait_exit(&mut child, IO_TIMEOUT).unwrap_or_else(|| {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "ringproxy did not exit within {IO_TIMEOUT:?}:\n{}",
+            read_logs(out_dir.path())
+        )
+    });
+    RunOutcome {
+        status,
+        stdout: read_file(&out_dir.path().join("stdout.log")),
+        stderr: read_file(&out_dir.path().join("stderr.log")),
+    }
+}
+
+/// A running proxy; killed and reaped when dropped.
+pub struct Proxy {
+    child: Child,
+    pub port: u16,
+    pub config: TempConfig,
+}
+
+impl Proxy {
+    /// Proxy on a fresh port in front of `backends` (weight 1 each), plus `extra` TOML.
+    pub fn start(backends: &[u16], extra: &str) -> Proxy {
+        let weighted: Vec<(u16, u32)> = backends.iter().map(|&port| (port, 1)).collect();
+        Proxy::start_weighted(&weighted, extra)
+    }
+
+    pub fn start_weighted(backends: &[(u16, u32)], extra: &str) -> Proxy {
+        let port = free_port();
+        Proxy::launch(port, &config_toml(port, backends, extra), &[], &[])
+    }
+
+    /// Writes `toml`, runs `ringproxy -c <file> args...` with `env`, waits until `port` accepts.
+    pub fn launch(port: u16, toml: &str, args: &[&str], env: &[(&str, &str)]) -> Proxy {
+        let config = TempConfig::new(toml);
+        let mut command = Command::new(BIN);
+        command
+            .arg("-c")
+            .arg(&config.path)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .envs(env.iter().copied());
+        let child = spawn_logged(&mut command, config.dir.path());
+        let mut proxy = Proxy {
+            child,
+            port,
+            config,
+        };
+        proxy.wait_ready();
+        proxy
+    }
+
+    fn wait_ready(&mut self) {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let deadline = Instant::now() + IO_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!(
+                    "ringproxy exited with {status} before accepting on {addr}:\n{}",
+                    self.logs()
+                );
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ringproxy not accepting on {addr} after {IO_TIMEOUT:?}:\n{}",
+                self.logs()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A new client connection to the proxy.
+    pub fn connect(&self) -> HttpConn {
+        HttpConn::connect(self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid())
+    }
+
+    pub fn stdout(&self) -> String {
+        read_file(&self.config.dir.path().join("stdout.log"))
+    }
+
+    pub fn stderr(&self) -> String {
+        read_file(&self.config.dir.path().join("stderr.log"))
+    }
+
+    /// Both captured streams, labelled, for failure messages.
+    pub fn logs(&self) -> String {
+        read_logs(self.config.dir.path())
+    }
+
+    /// Polls stdout (up to 10 s) for the lines matching `pred`; panics unless at least `count` appear.
+    pub fn wait_log_lines(
+        &self,
+        count: usize,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+    ) -> Vec<String> {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        loop {
+            let lines: Vec<String> = self
+                .stdout()
+                .lines()
+                .filter(|line| pred(line))
+                .map(str::to_string)
+                .collect();
+            if lines.len() >= count {
+                return lines;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected {count} log line(s) {what}, found {}:\n{}",
+                lines.len(),
+                self.logs()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `signal` to the proxy and waits up to 10 s for it to exit.
+    pub fn signal_and_wait(&mut self, signal: libc::c_int) -> ExitStatus {
+        let pid = libc::pid_t::try_from(self.pid()).expect("pid fits pid_t");
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal}) failed");
+        wait_exit(&mut self.child, IO_TIMEOUT).unwrap_or_else(|| {
+            panic!(
+                "ringproxy still running after signal {signal}:\n{}",
+                self.logs()
+            )
+        })
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Spawns with stdin closed and stdout/stderr going to `stdout.log`/`stderr.log` in `dir`.
+fn spawn_logged(command: &mut Command, dir: &Path) -> Child {
+    let stdout = File::create(dir.join("stdout.log")).expect("create stdout.log");
+    let stderr = File::create(dir.join("stderr.log")).expect("create stderr.log");
+    command
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {BIN}: {e}"))
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+fn read_file(path: &Path) -> String {
+    String::from_utf8_lossy(&fs::read(path).unwrap_or_default()).into_owned()
+}
+
+fn read_logs(dir: &Path) -> String {
+    format!(
+        "--- stdout ---\n{}\n--- stderr ---\n{}",
+        read_file(&dir.join("stdout.log")),
+        read_file(&dir.join("stderr.log"))
+    )
+}

@@ -1,0 +1,105 @@
+//! Startup and logs: each worker reports its I/O driver, `--workers` overrides the config,
+//! the epoll fallback (MONOIO_FORCE_LEGACY_DRIVER=1) still proxies, and requests are access-logged.
+
+mod common;
+
+use common::*;
+use std::thread;
+use std::time::Duration;
+
+fn is_driver_line(line: &str) -> bool {
+    line.contains("driver") && (line.contains("io_uring") || line.contains("epoll"))
+}
+
+#[test]
+fn worker_logs_its_driver_and_listening() {
+    let backend = Backend::fixed("ok");
+    let proxy = Proxy::start(&[backend.port], "");
+    proxy.wait_log_lines(1, "naming the driver", is_driver_line);
+    proxy.wait_log_lines(1, "containing `listening`", |l| l.contains("listening"));
+}
+
+/// Driver lines logged by a one-worker config started with `args`, once `expected` appeared.
+fn driver_lines_with(args: &[&str], expected: usize) -> usize {
+    let backend = Backend::fixed("ok");
+    let port = free_port();
+    let toml = config_toml(port, &[(backend.port, 1)], "");
+    let proxy = Proxy::launch(port, &toml, args, &[]);
+    proxy.wait_log_lines(expected, "naming the driver", is_driver_line);
+    proxy.connect().get_ok("/");
+    thread::sleep(Duration::from_millis(200));
+    proxy.stdout().lines().filter(|l| is_driver_line(l)).count()
+}
+
+#[test]
+fn workers_flag_overrides_config() {
+    // Each worker logs one driver line; other startup lines are the same for both runs.
+    let one = driver_lines_with(&[], 1);
+    let three = driver_lines_with(&["--workers", "3"], one + 2);
+    assert_eq!(
+        three,
+        one + 2,
+        "--workers 3 should start two more workers than workers = 1"
+    );
+}
+
+#[test]
+fn epoll_fallback_still_proxies() {
+    let backend = Backend::body_digest();
+    let port = free_port();
+    let toml = config_toml(port, &[(backend.port, 1)], "");
+    let proxy = Proxy::launch(port, &toml, &[], &[("MONOIO_FORCE_LEGACY_DRIVER", "1")]);
+    proxy.wait_log_lines(1, "with driver epoll", |l| {
+        l.contains("driver") && l.contains("epoll")
+    });
+    assert!(
+        !proxy
+            .stdout()
+            .lines()
+            .any(|l| l.contains("driver") && l.contains("io_uring")),
+        "io_uring reported although epoll was forced:\n{}",
+        proxy.logs()
+    );
+    let mut conn = proxy.connect();
+    for _ in 0..3 {
+        assert_eq!(conn.get_ok("/ka").text(), sha256_hex(b""));
+    }
+    assert_large_post_arrives(&proxy, &backend);
+}
+
+#[test]
+fn each_request_is_access_logged() {
+    let backend = Backend::fixed("ok");
+    let proxy = Proxy::start(&[backend.port], "");
+    proxy.connect().get_ok("/logged-path?x=1");
+    let lines = proxy.wait_log_lines(1, "access-logging /logged-path", |l| {
+        l.contains("access") && l.contains("/logged-path")
+    });
+    let line = &lines[0];
+    for field in ["GET", "200", "127.0.0.1", &backend.port.to_string()] {
+        assert!(
+            line.contains(field),
+            "access log line lacks {field:?}: {line}"
+        );
+    }
+}
+
+#[test]
+fn logs_are_json_by_default() {
+    let backend = Backend::fixed("ok");
+    let port = free_port();
+    // The base config without its `format = "text"` line: the default format applies.
+    let toml = config_toml(port, &[(backend.port, 1)], "").replace("format = \"text\"\n", "");
+    assert!(!toml.contains("format"), "{toml}");
+    let proxy = Proxy::launch(port, &toml, &[], &[]);
+    proxy.connect().get_ok("/json");
+    proxy.wait_log_lines(1, "naming the driver", is_driver_line);
+    proxy.wait_log_lines(1, "access-logging /json", |l| l.contains("/json"));
+    for line in proxy.stdout().lines().filter(|l| !l.trim().is_empty()) {
+        let line = line.trim();
+        assert!(
+            line.starts_with('{') && line.ends_with('}'),
+            "not a JSON line: {line}"
+        );
+    }
+}
