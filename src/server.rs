@@ -13,6 +13,8 @@ use std::sync::mpsc;
 
 /// Descriptors kept aside for listeners, logs, health probes and the like.
 const RESERVED_FDS: usize = 256;
+/// Share of the usable descriptors client connections may take when the limit cannot be raised.
+const CLIENT_FD_SHARE: (usize, usize) = (3, 4);
 
 /// Runs until stopped by a signal; returns once every worker has drained.
 pub fn run(
@@ -129,25 +131,43 @@ pub fn notify_systemd(state: &[sd_notify::NotifyState]) {
     let _ = sd_notify::notify(false, state);
 }
 
-/// Raises the soft open-files limit to the hard one, then lowers the per-worker connection cap
-/// if even that cannot hold every client connection plus one upstream connection each (as
-/// HAProxy derives maxconn from `ulimit -n`), so the cap is hit before descriptors run out.
+/// Makes room for every client connection plus one upstream connection each: raises the soft
+/// open-files limit, and the hard one too when privileged (like nginx's `worker_rlimit_nofile`,
+/// up to `fs.nr_open`). If the limit still falls short, client connections may use at most
+/// `CLIENT_FD_SHARE` of it, the rest staying for upstream connections (held only by requests in
+/// flight and the bounded idle pool), so the cap is hit before accept runs out of descriptors.
 fn fit_connections_to_fd_limit(max_connections: usize, workers: usize) -> usize {
+    let wanted = (max_connections * 2 * workers.max(1) + RESERVED_FDS) as libc::rlim_t;
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: plain syscalls on a stack struct.
+    // SAFETY: plain syscalls on stack structs.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
             return max_connections;
         }
-        if lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
+        if lim.rlim_max < wanted {
+            let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+                .ok()
+                .and_then(|s| s.trim().parse::<libc::rlim_t>().ok())
+                .unwrap_or(lim.rlim_max);
+            let raised = libc::rlimit {
+                rlim_cur: wanted.min(ceiling),
+                rlim_max: wanted.min(ceiling),
+            };
+            if raised.rlim_max > lim.rlim_max && libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0
+            {
+                lim = raised;
+            }
+        }
+        if lim.rlim_cur < lim.rlim_max.min(wanted) {
+            lim.rlim_cur = lim.rlim_max.min(wanted);
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
-    let fits = (lim.rlim_cur as usize).saturating_sub(RESERVED_FDS) / (2 * workers.max(1));
+    let usable = (lim.rlim_cur as usize).saturating_sub(RESERVED_FDS);
+    let fits = usable * CLIENT_FD_SHARE.0 / CLIENT_FD_SHARE.1 / workers.max(1);
     if fits < max_connections {
         tracing::info!(
             nofile = lim.rlim_cur,

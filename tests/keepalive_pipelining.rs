@@ -227,3 +227,24 @@ fn pooled_upstream_connection_is_closed_after_idle_timeout() {
         "the idle pooled connection must be closed by the proxy"
     );
 }
+
+#[test]
+fn connection_idle_past_the_buffer_release_point_keeps_serving() {
+    // A kept-alive connection that stays quiet for a while gives its buffers back and waits for
+    // readability alone; the next requests (one, then a pipelined pair) must be served whole.
+    let backend = Backend::echo_target();
+    let proxy = Proxy::start(&[backend.port], "");
+    let mut conn = proxy.connect();
+    assert_eq!(conn.get_ok("/before").text(), "/before");
+    thread::sleep(Duration::from_millis(900));
+    assert_eq!(conn.get_ok("/after-idle").text(), "/after-idle");
+    thread::sleep(Duration::from_millis(900));
+    conn.send(&[get_request("/p1"), get_request("/p2")].concat());
+    for path in ["/p1", "/p2"] {
+        let response = conn
+            .read_response("GET")
+            .expect("pipelined response after idle");
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text(), path);
+    }
+}

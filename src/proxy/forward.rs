@@ -339,7 +339,20 @@ async fn forward(
             }
             Ok(client_keep)
         }
-        Err(TransferError::Source(fault)) => {
+        Err(TransferError::Source {
+            fault,
+            sent_any: false,
+        }) => {
+            // Broken before a byte reached the client: it can still get a clean 502.
+            report_failure(ctx, view, up.backend);
+            tracing::warn!(backend = %view.backends[up.backend].url, fault = ?fault, worker = ctx.worker_id, "upstream response body broken before anything was sent");
+            rec.bytes_out = 0;
+            Err(Failure::Upstream("malformed upstream response body"))
+        }
+        Err(TransferError::Source {
+            fault,
+            sent_any: true,
+        }) => {
             report_failure(ctx, view, up.backend);
             tracing::warn!(backend = %view.backends[up.backend].url, fault = ?fault, worker = ctx.worker_id, "upstream failed mid-response; resetting client connection");
             Err(Failure::Aborted("upstream failed mid-response"))
@@ -471,10 +484,12 @@ async fn exchange_head(
 
 fn request_body_failure(e: TransferError) -> Failure {
     match e {
-        TransferError::Source(SourceFault::Io(IoFail::Timeout)) => Failure::ClientBodyTimeout,
-        TransferError::Source(SourceFault::Io(IoFail::Io(_))) => Failure::ClientGone,
-        TransferError::Source(SourceFault::Framing(BodyError::Truncated)) => Failure::ClientGone,
-        TransferError::Source(SourceFault::Framing(e)) => Failure::BadRequestBody(e),
+        TransferError::Source { fault, .. } => match fault {
+            SourceFault::Io(IoFail::Timeout) => Failure::ClientBodyTimeout,
+            SourceFault::Io(IoFail::Io(_)) => Failure::ClientGone,
+            SourceFault::Framing(BodyError::Truncated) => Failure::ClientGone,
+            SourceFault::Framing(e) => Failure::BadRequestBody(e),
+        },
         TransferError::TooLarge => Failure::BodyTooLarge,
         TransferError::Destination(_) => {
             Failure::Upstream("upstream failed while receiving the request body")

@@ -3,8 +3,8 @@
 
 use bytes::{Bytes, BytesMut};
 use monoio::buf::IoBufMut;
-use monoio::io::AsyncReadRent;
 use monoio::io::AsyncWriteRentExt;
+use monoio::io::{AsyncReadRent, CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -34,6 +34,45 @@ pub async fn read_more(
             *buf = tail.into_inner();
             result.map_err(IoFail::Io)
         }
+        Err(_) => Err(IoFail::Timeout),
+    }
+}
+
+/// Waits up to `timeout` for more bytes without ever losing any: on timeout the read is cancelled
+/// and its outcome collected, so bytes that raced the cancel are kept (a plain timed-out read
+/// drops its buffer, fine only when the connection is closed next). `Ok(None)`: nothing came.
+pub async fn read_more_or_give_up(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    reserve: usize,
+    timeout: Duration,
+) -> std::io::Result<Option<usize>> {
+    if buf.capacity() - buf.len() < reserve / 2 {
+        buf.reserve(reserve);
+    }
+    let (len, cap) = (buf.len(), buf.capacity());
+    let tail = std::mem::take(buf).slice_mut(len..cap);
+    let canceller = Canceller::new();
+    let mut read = std::pin::pin!(stream.cancelable_read(tail, canceller.handle()));
+    let (result, tail) = monoio::select! {
+        done = &mut read => done,
+        _ = monoio::time::sleep(timeout) => {
+            let _cancelled = canceller.cancel();
+            read.await
+        }
+    };
+    *buf = tail.into_inner();
+    match result {
+        Ok(n) => Ok(Some(n)),
+        Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Waits until the socket is readable (or closed), holding no buffer meanwhile.
+pub async fn wait_readable(stream: &TcpStream, timeout: Duration) -> Result<(), IoFail> {
+    match monoio::time::timeout(timeout, stream.readable(false)).await {
+        Ok(result) => result.map_err(IoFail::Io),
         Err(_) => Err(IoFail::Timeout),
     }
 }

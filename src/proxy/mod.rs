@@ -13,7 +13,7 @@ pub use context::{View, WorkerCtx};
 
 use crate::http::{parse_request, status, RequestError, RequestHead};
 use bytes::BytesMut;
-use io::{read_more_until, write_buf, IoFail};
+use io::{read_more_or_give_up, read_more_until, wait_readable, write_buf, IoFail};
 use monoio::net::TcpStream;
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -21,8 +21,11 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// Initial client read buffer: enough for typical heads, small while a connection idles.
-const CLIENT_READ_BUF: usize = 4 * 1024;
+/// Client read buffer to start with (nginx's `client_header_buffer_size` is 1k): most request
+/// heads fit; larger ones grow it. Kept small because every new connection allocates one.
+const CLIENT_READ_BUF: usize = 2 * 1024;
+/// Keep-alive silence after which a connection gives its buffers back while it waits.
+const IDLE_PARK_AFTER: Duration = Duration::from_millis(500);
 /// Buffers grown past this (large heads or bodies) are released before the next request.
 const KEEP_BUF_MAX: usize = 64 * 1024;
 
@@ -77,7 +80,10 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Rc<Worke
         };
         first = false;
         let (head, started) = request;
-        if !forward::handle(&mut conn, head, started, &ctx).await || ctx.shared.is_draining() {
+        // Boxed: the request's state lives on the heap only while a request is in flight, so an
+        // idle connection's task stays small.
+        let keep = Box::pin(forward::handle(&mut conn, head, started, &ctx)).await;
+        if !keep || ctx.shared.is_draining() {
             return;
         }
         if conn.rbuf.capacity() > KEEP_BUF_MAX && conn.rbuf.is_empty() {
@@ -101,45 +107,59 @@ async fn read_request(
 ) -> Result<(RequestHead, Instant), ReadError> {
     let view = ctx.view();
     let timeouts = &view.config.timeouts;
-    let mut started = Instant::now();
+    if !first && conn.rbuf.is_empty() {
+        idle.set(true);
+        if ctx.shared.is_draining() {
+            return Err(ReadError::Closed);
+        }
+        wait_for_next_request(conn, timeouts.idle).await?;
+    }
+    idle.set(false);
+    let started = Instant::now();
+    let deadline = started + timeouts.client_header;
     // Whether any byte of this request has arrived: decides 408 versus a quiet close on timeout
     // (the read buffer itself is gone after a timed-out read).
     let mut arrived = !conn.rbuf.is_empty();
-    let mut deadline = (first || arrived).then(|| started + timeouts.client_header);
     loop {
         if !conn.rbuf.is_empty() {
-            idle.set(false);
             if let Some(head) =
                 parse_request(&mut conn.rbuf, &view.config.limits).map_err(ReadError::Invalid)?
             {
                 return Ok((head, started));
             }
-        } else {
-            idle.set(true);
-            if ctx.shared.is_draining() {
-                return Err(ReadError::Closed);
-            }
         }
-        let wait_until = deadline.unwrap_or_else(|| Instant::now() + timeouts.idle);
-        let read = read_more_until(
-            &mut conn.stream,
-            &mut conn.rbuf,
-            CLIENT_READ_BUF,
-            wait_until,
-        );
+        let read = read_more_until(&mut conn.stream, &mut conn.rbuf, CLIENT_READ_BUF, deadline);
         match read.await {
             Ok(0) | Err(IoFail::Io(_)) => return Err(ReadError::Closed),
-            Ok(_) => {
-                arrived = true;
-                if deadline.is_none() {
-                    started = Instant::now();
-                    deadline = Some(started + timeouts.client_header);
-                }
-            }
+            Ok(_) => arrived = true,
             Err(IoFail::Timeout) if arrived => return Err(ReadError::Timeout),
             // Nothing sent at all: close quietly, as nginx does for an idle connection.
             Err(IoFail::Timeout) => return Err(ReadError::Closed),
         }
+    }
+}
+
+/// Between requests on a kept-alive connection: waits for the next request's first bytes, up to
+/// the idle timeout. After `IDLE_PARK_AFTER` of silence the connection releases its buffers and
+/// waits for readability alone, so a parked keep-alive connection holds almost no memory (as
+/// nginx frees its buffers); a busy one keeps its read posted and pays nothing extra.
+async fn wait_for_next_request(
+    conn: &mut ClientConn,
+    idle_timeout: Duration,
+) -> Result<(), ReadError> {
+    let parks_at = IDLE_PARK_AFTER.min(idle_timeout);
+    match read_more_or_give_up(&mut conn.stream, &mut conn.rbuf, CLIENT_READ_BUF, parks_at).await {
+        Ok(Some(0)) | Err(_) => return Err(ReadError::Closed),
+        Ok(Some(_)) => return Ok(()),
+        Ok(None) if parks_at >= idle_timeout => return Err(ReadError::Closed),
+        Ok(None) => {}
+    }
+    conn.rbuf = BytesMut::new();
+    conn.out = BytesMut::new();
+    conn.upstream_out = BytesMut::new();
+    match wait_readable(&conn.stream, idle_timeout - parks_at).await {
+        Ok(()) => Ok(()),
+        Err(_) => Err(ReadError::Closed),
     }
 }
 

@@ -29,8 +29,9 @@ pub enum OutFraming {
 
 #[derive(Debug)]
 pub enum TransferError {
-    /// The source failed, stalled or closed early: the body cannot be completed.
-    Source(SourceFault),
+    /// The source failed, stalled or closed early: the body cannot be completed. `sent_any`
+    /// says whether any byte (of `out`'s initial content or the body) reached the destination.
+    Source { fault: SourceFault, sent_any: bool },
     /// The destination failed or stalled.
     Destination(IoFail),
     /// The body grew past the configured maximum.
@@ -61,24 +62,22 @@ pub async fn transfer_body(
     max_bytes: Option<u64>,
 ) -> Result<u64, TransferError> {
     let mut moved = 0u64;
+    let mut sent_any = false;
+    let failed = |fault, sent_any| TransferError::Source { fault, sent_any };
     loop {
-        match src
-            .decoder
-            .decode(src.buf)
-            .map_err(|e| TransferError::Source(SourceFault::Framing(e)))?
-        {
+        let step = src.decoder.decode(src.buf);
+        match step.map_err(|e| failed(SourceFault::Framing(e), sent_any))? {
             Decoded::Data(data) => {
                 moved += data.len() as u64;
                 if max_bytes.is_some_and(|max| moved > max) {
                     return Err(TransferError::TooLarge);
                 }
                 if let Some(large) = frame(out, framing, data) {
-                    write_buf(dst, out, io_timeout)
-                        .await
-                        .map_err(TransferError::Destination)?;
+                    flush(dst, out, io_timeout, &mut sent_any).await?;
                     write_bytes(dst, large, io_timeout)
                         .await
                         .map_err(TransferError::Destination)?;
+                    sent_any = true;
                     if framing == OutFraming::Chunked {
                         out.extend_from_slice(b"\r\n");
                     }
@@ -86,29 +85,42 @@ pub async fn transfer_body(
             }
             Decoded::NeedMore => {
                 // Send what we have before waiting, so the destination sees progress.
-                write_buf(dst, out, io_timeout)
-                    .await
-                    .map_err(TransferError::Destination)?;
+                flush(dst, out, io_timeout, &mut sent_any).await?;
                 let n = read_more(src.stream, src.buf, BODY_READ_BYTES, io_timeout)
                     .await
-                    .map_err(|e| TransferError::Source(SourceFault::Io(e)))?;
+                    .map_err(|e| failed(SourceFault::Io(e), sent_any))?;
                 if n == 0 {
                     src.decoder
                         .finish_at_eof()
-                        .map_err(|e| TransferError::Source(SourceFault::Framing(e)))?;
+                        .map_err(|e| failed(SourceFault::Framing(e), sent_any))?;
                 }
             }
             Decoded::Done => {
                 if framing == OutFraming::Chunked {
                     out.extend_from_slice(b"0\r\n\r\n");
                 }
-                write_buf(dst, out, io_timeout)
-                    .await
-                    .map_err(TransferError::Destination)?;
+                flush(dst, out, io_timeout, &mut sent_any).await?;
                 return Ok(moved);
             }
         }
     }
+}
+
+/// Writes the pending output, noting that the destination has now seen bytes.
+async fn flush(
+    dst: &mut TcpStream,
+    out: &mut BytesMut,
+    io_timeout: Duration,
+    sent_any: &mut bool,
+) -> Result<(), TransferError> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    write_buf(dst, out, io_timeout)
+        .await
+        .map_err(TransferError::Destination)?;
+    *sent_any = true;
+    Ok(())
 }
 
 /// Appends `data` to `out` with the outgoing framing; a piece too large to copy is handed back

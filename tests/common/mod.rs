@@ -5,7 +5,9 @@
 
 pub mod backend;
 pub mod http;
+pub mod ops;
 pub mod proxy;
+pub mod smuggling;
 
 #[allow(unused_imports)]
 pub use backend::{chunked_response_bytes, response_bytes, Backend, Recorded, Reply};
