@@ -1,0 +1,201 @@
+# shellcheck shell=bash
+# Config generators: the backend nginx and the three proxies under test.
+# Every file goes into $BENCH_TMP. The proxies are configured to do the same
+# work: HTTP/1.1 keep-alive to the backend, Host kept, X-Forwarded-For/-Proto/
+# -Host set, no logging, request and response bodies streamed through memory.
+
+SMALL_BODY="ringproxy bench: small response body, 64 bytes of text........"
+
+core_list() { # core_list "0-1,3" -> "0 1 3"
+    local part parts=() out=() c
+    IFS=, read -r -a parts <<<"$1"
+    for part in "${parts[@]}"; do
+        for ((c = ${part%-*}; c <= ${part#*-}; c++)); do out+=("$c"); done
+    done
+    echo "${out[*]}"
+}
+
+# nginx worker_cpu_affinity: one bit mask per worker, worker i on the i-th core.
+nginx_affinity() { # nginx_affinity CORES
+    local c i mask masks=()
+    for c in $(core_list "$1"); do
+        mask=1
+        for ((i = 0; i < c; i++)); do mask+=0; done
+        masks+=("$mask")
+    done
+    echo "${masks[*]}"
+}
+
+# Settings shared by nginx instances so nothing is written outside $BENCH_TMP.
+nginx_common() { # nginx_common NAME
+    local d="$BENCH_TMP/$1"
+    mkdir -p "$d"
+    cat <<EOF
+user root;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+worker_rlimit_nofile $NOFILE;
+EOF
+}
+
+nginx_http_common() { # nginx_http_common NAME
+    local d="$BENCH_TMP/$1"
+    cat <<EOF
+    access_log off;
+    default_type application/octet-stream;
+    client_body_temp_path $d/client_body;
+    proxy_temp_path $d/proxy;
+    fastcgi_temp_path $d/fastcgi;
+    uwsgi_temp_path $d/uwsgi;
+    scgi_temp_path $d/scgi;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    sendfile on;
+    tcp_nopush on;
+EOF
+}
+
+# Backend: /small (64-byte return), /16k and /1m (static files), /sink (reads
+# a POST body completely before answering 200: the mirror module with
+# mirror_request_body reads the whole body in the preaccess phase; the static
+# handler then refuses POST with 405, which error_page turns into 200 + ok.txt),
+# /status (stub_status, used to count upstream connections opened), /health.
+write_backend_conf() { # write_backend_conf PORT WORKERS
+    local port=$1 workers=$2 www="$BENCH_TMP/www"
+    mkdir -p "$www"
+    head -c 16384 /dev/urandom >"$www/16k"
+    head -c 1048576 /dev/urandom >"$www/1m"
+    printf 'ok\n' >"$www/ok.txt"
+    {
+        nginx_common backend
+        cat <<EOF
+worker_processes $workers;
+events { worker_connections $((NOFILE - 100)); }
+http {
+$(nginx_http_common backend)
+    server {
+        listen 127.0.0.1:$port backlog=4096;
+        root $www;
+        location = /small { return 200 "$SMALL_BODY"; }
+        location = /16k { }
+        location = /1m { }
+        location = /sink {
+            client_max_body_size 0;
+            client_body_buffer_size 2m;
+            mirror /_mirror;
+            mirror_request_body on;
+            alias $www/ok.txt;
+            error_page 405 =200 /ok.txt;
+        }
+        location = /_mirror { internal; return 204; }
+        location = /ok.txt { }
+        location = /status { stub_status; }
+        location = /health { return 200 "ok\n"; }
+    }
+}
+EOF
+    } >"$BENCH_TMP/backend.conf"
+}
+
+# nginx as reverse proxy. Defaults that would make it spool to disk or close
+# client connections every 1000 requests are changed (documented in README).
+write_nginx_proxy_conf() { # write_nginx_proxy_conf PORT BACKEND_PORT WORKERS CORES
+    local port=$1 backend=$2 workers=$3 cores=$4
+    {
+        nginx_common nginx
+        cat <<EOF
+worker_processes $workers;
+worker_cpu_affinity $(nginx_affinity "$cores");
+events { worker_connections $((NOFILE - 100)); }
+http {
+$(nginx_http_common nginx)
+    client_max_body_size 0;
+    proxy_request_buffering off;
+    proxy_buffering on;
+    proxy_buffer_size 16k;
+    proxy_buffers 64 16k;
+    proxy_busy_buffers_size 64k;
+    proxy_max_temp_file_size 0;
+    upstream backend {
+        server 127.0.0.1:$backend;
+        keepalive $UPSTREAM_IDLE;
+        keepalive_requests 10000000;
+        keepalive_timeout 60s;
+    }
+    server {
+        listen 127.0.0.1:$port backlog=4096;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$http_host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$http_host;
+        }
+    }
+}
+EOF
+    } >"$BENCH_TMP/nginx.conf"
+}
+
+write_haproxy_conf() { # write_haproxy_conf PORT BACKEND_PORT THREADS CORES
+    local port=$1 backend=$2 threads=$3 cores=$4
+    cat >"$BENCH_TMP/haproxy.cfg" <<EOF
+global
+    nbthread $threads
+    cpu-map auto:1/1-$threads $(core_list "$cores")
+    # HAProxy wants 2 fds per connection; when the hard limit cannot be raised
+    # (no CAP_SYS_RESOURCE) "no strict-limits" lets it start with what there is.
+    ulimit-n $NOFILE
+    maxconn $((NOFILE - 1000))
+    no strict-limits
+    pidfile $BENCH_TMP/haproxy.pid
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 10s
+    timeout client 60s
+    timeout server 60s
+    timeout http-request 10s
+    timeout http-keep-alive 60s
+
+frontend fe
+    bind 127.0.0.1:$port backlog 4096
+    maxconn $((NOFILE - 1000))
+    option forwardfor
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    default_backend be
+
+backend be
+    server s1 127.0.0.1:$backend
+EOF
+}
+
+write_ringproxy_conf() { # write_ringproxy_conf PORT BACKEND_PORT
+    local port=$1 backend=$2
+    cat >"$BENCH_TMP/ringproxy.toml" <<EOF
+[server]
+host = "127.0.0.1"
+port = $port
+workers = "auto"
+pin_cores = true
+
+[[backends]]
+url = "http://127.0.0.1:$backend"
+
+[health_checks]
+enabled = false
+
+[logging]
+level = "warn"
+format = "text"
+access_log = false
+
+[upstream]
+max_idle_per_backend = $UPSTREAM_IDLE
+EOF
+}
