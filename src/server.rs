@@ -22,6 +22,8 @@ pub fn run(
     config_path: PathBuf,
     workers_override: Option<usize>,
 ) -> io::Result<()> {
+    // Handlers first: a SIGHUP or SIGTERM that arrives while starting is queued, not fatal.
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let count = workers_override
         .or(config.workers)
@@ -70,7 +72,6 @@ pub fn run(
     tracing::info!(%listen, "ready: all workers listening");
     notify_systemd(&[sd_notify::NotifyState::Ready]);
 
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     let signal_handle = signals.handle();
     let mut waiter = None;
     for sig in signals.forever() {

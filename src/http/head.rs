@@ -24,6 +24,9 @@ impl Span {
     }
 }
 
+/// The header fields of a message, inline up to a typical count (no allocation per request).
+pub type HeaderList = smallvec::SmallVec<[HeaderField; 16]>;
+
 /// One header field kept for forwarding.
 #[derive(Debug, Clone, Copy)]
 pub struct HeaderField {

@@ -17,7 +17,7 @@ pub struct RequestHead {
     pub target: Span,
     pub version: Version,
     /// End-to-end headers forwarded as they came (Host included).
-    pub headers: Vec<HeaderField>,
+    pub headers: HeaderList,
     pub host: Option<Span>,
     /// Incoming X-Forwarded-For values, in order; the proxy appends the client address.
     pub forwarded_for: Vec<Span>,
@@ -156,7 +156,7 @@ fn parse_into<'b>(
         method: Span::within(buf, method.as_bytes()),
         target: Span::within(buf, target.as_bytes()),
         version,
-        headers: Vec::with_capacity(req.headers.len()),
+        headers: HeaderList::new(),
         host: None,
         forwarded_for: Vec::new(),
         body: BodyKind::Empty,

@@ -17,7 +17,7 @@ pub struct ResponseHead {
     pub status: u16,
     pub reason: Span,
     /// End-to-end headers forwarded as they came.
-    pub headers: Vec<HeaderField>,
+    pub headers: HeaderList,
     /// The upstream's Content-Length, passed on verbatim for bodiless HEAD/304 answers.
     pub content_length: Option<Span>,
     pub declared_chunked: bool,
@@ -114,7 +114,7 @@ fn parse_into<'b>(
     }
     let mut content_length = ContentLength::default();
     let mut coding = TransferCoding::default();
-    let mut headers = Vec::with_capacity(res.headers.len());
+    let mut headers = HeaderList::new();
     for h in res.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
