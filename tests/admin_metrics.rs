@@ -74,6 +74,25 @@ fn histogram_count(metrics: &Metrics, name: &str) -> f64 {
     count
 }
 
+/// Requests answered, all classes together.
+fn requests_total(metrics: &Metrics) -> f64 {
+    CLASSES
+        .iter()
+        .map(|c| metrics.value("ringproxy_requests_total", &[("class", c)]))
+        .sum()
+}
+
+/// A scrape once `total` requests are counted: a request is counted just after its response
+/// is written, so a scrape right after the last response may not include it yet.
+fn metrics_after(admin: &Admin, total: f64) -> Metrics {
+    let mut metrics = admin.metrics();
+    wait_within(IO_TIMEOUT, &format!("{total} requests counted"), || {
+        metrics = admin.metrics();
+        requests_total(&metrics) >= total
+    });
+    metrics
+}
+
 fn status_class(status: u16) -> &'static str {
     CLASSES[usize::from(status / 100) - 1]
 }
@@ -137,18 +156,7 @@ fn metrics_have_the_documented_families_and_counters_follow_traffic() {
     assert_eq!(by_class.get("4xx"), Some(&2.0));
     assert_eq!(by_class.get("5xx"), Some(&2.0));
 
-    // A request is counted just after its response is written: wait for the last one.
-    let total = |m: &Metrics| {
-        CLASSES
-            .iter()
-            .map(|c| m.value("ringproxy_requests_total", &[("class", c)]))
-            .sum::<f64>()
-    };
-    let mut after = admin.metrics();
-    wait_within(IO_TIMEOUT, "all 10 requests counted", || {
-        after = admin.metrics();
-        total(&after) - total(&before) >= 10.0
-    });
+    let after = metrics_after(&admin, requests_total(&before) + 10.0);
     let delta = |name: &str, labels: &[(&str, &str)]| {
         after.value(name, labels) - before.value(name, labels)
     };
@@ -220,7 +228,7 @@ fn metrics_count_connect_errors_and_retries() {
     for i in 0..4 {
         assert_eq!(get_backend(&mut conn, &format!("/r/{i}")), "live");
     }
-    let metrics = admin.metrics();
+    let metrics = metrics_after(&admin, 4.0);
     // Each request that tried the dead backend first got a connect error and one retry.
     let dead_url = backend_url(dead);
     let errors = metrics.value(

@@ -10,7 +10,7 @@ use common::ops::*;
 use common::*;
 use std::time::{Duration, Instant};
 
-/// Active checks used by most tests here: every 0.2 s, two failures down, two successes up.
+/// Active checks every 0.2 s with a 0.5 s timeout and the given fall/rise thresholds.
 fn checks(fall: u32, rise: u32) -> String {
     health_toml(0.2, 0.5, fall, rise)
 }
@@ -219,10 +219,12 @@ fn all_backends_down_gives_fast_503_with_retry_after() {
     a.wait_probes(probes + 1);
 }
 
-/// A backend that accepts, reads the request and resets the connection without answering.
+/// A backend that accepts, reads the request, and after a pause resets the connection
+/// without answering (the pause keeps a trial request in flight while others arrive).
 fn resetting_backend() -> Backend {
     Backend::raw(|mut conn, _| {
         let _ = conn.read_request();
+        std::thread::sleep(Duration::from_millis(300));
         let _ = socket2::SockRef::from(conn.stream()).set_linger(Some(Duration::ZERO));
     })
 }
@@ -253,8 +255,23 @@ fn passive_ejection_of_a_resetting_backend_then_one_trial() {
         l.contains("backend ejected") && l.contains(&backend_url(bad.port))
     });
 
-    // After fail_timeout one trial request goes to it; it fails, and it is ejected again.
+    // After fail_timeout one trial request goes to it, however many arrive together; the
+    // trial fails (and is retried on a), and bad is ejected again.
     std::thread::sleep(Duration::from_millis(1200));
+    let port = proxy.port;
+    let together = std::sync::Arc::new(std::sync::Barrier::new(4));
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            let together = together.clone();
+            std::thread::spawn(move || {
+                together.wait();
+                get_backend(&mut HttpConn::connect(port), &format!("/together/{i}"))
+            })
+        })
+        .collect();
+    for client in clients {
+        assert_eq!(client.join().expect("client"), "a");
+    }
     assert_all_served_by(&proxy, 10, "a");
     assert_eq!(bad.connections(), 3, "exactly one trial after fail_timeout");
     assert_eq!(ejections(&admin), 2.0);
@@ -347,7 +364,7 @@ fn backend_down_at_startup_gets_no_request_once_checked() {
     let b = LiveBackend::start("b");
     b.set_health(HealthReply::Status(503));
     // A long interval and failure_threshold = 3: only the startup rules can take b down fast.
-    let (proxy, admin) = start_with_admin(&[a.port, b.port], &health_toml(5.0, 1.0, 3, 2));
+    let (proxy, admin) = start_with_admin(&[a.port, b.port], &health_toml(5.0, 3.0, 3, 2));
     let started = Instant::now();
     b.wait_probes(1);
     assert!(

@@ -344,6 +344,9 @@ fn sd_notify_ready_reloading_and_stopping() {
     config.env = &env;
     let (mut proxy, admin) = config.start();
     notify.expect_line("READY=1");
+    // A SIGHUP right at READY=1 can kill the process: that is
+    // `sighup_as_soon_as_the_proxy_accepts_reloads_it`; this test is about the messages.
+    std::thread::sleep(Duration::from_millis(100));
 
     send_signal(&proxy, libc::SIGHUP);
     let reloading = notify.expect_line("RELOADING=1");
@@ -365,6 +368,82 @@ fn sd_notify_ready_reloading_and_stopping() {
     notify.expect_line("STOPPING=1");
     let status = wait_for_exit(&mut proxy);
     assert!(status.success(), "exit {status}");
+}
+
+/// A proxy process started directly (not through `Proxy::launch`, which polls readiness every
+/// 20 ms), so a signal can follow the first accepted connection within a millisecond.
+struct EagerProxy {
+    child: std::process::Child,
+    config: TempConfig,
+}
+
+impl EagerProxy {
+    fn start(port: u16, toml: &str) -> EagerProxy {
+        let config = TempConfig::new(toml);
+        let log =
+            |name: &str| std::fs::File::create(config.dir.path().join(name)).expect("log file");
+        let child = Command::new(common::proxy::BIN)
+            .arg("-c")
+            .arg(&config.path)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(log("stdout.log"))
+            .stderr(log("stderr.log"))
+            .spawn()
+            .expect("spawn ringproxy");
+        let proxy = EagerProxy { child, config };
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + IO_TIMEOUT;
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "ringproxy never accepted:\n{}",
+                proxy.stdout()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        proxy
+    }
+
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(self.config.dir.path().join("stdout.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for EagerProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn sighup_as_soon_as_the_proxy_accepts_reloads_it() {
+    // Once it accepts connections (and once it told systemd READY=1), SIGHUP means reload: a
+    // `systemctl reload` right after start must not kill the service. A few tries, since the
+    // gap being checked is short.
+    let backend = LiveBackend::start("a");
+    for attempt in 0..5 {
+        let port = free_port();
+        let mut proxy = EagerProxy::start(port, &config_toml(port, &[(backend.port, 1)], ""));
+        let pid = libc::pid_t::try_from(proxy.child.id()).expect("pid");
+        // SAFETY: kill(2) on our own child.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+        std::thread::sleep(Duration::from_millis(300));
+        if let Some(status) = proxy.child.try_wait().expect("try_wait") {
+            panic!(
+                "attempt {attempt}: ringproxy died ({status}) from a SIGHUP sent as soon as it \
+                 accepted connections; log:\n{}",
+                proxy.stdout()
+            );
+        }
+        assert!(
+            proxy.stdout().contains("configuration reloaded"),
+            "{}",
+            proxy.stdout()
+        );
+        get_backend(&mut HttpConn::connect(port), "/after-reload");
+    }
 }
 
 /// Runs `command` with a time limit; `None` if it did not finish in time (it is killed).
