@@ -166,6 +166,7 @@ pub enum TransferCoding {
 }
 
 impl TransferCoding {
+    /// Adds one field's codings; empty list elements are ignored (RFC 9110 §5.6.1).
     pub fn add(&mut self, value: &[u8]) {
         for token in tokens(value) {
             let chunked = token.eq_ignore_ascii_case(b"chunked");
@@ -174,9 +175,6 @@ impl TransferCoding {
                 (_, true) => TransferCoding::ChunkedAfterOthers,
                 (_, false) => TransferCoding::NotChunked,
             };
-        }
-        if tokens(value).next().is_none() {
-            *self = TransferCoding::NotChunked;
         }
     }
 }
@@ -235,7 +233,8 @@ mod tests {
         );
         assert_eq!(te(&[b"chunked, identity"]), TransferCoding::NotChunked);
         assert_eq!(te(&[b"xchunked"]), TransferCoding::NotChunked);
-        assert_eq!(te(&[b""]), TransferCoding::NotChunked);
+        assert_eq!(te(&[b""]), TransferCoding::Absent);
+        assert_eq!(te(&[b"chunked", b" , "]), TransferCoding::Chunked);
         assert_eq!(
             te(&[b"chunked", b"chunked"]),
             TransferCoding::ChunkedAfterOthers

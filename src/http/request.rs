@@ -111,27 +111,19 @@ fn parse_into<'b>(
     limits: &Limits,
     table: &mut [httparse::Header<'b>],
 ) -> Result<Option<(usize, RequestHead)>, RequestError> {
+    // Limits first, on the raw bytes: the verdict must not depend on how the head was split
+    // into reads (syntax is checked only on what is within the limits).
+    check_size_limits(buf, limits)?;
     let mut req = httparse::Request::new(table);
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => {
-            check_partial_limits(buf, limits)?;
-            return Ok(None);
-        }
+        Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::Version) => return Err(RequestError::VersionNotSupported),
         Err(httparse::Error::TooManyHeaders) => {
             return Err(RequestError::HeadersTooLarge("too many header fields"))
         }
         Err(_) => return Err(RequestError::BadRequest("malformed request head")),
     };
-    if request_line_len(buf) > limits.max_request_line_bytes {
-        return Err(RequestError::UriTooLong);
-    }
-    if len > limits.max_header_bytes {
-        return Err(RequestError::HeadersTooLarge(
-            "request head larger than max_header_bytes",
-        ));
-    }
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(RequestError::BadRequest("malformed request line"));
     };
@@ -190,6 +182,11 @@ fn parse_into<'b>(
         } else if name.eq_ignore_ascii_case(b"content-length") {
             content_length.add(buf, h.value);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if tokens(h.value).next().is_none() {
+                // Lists may have empty elements, but a request whose only coding field is
+                // empty is ambiguous framing: refuse rather than guess.
+                return Err(RequestError::BadRequest("empty Transfer-Encoding"));
+            }
             coding.add(h.value);
         } else if name.eq_ignore_ascii_case(b"te") {
             head.te_trailers |= tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"trailers"));
@@ -277,16 +274,28 @@ fn request_line_len(buf: &[u8]) -> usize {
         .unwrap_or(buf.len() - start)
 }
 
-fn check_partial_limits(buf: &[u8], limits: &Limits) -> Result<(), RequestError> {
+/// 414 for a request line over the limit, 431 for a head (complete or not yet) over it.
+fn check_size_limits(buf: &[u8], limits: &Limits) -> Result<(), RequestError> {
     if request_line_len(buf) > limits.max_request_line_bytes {
         return Err(RequestError::UriTooLong);
     }
-    if buf.len() > limits.max_header_bytes {
+    if buf.len() > limits.max_header_bytes
+        && head_end(buf).is_none_or(|end| end > limits.max_header_bytes)
+    {
         return Err(RequestError::HeadersTooLarge(
             "request head larger than max_header_bytes",
         ));
     }
     Ok(())
+}
+
+/// Where the head ends (after its empty line, CRLF or bare LF as httparse accepts), if it does.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    buf.iter().enumerate().skip(1).find_map(|(i, &b)| {
+        let blank_line = b == b'\n'
+            && (buf[i - 1] == b'\n' || (i >= 2 && buf[i - 1] == b'\r' && buf[i - 2] == b'\n'));
+        blank_line.then_some(i + 1)
+    })
 }
 
 #[cfg(test)]
