@@ -157,6 +157,8 @@ pub fn parse_decimal(s: &[u8]) -> Option<u64> {
 pub enum TransferCoding {
     #[default]
     Absent,
+    /// Present, but every field was empty: no coding at all.
+    OnlyEmpty,
     /// Exactly `chunked`.
     Chunked,
     /// `chunked` last, after other codings we cannot undo (e.g. `gzip, chunked`).
@@ -166,12 +168,18 @@ pub enum TransferCoding {
 }
 
 impl TransferCoding {
-    /// Adds one field's codings; empty list elements are ignored (RFC 9110 §5.6.1).
+    /// Adds one field's codings; empty list elements are ignored (RFC 9110 §5.6.1), but a
+    /// field that is present with no coding at all is remembered as such.
     pub fn add(&mut self, value: &[u8]) {
+        if *self == TransferCoding::Absent && tokens(value).next().is_none() {
+            *self = TransferCoding::OnlyEmpty;
+        }
         for token in tokens(value) {
             let chunked = token.eq_ignore_ascii_case(b"chunked");
             *self = match (*self, chunked) {
-                (TransferCoding::Absent, true) => TransferCoding::Chunked,
+                (TransferCoding::Absent | TransferCoding::OnlyEmpty, true) => {
+                    TransferCoding::Chunked
+                }
                 (_, true) => TransferCoding::ChunkedAfterOthers,
                 (_, false) => TransferCoding::NotChunked,
             };
@@ -233,7 +241,8 @@ mod tests {
         );
         assert_eq!(te(&[b"chunked, identity"]), TransferCoding::NotChunked);
         assert_eq!(te(&[b"xchunked"]), TransferCoding::NotChunked);
-        assert_eq!(te(&[b""]), TransferCoding::Absent);
+        assert_eq!(te(&[b""]), TransferCoding::OnlyEmpty);
+        assert_eq!(te(&[b"", b"chunked"]), TransferCoding::Chunked);
         assert_eq!(te(&[b"chunked", b" , "]), TransferCoding::Chunked);
         assert_eq!(
             te(&[b"chunked", b"chunked"]),

@@ -245,7 +245,7 @@ fn parse_into<'b>(
                 "transfer codings other than chunked",
             ))
         }
-        (TransferCoding::NotChunked, None) => {
+        (TransferCoding::NotChunked | TransferCoding::OnlyEmpty, None) => {
             return Err(RequestError::BadRequest(
                 "Transfer-Encoding must end in chunked",
             ))

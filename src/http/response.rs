@@ -149,7 +149,8 @@ fn parse_into<'b>(
                     "transfer codings other than chunked",
                 ))
             }
-            (TransferCoding::NotChunked, _) => BodyKind::UntilClose,
+            // Present but not ending in chunked (or with no coding): read until close (§6.3).
+            (TransferCoding::NotChunked | TransferCoding::OnlyEmpty, _) => BodyKind::UntilClose,
             (TransferCoding::Absent, Some(0)) => BodyKind::Empty,
             (TransferCoding::Absent, Some(n)) => BodyKind::Length(n),
             (TransferCoding::Absent, None) => BodyKind::UntilClose,

@@ -1,0 +1,284 @@
+//! Request heads: `parse_request` never panics; it agrees with `httparse` run on the same bytes
+//! on its own; it refuses a complete head only for a rule of RFC 9112 or of the proxy's stated
+//! policy, and when it accepts, the head says what the bytes say; and a head that arrives in two
+//! reads gets the same answer as one that arrives in one.
+//!
+//! Input: five parameter bytes, then the bytes the client sent.
+//!   [0] max_request_line_bytes = 64 + 8 * b   (64 is the config minimum)
+//!   [1] max_header_bytes       = 256 + 16 * b (256 is the config minimum)
+//!   [2] max_headers            = 1 + 4 * b    (up to 1021: past 128 the header table is on the heap)
+//!   [3] max_body_bytes         = unlimited if b is 0, else 16 * b
+//!   [4] where the first read ends
+//! Limits come from the input so every limit branch and its exact boundary is within reach; the
+//! ranges stay inside what config validation admits.
+#![no_main]
+
+use bytes::BytesMut;
+use libfuzzer_sys::fuzz_target;
+use ringproxy::config::Limits;
+use ringproxy::http::{parse_request, BodyKind, RequestError, RequestHead, Version};
+use ringproxy_fuzz::fields::{self, Codings, ContentLength};
+use ringproxy_fuzz::{input, known};
+use std::sync::OnceLock;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((p, raw)) = input::params::<5>(data) else {
+        return;
+    };
+    let limits = limits_from(p);
+
+    let mut buf = BytesMut::from(raw);
+    let whole = parse_request(&mut buf, &limits);
+    check_against_reference(raw, &limits, &whole);
+
+    let split = input::split_point(raw.len(), p[4]);
+    let mut buf2 = BytesMut::from(&raw[..split]);
+    let mut two_reads = parse_request(&mut buf2, &limits);
+    if matches!(two_reads, Ok(None)) {
+        buf2.extend_from_slice(&raw[split..]);
+        two_reads = parse_request(&mut buf2, &limits);
+    } else {
+        buf2.extend_from_slice(&raw[split..]);
+    }
+    if known::REFUSAL_STATUS_DEPENDS_ON_READS && whole.is_err() && two_reads.is_err() {
+        return;
+    }
+    assert_eq!(
+        format!("{whole:?} rest {:?}", &buf[..]),
+        format!("{two_reads:?} rest {:?}", &buf2[..]),
+        "one read and two reads (split at {split}) disagree"
+    );
+});
+
+/// The parameter bytes over the limits of a minimal valid config, so that fields added to
+/// `Limits` later keep their configured defaults.
+fn limits_from(p: &[u8; 5]) -> Limits {
+    static BASE: OnceLock<Limits> = OnceLock::new();
+    let base = BASE.get_or_init(|| {
+        let source = "[[backends]]\nurl = \"http://127.0.0.1:9\"\n";
+        ringproxy::config::parse(std::path::Path::new("fuzz.toml"), source)
+            .expect("the minimal config is valid")
+            .limits
+    });
+    Limits {
+        max_request_line_bytes: 64 + 8 * usize::from(p[0]),
+        max_header_bytes: 256 + 16 * usize::from(p[1]),
+        max_headers: 1 + 4 * usize::from(p[2]),
+        max_body_bytes: (p[3] != 0).then(|| 16 * u64::from(p[3])),
+        ..base.clone()
+    }
+}
+
+fn check_against_reference(
+    raw: &[u8],
+    limits: &Limits,
+    ours: &Result<Option<RequestHead>, RequestError>,
+) {
+    // Room for every header field the input could hold, so the reference never runs short.
+    let mut table = vec![httparse::EMPTY_HEADER; raw.len() / 2 + 1];
+    let mut req = httparse::Request::new(&mut table);
+    match (req.parse(raw), ours) {
+        (Err(e), ours) => assert!(
+            ours.is_err(),
+            "httparse refuses ({e}), the proxy accepted: {ours:?}"
+        ),
+        (Ok(httparse::Status::Partial), Ok(None)) => {}
+        (Ok(httparse::Status::Partial), Err(RequestError::UriTooLong)) => {
+            // The line end may count: a trailing CR is already there.
+            assert!(
+                request_line(raw).len() + 2 > limits.max_request_line_bytes,
+                "414 on a short line"
+            )
+        }
+        (Ok(httparse::Status::Partial), Err(RequestError::HeadersTooLarge(_))) => {
+            let lines = raw.iter().filter(|&&b| b == b'\n').count();
+            assert!(
+                raw.len() > limits.max_header_bytes || lines > limits.max_headers,
+                "431 on a small head"
+            )
+        }
+        (Ok(httparse::Status::Partial), ours) => {
+            panic!("httparse wants more, the proxy says {ours:?}")
+        }
+        (Ok(httparse::Status::Complete(len)), ours) => {
+            let Refusals { must, may } = refusals(&req, len, raw, limits);
+            match ours {
+                Ok(Some(head)) => {
+                    assert!(
+                        must.is_empty(),
+                        "accepted, but must refuse with one of {must:?}"
+                    );
+                    check_accepted(&req, len, raw, head);
+                }
+                Ok(None) => panic!("complete head (length {len}) taken as incomplete"),
+                Err(e) => assert!(
+                    must.contains(&e.status()) || may.contains(&e.status()),
+                    "refused with {e:?}, but the refusals due are {must:?}, allowed {may:?}"
+                ),
+            }
+        }
+    }
+}
+
+/// The request line without its line end, after any empty lines before it (RFC 9112 §2.2).
+fn request_line(raw: &[u8]) -> &[u8] {
+    let start = raw
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(raw.len());
+    let line = &raw[start..];
+    let end = line.iter().position(|&b| b == b'\n').unwrap_or(line.len());
+    line[..end].strip_suffix(b"\r").unwrap_or(&line[..end])
+}
+
+/// The statuses a complete head is refused with: `must` by RFC 9112 or the proxy's stated policy
+/// (limits, CONNECT, target forms, Host, Expect, CL with TE), `may` where either answer is sound.
+struct Refusals {
+    must: Vec<u16>,
+    may: Vec<u16>,
+}
+
+fn refusals(req: &httparse::Request, len: usize, raw: &[u8], limits: &Limits) -> Refusals {
+    let mut out = Refusals {
+        must: Vec::new(),
+        may: Vec::new(),
+    };
+    let mut must = |status: u16, why: bool| {
+        if why {
+            out.must.push(status);
+        }
+    };
+    let headers = &*req.headers;
+    let method = req.method.unwrap_or_default();
+    let target = req.path.unwrap_or_default();
+    let minor = req.version.unwrap_or_default();
+    let line = request_line(raw).len();
+    must(414, line > limits.max_request_line_bytes);
+    must(
+        431,
+        len > limits.max_header_bytes || headers.len() > limits.max_headers,
+    );
+    must(501, method == "CONNECT");
+    let target_ok = target.starts_with('/')
+        || target == "*"
+        || target.starts_with("http://")
+        || target.starts_with("https://");
+    must(400, !target_ok);
+
+    let hosts = fields::values_of(headers, "host").len();
+    must(400, if minor == 1 { hosts != 1 } else { hosts > 1 });
+    let expects = fields::values_of(headers, "expect");
+    must(
+        400,
+        expects
+            .iter()
+            .any(|v| !fields::trim_ows(v).eq_ignore_ascii_case(b"100-continue")),
+    );
+
+    let te = fields::values_of(headers, "transfer-encoding");
+    let cl = fields::content_length(fields::values_of(headers, "content-length"));
+    must(400, cl == ContentLength::Invalid);
+    // RFC 9112 §6.1 lets Transfer-Encoding win; both present is a smuggling signature: refused.
+    must(400, !te.is_empty() && cl != ContentLength::Absent);
+    // RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means faulty framing.
+    must(400, !te.is_empty() && minor == 0);
+    match fields::codings(te.iter().copied()) {
+        Codings::ChunkedAfterOthers => must(501, true),
+        Codings::NotChunked => must(400, true),
+        Codings::Absent | Codings::Chunked => {}
+    }
+    if let (ContentLength::Valid(n), Some(max)) = (cl, limits.max_body_bytes) {
+        must(413, n > max);
+    }
+
+    // The line limit may count the line end too.
+    if line + 2 > limits.max_request_line_bytes {
+        out.may.push(414);
+    }
+    // A Transfer-Encoding field with no coding in it: an empty list, which may be refused.
+    if te.iter().any(|v| fields::list_elements(v).next().is_none()) {
+        out.may.extend([400, 501]);
+    }
+    out
+}
+
+/// An accepted head carries exactly what the bytes say, under the proxy's forwarding rules.
+fn check_accepted(req: &httparse::Request, len: usize, raw: &[u8], head: &RequestHead) {
+    let headers = &*req.headers;
+    assert_eq!(
+        &head.raw[..],
+        &raw[..len],
+        "head length differs from httparse"
+    );
+    assert_eq!(head.method(), req.method.unwrap().as_bytes());
+    assert_eq!(head.target(), req.path.unwrap().as_bytes());
+    let minor = req.version.unwrap();
+    assert_eq!(
+        head.version,
+        if minor == 1 {
+            Version::Http11
+        } else {
+            Version::Http10
+        }
+    );
+
+    let connection = fields::values_of(headers, "connection");
+    let mut forwarded: Vec<(&[u8], &[u8])> = Vec::new();
+    for h in headers.iter() {
+        let name = h.name.as_bytes();
+        let kept = name.eq_ignore_ascii_case(b"host")
+            || !([
+                "te",
+                "expect",
+                "x-forwarded-for",
+                "x-forwarded-proto",
+                "x-forwarded-host",
+            ]
+            .iter()
+            .any(|n| n.as_bytes().eq_ignore_ascii_case(name))
+                || fields::is_connection_specific(name, &connection));
+        if kept {
+            forwarded.push((name, h.value));
+        }
+    }
+    let ours: Vec<(&[u8], &[u8])> = head
+        .headers
+        .iter()
+        .map(|f| (f.name.of(&head.raw), f.value.of(&head.raw)))
+        .collect();
+    assert_eq!(ours, forwarded, "forwarded header fields differ");
+    assert!(ours.len() <= headers.len());
+    assert_eq!(
+        head.host.map(|s| s.of(&head.raw)),
+        fields::values_of(headers, "host").first().copied()
+    );
+    let xff: Vec<&[u8]> = head.forwarded_for.iter().map(|s| s.of(&head.raw)).collect();
+    assert_eq!(xff, fields::values_of(headers, "x-forwarded-for"));
+
+    let te = fields::values_of(headers, "transfer-encoding");
+    let body = match (
+        fields::codings(te.iter().copied()),
+        fields::content_length(fields::values_of(headers, "content-length")),
+    ) {
+        (Codings::Chunked, _) => BodyKind::Chunked,
+        (_, ContentLength::Valid(n)) if n > 0 => BodyKind::Length(n),
+        _ => BodyKind::Empty,
+    };
+    assert_eq!(head.body, body, "body framing");
+
+    let (close, keep_alive) = fields::connection_options(&connection);
+    assert_eq!(
+        head.keep_alive,
+        if minor == 1 {
+            !close
+        } else {
+            keep_alive && !close
+        }
+    );
+    let expects = !fields::values_of(headers, "expect").is_empty();
+    assert_eq!(head.expect_continue, expects && body != BodyKind::Empty);
+    let te_trailers = fields::values_of(headers, "te")
+        .iter()
+        .any(|v| fields::list_elements(v).any(|t| t.eq_ignore_ascii_case(b"trailers")));
+    assert_eq!(head.te_trailers, te_trailers);
+}
