@@ -14,8 +14,9 @@ pub fn ensure_address_free(addr: SocketAddr) -> io::Result<()> {
     let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     // SO_REUSEADDR only tolerates TIME_WAIT leftovers; no SO_REUSEPORT, so any listener conflicts.
     probe.set_reuse_address(true)?;
-    probe.bind(&addr.into())?;
-    probe.listen(1)
+    // bind alone detects the conflict; listening would open a window in which a connection
+    // could land on this probe and be reset when it closes.
+    probe.bind(&addr.into())
 }
 
 /// One worker's listening socket.

@@ -29,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
 
     let mut buf = BytesMut::from(raw);
     let whole = parse_request(&mut buf, &limits);
-    check_against_reference(raw, &limits, &whole);
+    check_against_reference(raw, &limits, &whole, buf.len());
 
     let split = input::split_point(raw.len(), p[4]);
     let mut buf2 = BytesMut::from(&raw[..split]);
@@ -73,6 +73,7 @@ fn check_against_reference(
     raw: &[u8],
     limits: &Limits,
     ours: &Result<Option<RequestHead>, RequestError>,
+    buffered: usize,
 ) {
     // Room for every header field the input could hold, so the reference never runs short.
     let mut table = vec![httparse::EMPTY_HEADER; raw.len() / 2 + 1];
@@ -82,24 +83,7 @@ fn check_against_reference(
             ours.is_err(),
             "httparse refuses ({e}), the proxy accepted: {ours:?}"
         ),
-        (Ok(httparse::Status::Partial), Ok(None)) => {}
-        (Ok(httparse::Status::Partial), Err(RequestError::UriTooLong)) => {
-            // The line end may count: a trailing CR is already there.
-            assert!(
-                request_line(raw).len() + 2 > limits.max_request_line_bytes,
-                "414 on a short line"
-            )
-        }
-        (Ok(httparse::Status::Partial), Err(RequestError::HeadersTooLarge(_))) => {
-            let lines = raw.iter().filter(|&&b| b == b'\n').count();
-            assert!(
-                raw.len() > limits.max_header_bytes || lines > limits.max_headers,
-                "431 on a small head"
-            )
-        }
-        (Ok(httparse::Status::Partial), ours) => {
-            panic!("httparse wants more, the proxy says {ours:?}")
-        }
+        (Ok(httparse::Status::Partial), ours) => check_unfinished(raw, limits, ours, buffered),
         (Ok(httparse::Status::Complete(len)), ours) => {
             let Refusals { must, may } = refusals(&req, len, raw, limits);
             match ours {
@@ -120,13 +104,49 @@ fn check_against_reference(
     }
 }
 
-/// The request line without its line end, after any empty lines before it (RFC 9112 §2.2).
-fn request_line(raw: &[u8]) -> &[u8] {
-    let start = raw
-        .iter()
+/// A head that is not complete yet: waiting for more is right unless what stays buffered (all
+/// of it, or what is left after the parser dropped empty lines) is already over a limit;
+/// buffering on would let one client hold memory without bound.
+fn check_unfinished(
+    raw: &[u8],
+    limits: &Limits,
+    ours: &Result<Option<RequestHead>, RequestError>,
+    buffered: usize,
+) {
+    let line = request_line(raw).len();
+    match ours {
+        Ok(None) => assert!(
+            line <= limits.max_request_line_bytes && buffered <= limits.max_header_bytes,
+            "an unfinished head over the limits ({line}-byte line, {buffered} bytes buffered) \
+             must be refused, not buffered"
+        ),
+        // The line end may count: a trailing CR is already there.
+        Err(RequestError::UriTooLong) => assert!(
+            line + 2 > limits.max_request_line_bytes,
+            "414 on a short line"
+        ),
+        Err(RequestError::HeadersTooLarge(_)) => {
+            let lines = raw.iter().filter(|&&b| b == b'\n').count();
+            assert!(
+                raw.len() > limits.max_header_bytes || lines > limits.max_headers,
+                "431 on a small head"
+            )
+        }
+        ours => panic!("httparse wants more, the proxy says {ours:?}"),
+    }
+}
+
+/// The bytes of the empty lines before the request line, which a server may ignore
+/// (RFC 9112 §2.2) and httparse does.
+fn leading_empty_lines(raw: &[u8]) -> usize {
+    raw.iter()
         .position(|&b| b != b'\r' && b != b'\n')
-        .unwrap_or(raw.len());
-    let line = &raw[start..];
+        .unwrap_or(raw.len())
+}
+
+/// The request line without its line end, after any empty lines before it.
+fn request_line(raw: &[u8]) -> &[u8] {
+    let line = &raw[leading_empty_lines(raw)..];
     let end = line.iter().position(|&b| b == b'\n').unwrap_or(line.len());
     line[..end].strip_suffix(b"\r").unwrap_or(&line[..end])
 }
@@ -154,9 +174,11 @@ fn refusals(req: &httparse::Request, len: usize, raw: &[u8], limits: &Limits) ->
     let minor = req.version.unwrap_or_default();
     let line = request_line(raw).len();
     must(414, line > limits.max_request_line_bytes);
+    // The head limit may count the empty lines before the request line, and must count the rest.
+    let head = len - leading_empty_lines(raw);
     must(
         431,
-        len > limits.max_header_bytes || headers.len() > limits.max_headers,
+        head > limits.max_header_bytes || headers.len() > limits.max_headers,
     );
     must(501, method == "CONNECT");
     let target_ok = target.starts_with('/')
@@ -194,6 +216,9 @@ fn refusals(req: &httparse::Request, len: usize, raw: &[u8], limits: &Limits) ->
     // The line limit may count the line end too.
     if line + 2 > limits.max_request_line_bytes {
         out.may.push(414);
+    }
+    if len > limits.max_header_bytes {
+        out.may.push(431);
     }
     // A Transfer-Encoding field with no coding in it: an empty list, which may be refused.
     if te.iter().any(|v| fields::list_elements(v).next().is_none()) {

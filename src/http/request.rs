@@ -275,6 +275,7 @@ fn request_line_len(buf: &[u8]) -> usize {
 }
 
 /// 414 for a request line over the limit, 431 for a head (complete or not yet) over it.
+/// Empty lines before the request line (which httparse skips) count against the head limit.
 fn check_size_limits(buf: &[u8], limits: &Limits) -> Result<(), RequestError> {
     if request_line_len(buf) > limits.max_request_line_bytes {
         return Err(RequestError::UriTooLong);
@@ -290,11 +291,14 @@ fn check_size_limits(buf: &[u8], limits: &Limits) -> Result<(), RequestError> {
 }
 
 /// Where the head ends (after its empty line, CRLF or bare LF as httparse accepts), if it does.
+/// Leading empty lines are not the end of a head.
 fn head_end(buf: &[u8]) -> Option<usize> {
-    buf.iter().enumerate().skip(1).find_map(|(i, &b)| {
+    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n')?;
+    let head = &buf[start..];
+    head.iter().enumerate().skip(1).find_map(|(i, &b)| {
         let blank_line = b == b'\n'
-            && (buf[i - 1] == b'\n' || (i >= 2 && buf[i - 1] == b'\r' && buf[i - 2] == b'\n'));
-        blank_line.then_some(i + 1)
+            && (head[i - 1] == b'\n' || (i >= 2 && head[i - 1] == b'\r' && head[i - 2] == b'\n'));
+        blank_line.then_some(start + i + 1)
     })
 }
 
@@ -372,6 +376,22 @@ mod tests {
             status(format!("GET / HTTP/1.1\r\nA: {}", "x".repeat(300)).as_bytes()),
             431
         );
+    }
+
+    #[test]
+    fn leading_empty_lines_count_against_the_head_limit() {
+        let padded = format!(
+            "\n\nGET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+            "a".repeat(300)
+        );
+        assert_eq!(status(padded.as_bytes()), 431);
+        let unfinished = format!(
+            "\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\nX: {}",
+            "a".repeat(10_000)
+        );
+        assert_eq!(status(unfinished.as_bytes()), 431);
+        assert_eq!(status("\n".repeat(10_000).as_bytes()), 431);
+        assert_eq!(status(b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"), 200);
     }
 
     #[test]
