@@ -75,6 +75,17 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
     HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
+impl Version {
+    /// From httparse's minor version (it accepts only HTTP/1.0 and HTTP/1.1).
+    pub fn from_minor(minor: u8) -> Version {
+        if minor == 1 {
+            Version::Http11
+        } else {
+            Version::Http10
+        }
+    }
+}
+
 /// What the `Connection` header(s) said.
 #[derive(Debug, Default)]
 pub struct ConnectionOptions {
@@ -85,6 +96,19 @@ pub struct ConnectionOptions {
 }
 
 impl ConnectionOptions {
+    /// Collects every `Connection` field of a parsed head; done first, because it can name
+    /// further headers to drop.
+    pub fn of(raw: &[u8], headers: &[httparse::Header<'_>]) -> Self {
+        let mut conn = ConnectionOptions::default();
+        for h in headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        {
+            conn.add(raw, h.value);
+        }
+        conn
+    }
+
     pub fn add(&mut self, raw: &[u8], value: &[u8]) {
         for token in tokens(value) {
             if token.eq_ignore_ascii_case(b"close") {

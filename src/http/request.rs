@@ -127,11 +127,7 @@ fn parse_into<'b>(
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(RequestError::BadRequest("malformed request line"));
     };
-    let version = if minor == 1 {
-        Version::Http11
-    } else {
-        Version::Http10
-    };
+    let version = Version::from_minor(minor);
     if method == "CONNECT" {
         return Err(RequestError::NotImplemented("CONNECT is not supported"));
     }
@@ -157,15 +153,7 @@ fn parse_into<'b>(
         te_trailers: false,
     };
 
-    // Connection first: it can name further headers to drop.
-    let mut conn = ConnectionOptions::default();
-    for h in req
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-    {
-        conn.add(buf, h.value);
-    }
+    let conn = ConnectionOptions::of(buf, req.headers);
     let mut content_length = ContentLength::default();
     let mut coding = TransferCoding::default();
     let mut hosts = 0;

@@ -98,20 +98,9 @@ fn parse_into<'b>(
     if !(100..=999).contains(&status) {
         return Err(ResponseError::Malformed("status code out of range"));
     }
-    let version = if minor == 1 {
-        Version::Http11
-    } else {
-        Version::Http10
-    };
+    let version = Version::from_minor(minor);
 
-    let mut conn = ConnectionOptions::default();
-    for h in res
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-    {
-        conn.add(buf, h.value);
-    }
+    let conn = ConnectionOptions::of(buf, res.headers);
     let mut content_length = ContentLength::default();
     let mut coding = TransferCoding::default();
     let mut headers = HeaderList::new();
