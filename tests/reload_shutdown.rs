@@ -226,20 +226,31 @@ fn invalid_config_on_sighup_or_post_reload_keeps_the_running_one() {
     expect_old_spread();
 }
 
-#[test]
-fn sigterm_finishes_the_in_flight_request_and_refuses_new_connections() {
+/// A proxy with one live backend and the given `[server]` line (its shutdown timeout).
+fn proxy_with_shutdown_timeout(server: &'static str) -> (LiveBackend, Proxy) {
     let backend = LiveBackend::start("a");
     let backends = [(backend.port, 1)];
     let mut config = OpsConfig::new(&backends, "");
-    config.server = "shutdown_timeout_seconds = 5\n";
-    let (mut proxy, _admin) = config.start();
+    config.server = server;
+    let (proxy, _admin) = config.start();
+    (backend, proxy)
+}
+
+/// Sends SIGTERM and returns when it was sent.
+fn sigterm(proxy: &Proxy) -> Instant {
+    send_signal(proxy, libc::SIGTERM);
+    Instant::now()
+}
+
+#[test]
+fn sigterm_finishes_the_in_flight_request_and_refuses_new_connections() {
+    let (backend, mut proxy) = proxy_with_shutdown_timeout("shutdown_timeout_seconds = 5\n");
     let slow = spawn_request(proxy.port, "/slow");
     wait_within(IO_TIMEOUT, "the slow request at the backend", || {
         backend.requests_to("/slow") == 1
     });
 
-    send_signal(&proxy, libc::SIGTERM);
-    let signalled = Instant::now();
+    let signalled = sigterm(&proxy);
     let port = proxy.port;
     let took = wait_within(Duration::from_secs(1), "new connections refused", || {
         connection_refused(port)
@@ -270,16 +281,11 @@ fn sigterm_finishes_the_in_flight_request_and_refuses_new_connections() {
 
 #[test]
 fn sigterm_closes_an_idle_keep_alive_connection_promptly() {
-    let backend = LiveBackend::start("a");
-    let backends = [(backend.port, 1)];
-    let mut config = OpsConfig::new(&backends, "");
-    config.server = "shutdown_timeout_seconds = 5\n";
-    let (mut proxy, _admin) = config.start();
+    let (_backend, mut proxy) = proxy_with_shutdown_timeout("shutdown_timeout_seconds = 5\n");
     let mut conn = proxy.connect();
     conn.get_ok("/one");
 
-    send_signal(&proxy, libc::SIGTERM);
-    let signalled = Instant::now();
+    let signalled = sigterm(&proxy);
     conn.expect_closed();
     let closed = signalled.elapsed();
     assert!(
@@ -298,18 +304,13 @@ fn sigterm_closes_an_idle_keep_alive_connection_promptly() {
 
 #[test]
 fn shutdown_timeout_bounds_a_request_that_never_completes() {
-    let backend = LiveBackend::start("a");
-    let backends = [(backend.port, 1)];
-    let mut config = OpsConfig::new(&backends, "");
-    config.server = "shutdown_timeout_seconds = 1\n";
-    let (mut proxy, _admin) = config.start();
+    let (backend, mut proxy) = proxy_with_shutdown_timeout("shutdown_timeout_seconds = 1\n");
     let hanging = spawn_request(proxy.port, "/hang");
     wait_within(IO_TIMEOUT, "the hanging request at the backend", || {
         backend.requests_to("/hang") == 1
     });
 
-    send_signal(&proxy, libc::SIGTERM);
-    let signalled = Instant::now();
+    let signalled = sigterm(&proxy);
     let status = wait_for_exit(&mut proxy);
     let exited = signalled.elapsed();
     assert!(status.success(), "exit {status}:\n{}", proxy.logs());

@@ -144,7 +144,7 @@ pub fn render(shared: &Shared) -> String {
     );
     for b in backends.iter() {
         for (i, class) in CLASS_LABELS.iter().enumerate() {
-            let n: u64 = b.stats.iter().map(|s| read(&s.requests_by_class[i])).sum();
+            let n = b.total(|s| &s.requests_by_class[i]);
             let _ = writeln!(
                 out,
                 "ringproxy_backend_requests_total{{backend=\"{}\",class=\"{class}\"}} {n}",
@@ -157,13 +157,13 @@ pub fn render(shared: &Shared) -> String {
             "ringproxy_backend_connect_errors_total",
             "counter",
             "Failed connects to each backend.",
-            &|b| b.stats.iter().map(|s| read(&s.connect_errors)).sum::<u64>() as f64,
+            &|b| b.total(|s| &s.connect_errors) as f64,
         ),
         (
             "ringproxy_backend_timeouts_total",
             "counter",
             "Connect or response-head timeouts per backend.",
-            &|b| b.stats.iter().map(|s| read(&s.timeouts)).sum::<u64>() as f64,
+            &|b| b.total(|s| &s.timeouts) as f64,
         ),
         (
             "ringproxy_backend_ejections_total",
@@ -175,12 +175,7 @@ pub fn render(shared: &Shared) -> String {
             "ringproxy_backend_in_flight",
             "gauge",
             "Requests in flight to each backend.",
-            &|b| {
-                b.stats
-                    .iter()
-                    .map(|s| s.in_flight.load(Ordering::Relaxed))
-                    .sum::<i64>() as f64
-            },
+            &|b| b.in_flight() as f64,
         ),
         (
             "ringproxy_backend_up",

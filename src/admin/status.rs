@@ -1,6 +1,6 @@
 //! `GET /status`: what runs, as JSON: config generation, uptime, workers, backends.
 
-use crate::metrics::{read, WorkerMetrics};
+use crate::metrics::{WorkerMetrics, CLASS_LABELS};
 use crate::state::Shared;
 use crate::upstream::passive::{now_ms, Circuit};
 use crate::upstream::Backend;
@@ -51,16 +51,8 @@ pub fn backend(index: usize, b: &Backend, now: u64) -> Value {
     let last_check = b
         .last_check()
         .map(|(result, ok)| json!({ "result": result.to_string(), "ok": ok }));
-    let in_flight: i64 = b
-        .stats
-        .iter()
-        .map(|s| s.in_flight.load(Ordering::Relaxed))
-        .sum();
-    let requests: u64 = b
-        .stats
-        .iter()
-        .flat_map(|s| s.requests_by_class.iter())
-        .map(read)
+    let requests: u64 = (0..CLASS_LABELS.len())
+        .map(|class| b.total(|s| &s.requests_by_class[class]))
         .sum();
     json!({
         "index": index,
@@ -72,7 +64,7 @@ pub fn backend(index: usize, b: &Backend, now: u64) -> Value {
         "available": b.is_available(now),
         "weight": b.weight(),
         "last_check": last_check,
-        "in_flight": in_flight,
+        "in_flight": b.in_flight(),
         "requests": requests,
         "ejections": b.ejections.load(Ordering::Relaxed),
     })

@@ -1,7 +1,7 @@
 //! One structured line per request (target `access`), written through the non-blocking
 //! log writer so a slow stdout never stalls a worker.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub struct AccessRecord {
     pub status: u16,
@@ -36,7 +36,8 @@ pub struct AccessContext<'a> {
     pub path: &'a [u8],
     pub backend_url: Option<&'a str>,
     pub worker: usize,
-    pub started: Instant,
+    /// From the request head to the end of the response.
+    pub total: Duration,
 }
 
 pub fn emit(ctx: &AccessContext<'_>, rec: &AccessRecord) {
@@ -48,7 +49,7 @@ pub fn emit(ctx: &AccessContext<'_>, rec: &AccessRecord) {
         status = rec.status,
         backend = ctx.backend_url.unwrap_or("-"),
         upstream_ms = rec.upstream_time.map_or(-1.0, |d| d.as_secs_f64() * 1000.0),
-        total_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
+        total_ms = ctx.total.as_secs_f64() * 1000.0,
         bytes_in = rec.bytes_in,
         bytes_out = rec.bytes_out,
         worker = ctx.worker,

@@ -19,7 +19,7 @@ use crate::upstream::{connect, ConnectError, UpstreamConn};
 use bytes::Bytes;
 use smallvec::SmallVec;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Request bodies up to this size that already sit in the read buffer are sent with the head in
 /// one write, and kept so the request can be replayed on a retry.
@@ -153,7 +153,8 @@ pub async fn handle(
         Err(failure) => answer_failure(conn, &req, &body, ctx, &view, failure, &mut rec).await,
     };
     set_backend(&mut rec, &view, ctx, None);
-    record_metrics(ctx, &view, &rec, started);
+    let total = started.elapsed();
+    record_metrics(ctx, &view, &rec, total);
     if view.config.logging.access_log {
         let backend_url = rec
             .backend_seen
@@ -165,7 +166,7 @@ pub async fn handle(
             path: req.target(),
             backend_url,
             worker: ctx.worker_id,
-            started,
+            total,
         };
         access_log::emit(&access, &rec);
     }
@@ -184,14 +185,14 @@ fn set_backend(rec: &mut AccessRecord, view: &Snapshot, ctx: &WorkerCtx, backend
     }
 }
 
-fn record_metrics(ctx: &WorkerCtx, view: &Snapshot, rec: &AccessRecord, started: Instant) {
+fn record_metrics(ctx: &WorkerCtx, view: &Snapshot, rec: &AccessRecord, total: Duration) {
     let m = &ctx.metrics;
     let class = status_class(rec.status).filter(|_| rec.answered);
     match class {
         Some(c) => bump(&m.requests_by_class[c]),
         None => bump(&m.requests_unanswered),
     }
-    m.request_duration.observe(started.elapsed());
+    m.request_duration.observe(total);
     if let Some(t) = rec.upstream_time {
         m.upstream_duration.observe(t);
     }

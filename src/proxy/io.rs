@@ -2,7 +2,7 @@
 //! owns them while the kernel works), so these helpers move the buffer in and put it back.
 
 use bytes::{Bytes, BytesMut};
-use monoio::buf::IoBufMut;
+use monoio::buf::{IoBufMut, SliceMut};
 use monoio::io::AsyncWriteRentExt;
 use monoio::io::{AsyncReadRent, CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
@@ -15,6 +15,17 @@ pub enum IoFail {
     Timeout,
 }
 
+/// Takes `buf` for a read that appends: grown to at least `reserve / 2` spare bytes (never 0,
+/// which a read would report as EOF) and sliced past its filled part, because monoio's `read`
+/// writes at the buffer's start. `into_inner()` gives the buffer back with the new bytes.
+fn spare_tail(buf: &mut BytesMut, reserve: usize) -> SliceMut<BytesMut> {
+    if buf.capacity() - buf.len() < reserve / 2 {
+        buf.reserve(reserve);
+    }
+    let (len, cap) = (buf.len(), buf.capacity());
+    std::mem::take(buf).slice_mut(len..cap)
+}
+
 /// Reads more bytes after the existing content of `buf`, growing it by at least `reserve` spare
 /// bytes first. `Ok(0)` is EOF. On timeout the buffer is lost (the connection is finished anyway).
 pub async fn read_more(
@@ -23,12 +34,7 @@ pub async fn read_more(
     reserve: usize,
     timeout: Duration,
 ) -> Result<usize, IoFail> {
-    if buf.capacity() - buf.len() < reserve / 2 {
-        buf.reserve(reserve);
-    }
-    let (len, cap) = (buf.len(), buf.capacity());
-    // `read` writes at the buffer's start; slicing past the filled part makes it append.
-    let tail = std::mem::take(buf).slice_mut(len..cap);
+    let tail = spare_tail(buf, reserve);
     match monoio::time::timeout(timeout, stream.read(tail)).await {
         Ok((result, tail)) => {
             *buf = tail.into_inner();
@@ -47,11 +53,7 @@ pub async fn read_more_or_give_up(
     reserve: usize,
     timeout: Duration,
 ) -> std::io::Result<Option<usize>> {
-    if buf.capacity() - buf.len() < reserve / 2 {
-        buf.reserve(reserve);
-    }
-    let (len, cap) = (buf.len(), buf.capacity());
-    let tail = std::mem::take(buf).slice_mut(len..cap);
+    let tail = spare_tail(buf, reserve);
     let canceller = Canceller::new();
     let mut read = std::pin::pin!(stream.cancelable_read(tail, canceller.handle()));
     let (result, tail) = monoio::select! {

@@ -71,6 +71,22 @@ impl Backend {
         &self.stats[worker % self.stats.len()]
     }
 
+    /// One per-worker counter summed over all workers (for the admin side, off the hot path).
+    pub fn total(&self, counter: impl Fn(&BackendStats) -> &AtomicU64) -> u64 {
+        self.stats
+            .iter()
+            .map(|s| crate::metrics::read(counter(s)))
+            .sum()
+    }
+
+    /// Requests in flight to this backend, over all workers.
+    pub fn in_flight(&self) -> i64 {
+        self.stats
+            .iter()
+            .map(|s| s.in_flight.load(Ordering::Relaxed))
+            .sum()
+    }
+
     pub fn set_last_check(&self, result: &ProbeResult, ok: bool) {
         if let Ok(mut last) = self.last_check.lock() {
             *last = Some((result.clone(), ok));
