@@ -3,9 +3,8 @@
 //! On shutdown it stops accepting, closes idle connections, lets busy ones finish their
 //! request (bounded by the shutdown timeout), then returns.
 
-use crate::proxy::{serve_connection, WorkerCtx};
+use crate::proxy::{run_parking_lot, spawn_connection, ConnectionSlot, WorkerCtx};
 use crate::state::Shared;
-use std::cell::Cell;
 use std::io;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -59,10 +58,11 @@ fn run(spec: WorkerSpec, ready: &SyncSender<io::Result<()>>) -> io::Result<()> {
     let mut runtime = build_runtime()?;
     runtime.block_on(async move {
         let listener = monoio::net::TcpListener::from_std(spec.listener)?;
-        let ctx = Rc::new(WorkerCtx::new(spec.id, spec.shared));
+        let ctx = Rc::new(WorkerCtx::new(spec.id, spec.shared)?);
         let core = spec.core.filter(|_| pinned).map_or(-1, |c| c.id as i64);
         ctx.metrics.core.store(core, Ordering::Relaxed);
         monoio::spawn(sweep_pool(ctx.clone()));
+        monoio::spawn(run_parking_lot(ctx.clone()));
         tracing::info!(
             worker = spec.id,
             driver = driver_name(),
@@ -71,10 +71,9 @@ fn run(spec: WorkerSpec, ready: &SyncSender<io::Result<()>>) -> io::Result<()> {
             "worker listening"
         );
         let _ = ready.send(Ok(()));
-        let active = Rc::new(Cell::new(0usize));
-        accept_until_draining(&listener, &ctx, &active).await;
+        accept_until_draining(&listener, &ctx).await;
         drop(listener);
-        drain(&ctx, &active).await;
+        drain(&ctx).await;
         Ok(())
     })
 }
@@ -112,26 +111,21 @@ fn build_runtime() -> io::Result<WorkerRuntime> {
     }
 }
 
-async fn accept_until_draining(
-    listener: &monoio::net::TcpListener,
-    ctx: &Rc<WorkerCtx>,
-    active: &Rc<Cell<usize>>,
-) {
+async fn accept_until_draining(listener: &monoio::net::TcpListener, ctx: &Rc<WorkerCtx>) {
     loop {
         let accepted = listener.accept().await;
         if ctx.shared.is_draining() {
             return;
         }
         match accepted {
-            Ok((stream, _)) if active.get() >= ctx.view().config.limits.max_connections => {
+            Ok((stream, _))
+                if ctx.active_connections() >= ctx.view().config.limits.max_connections =>
+            {
                 monoio::spawn(refuse_connection(stream, ctx.clone()));
             }
             Ok((stream, peer)) => {
-                let slot = ConnectionSlot::take(active, ctx.clone());
-                monoio::spawn(async move {
-                    serve_connection(stream, peer, slot.ctx.clone()).await;
-                    drop(slot);
-                });
+                let slot = ConnectionSlot::take(ctx);
+                spawn_connection(ctx.clone(), stream, peer, slot, false);
             }
             Err(e) => {
                 tracing::warn!(worker = ctx.worker_id, error = %e, "accept failed");
@@ -143,58 +137,29 @@ async fn accept_until_draining(
 
 /// Lets busy connections finish (each closes after its current response), closes idle ones,
 /// and gives up at the shutdown timeout.
-async fn drain(ctx: &WorkerCtx, active: &Cell<usize>) {
+async fn drain(ctx: &WorkerCtx) {
     ctx.pool().clear();
     let deadline = Instant::now() + ctx.view().config.shutdown_timeout;
     tracing::info!(
         worker = ctx.worker_id,
-        connections = active.get(),
+        connections = ctx.active_connections(),
         "draining"
     );
     loop {
         ctx.close_idle_connections();
-        if active.get() == 0 {
+        if ctx.active_connections() == 0 {
             tracing::info!(worker = ctx.worker_id, "drained");
             return;
         }
         if Instant::now() >= deadline {
             tracing::warn!(
                 worker = ctx.worker_id,
-                connections = active.get(),
+                connections = ctx.active_connections(),
                 "shutdown timeout: closing remaining connections"
             );
             return;
         }
         monoio::time::sleep(DRAIN_POLL).await;
-    }
-}
-
-/// Counts a live client connection for `max_connections`; released when dropped.
-struct ConnectionSlot {
-    active: Rc<Cell<usize>>,
-    ctx: Rc<WorkerCtx>,
-}
-
-impl ConnectionSlot {
-    fn take(active: &Rc<Cell<usize>>, ctx: Rc<WorkerCtx>) -> Self {
-        active.set(active.get() + 1);
-        ctx.metrics
-            .active_connections
-            .store(active.get() as i64, Ordering::Relaxed);
-        ConnectionSlot {
-            active: active.clone(),
-            ctx,
-        }
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.active.set(self.active.get() - 1);
-        self.ctx
-            .metrics
-            .active_connections
-            .store(self.active.get() as i64, Ordering::Relaxed);
     }
 }
 

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const HTTP10_GET: &[u8] = b"GET /ten HTTP/1.0\r\nHost: test.local\r\n\r\n";
 const HTTP10_KEEPALIVE_GET: &[u8] =
@@ -246,5 +246,37 @@ fn connection_idle_past_the_buffer_release_point_keeps_serving() {
             .expect("pipelined response after idle");
         assert_eq!(response.status(), 200);
         assert_eq!(response.text(), path);
+    }
+}
+
+#[test]
+fn parked_connection_is_closed_at_its_idle_timeout() {
+    // Past half a second of silence the connection waits in the parking lot, whose expiry
+    // closes it at the idle timeout, not much later.
+    let backend = Backend::fixed("ok");
+    let proxy = Proxy::start(&[backend.port], "[timeouts]\nidle_timeout_seconds = 2\n");
+    let mut conn = proxy.connect();
+    conn.get_ok("/");
+    let answered = Instant::now();
+    conn.expect_closed();
+    let closed = answered.elapsed();
+    assert!(
+        closed >= Duration::from_millis(1900) && closed < Duration::from_millis(2600),
+        "closed {closed:?} after the response; idle timeout 2 s"
+    );
+}
+
+#[test]
+fn many_parked_connections_resume_in_any_order() {
+    // Connections parked together wake independently: every one is served, newest first.
+    let backend = Backend::echo_target();
+    let proxy = Proxy::start(&[backend.port], "");
+    let mut conns: Vec<HttpConn> = (0..50).map(|_| proxy.connect()).collect();
+    for (i, conn) in conns.iter_mut().enumerate() {
+        assert_eq!(conn.get_ok(&format!("/a/{i}")).text(), format!("/a/{i}"));
+    }
+    thread::sleep(Duration::from_millis(900));
+    for (i, conn) in conns.iter_mut().enumerate().rev() {
+        assert_eq!(conn.get_ok(&format!("/b/{i}")).text(), format!("/b/{i}"));
     }
 }

@@ -194,6 +194,28 @@ fn connection_cap_refuses_with_503_and_recovers() {
     }
 }
 
+#[test]
+fn parked_idle_connections_hold_their_slots() {
+    // Connections quiet for over half a second leave their task for the parking lot; they are
+    // still open, so they still count against the cap, and closing one frees its slot.
+    let backend = Backend::echo_target();
+    let proxy = Proxy::start(&[backend.port], "[limits]\nmax_connections = 3\n");
+    let mut held: Vec<HttpConn> = (0..3)
+        .map(|i| served_connection(&proxy, &format!("/held/{i}")))
+        .collect();
+    thread::sleep(Duration::from_millis(1200));
+    assert_refused_over_cap(&proxy);
+    held.pop();
+    held.push(served_connection_eventually(&proxy, "/after-close"));
+    assert_refused_over_cap(&proxy);
+    for (i, conn) in held.iter_mut().enumerate() {
+        assert_eq!(
+            conn.get_ok(&format!("/resumed/{i}")).text(),
+            format!("/resumed/{i}")
+        );
+    }
+}
+
 /// Raises this process's soft open-files limit to at least `want` (within the hard limit).
 fn raise_open_files_limit(want: u64) {
     let mut lim = libc::rlimit {

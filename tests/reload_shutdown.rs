@@ -10,6 +10,7 @@ use common::*;
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::thread;
 use std::time::{Duration, Instant};
 
 fn rewrite_config(proxy: &Proxy, toml: &str) {
@@ -281,9 +282,20 @@ fn sigterm_finishes_the_in_flight_request_and_refuses_new_connections() {
 
 #[test]
 fn sigterm_closes_an_idle_keep_alive_connection_promptly() {
+    assert_sigterm_closes_idle_connection(Duration::ZERO);
+}
+
+#[test]
+fn sigterm_closes_a_parked_keep_alive_connection_promptly() {
+    // Quiet past the parking point: the connection has no task, only its parking-lot record.
+    assert_sigterm_closes_idle_connection(Duration::from_millis(1200));
+}
+
+fn assert_sigterm_closes_idle_connection(quiet_before: Duration) {
     let (_backend, mut proxy) = proxy_with_shutdown_timeout("shutdown_timeout_seconds = 5\n");
     let mut conn = proxy.connect();
     conn.get_ok("/one");
+    thread::sleep(quiet_before);
 
     let signalled = sigterm(&proxy);
     conn.expect_closed();

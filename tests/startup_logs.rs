@@ -64,6 +64,9 @@ fn epoll_fallback_still_proxies() {
     for _ in 0..3 {
         assert_eq!(conn.get_ok("/ka").text(), sha256_hex(b""));
     }
+    // Quiet long enough to be parked, then woken through the epoll driver.
+    thread::sleep(Duration::from_millis(900));
+    assert_eq!(conn.get_ok("/after-park").text(), sha256_hex(b""));
     assert_large_post_arrives(&proxy, &backend);
 }
 

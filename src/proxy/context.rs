@@ -1,13 +1,17 @@
 //! What one worker owns for proxying: its view of the current config snapshot, its balancer
 //! cursor and connection pool (plain `RefCell`s: one thread, never borrowed across an await),
-//! its metrics, and the registry of its client connections used to close idle ones on shutdown.
+//! its metrics, its count of client connections, the registry of the busy ones and the lot of
+//! the parked ones (both used to close idle connections on shutdown).
 
+use super::parking::ParkingLot;
 use crate::metrics::WorkerMetrics;
 use crate::state::{Shared, Snapshot};
 use crate::upstream::{Balancer, UpstreamPool};
+use slab::Slab;
 use std::cell::{Cell, RefCell, RefMut};
 use std::os::fd::RawFd;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// The snapshot a request runs on. Requests hold it until they finish, so a reload never
@@ -25,18 +29,39 @@ pub struct WorkerCtx {
     pub shared: Arc<Shared>,
     pub metrics: Arc<WorkerMetrics>,
     local: RefCell<Local>,
-    connections: RefCell<Vec<Weak<ClientHandle>>>,
+    /// Connections with a task: descriptor, and whether it waits idle for its next request.
+    /// A slab rather than a heap object per connection, which would scatter small long-lived
+    /// allocations among request buffers and keep freed memory from going back to the OS.
+    connections: RefCell<Slab<(RawFd, bool)>>,
+    /// Client connections open on this worker (served or parked), for `max_connections`.
+    active: Cell<usize>,
+    pub parking: RefCell<ParkingLot>,
 }
 
-/// A client connection as the worker's shutdown logic sees it.
-pub struct ClientHandle {
-    pub fd: RawFd,
-    /// Waiting for the next request with nothing buffered: safe to close on shutdown.
-    pub idle: Cell<bool>,
+/// A connection task's entry in the worker's registry; removed when dropped.
+pub struct Registration<'a> {
+    ctx: &'a WorkerCtx,
+    key: usize,
+}
+
+impl Registration<'_> {
+    /// Marks the connection as waiting for its next request with nothing buffered (safe to
+    /// close on shutdown), or not.
+    pub fn set_idle(&self, idle: bool) {
+        if let Some(entry) = self.ctx.connections.borrow_mut().get_mut(self.key) {
+            entry.1 = idle;
+        }
+    }
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.ctx.connections.borrow_mut().try_remove(self.key);
+    }
 }
 
 impl WorkerCtx {
-    pub fn new(worker_id: usize, shared: Arc<Shared>) -> Self {
+    pub fn new(worker_id: usize, shared: Arc<Shared>) -> std::io::Result<Self> {
         let snapshot = shared.snapshot();
         let config = &snapshot.config;
         let local = Local {
@@ -48,13 +73,32 @@ impl WorkerCtx {
             ),
             view: Rc::new(snapshot),
         };
-        WorkerCtx {
+        Ok(WorkerCtx {
             worker_id,
             metrics: shared.workers[worker_id].clone(),
             shared,
             local: RefCell::new(local),
-            connections: RefCell::new(Vec::new()),
-        }
+            connections: RefCell::new(Slab::new()),
+            active: Cell::new(0),
+            parking: RefCell::new(ParkingLot::new()?),
+        })
+    }
+
+    /// Client connections open on this worker, busy or parked.
+    pub fn active_connections(&self) -> usize {
+        self.active.get()
+    }
+
+    /// Client connections with a task (not parked).
+    pub fn busy_connections(&self) -> usize {
+        self.connections.borrow().len()
+    }
+
+    fn set_active(&self, n: usize) {
+        self.active.set(n);
+        self.metrics
+            .active_connections
+            .store(n as i64, Ordering::Relaxed);
     }
 
     /// The current snapshot; switches to a newer one first if a reload published it.
@@ -84,29 +128,40 @@ impl WorkerCtx {
         RefMut::map(self.local.borrow_mut(), |l| &mut l.pool)
     }
 
-    pub fn register(&self, fd: RawFd) -> Rc<ClientHandle> {
-        let handle = Rc::new(ClientHandle {
-            fd,
-            idle: Cell::new(false),
-        });
-        let mut conns = self.connections.borrow_mut();
-        if conns.len() >= 64 && conns.len() == conns.capacity() {
-            conns.retain(|w| w.strong_count() > 0);
-        }
-        conns.push(Rc::downgrade(&handle));
-        handle
+    pub fn register(&self, fd: RawFd) -> Registration<'_> {
+        let key = self.connections.borrow_mut().insert((fd, false));
+        Registration { ctx: self, key }
     }
 
-    /// Shutdown: wakes every connection waiting idle for its next request, which then closes.
+    /// Shutdown: closes parked connections and wakes every connection task waiting idle for its
+    /// next request, which then closes.
     pub fn close_idle_connections(&self) {
-        let mut conns = self.connections.borrow_mut();
-        conns.retain(|w| w.strong_count() > 0);
-        for handle in conns.iter().filter_map(Weak::upgrade) {
-            if handle.idle.get() {
+        self.parking.borrow_mut().close_all();
+        for &(fd, idle) in self.connections.borrow().iter().map(|(_, entry)| entry) {
+            if idle {
                 // SAFETY: the fd belongs to a live connection of this worker; SHUT_RD only ends
                 // its pending read (which then sees EOF), the task closes the fd itself.
-                unsafe { libc::shutdown(handle.fd, libc::SHUT_RD) };
+                unsafe { libc::shutdown(fd, libc::SHUT_RD) };
             }
         }
+    }
+}
+
+/// Counts one open client connection for `max_connections` and the gauge; released on drop.
+/// Travels with the connection, through its task and the parking lot.
+pub struct ConnectionSlot {
+    ctx: Rc<WorkerCtx>,
+}
+
+impl ConnectionSlot {
+    pub fn take(ctx: &Rc<WorkerCtx>) -> Self {
+        ctx.set_active(ctx.active.get() + 1);
+        ConnectionSlot { ctx: ctx.clone() }
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.ctx.set_active(self.ctx.active.get() - 1);
     }
 }

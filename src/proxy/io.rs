@@ -71,14 +71,6 @@ pub async fn read_more_or_give_up(
     }
 }
 
-/// Waits until the socket is readable (or closed), holding no buffer meanwhile.
-pub async fn wait_readable(stream: &TcpStream, timeout: Duration) -> Result<(), IoFail> {
-    match monoio::time::timeout(timeout, stream.readable(false)).await {
-        Ok(result) => result.map_err(IoFail::Io),
-        Err(_) => Err(IoFail::Timeout),
-    }
-}
-
 /// Reads with a deadline instead of a duration; an expired deadline is a timeout.
 pub async fn read_more_until(
     stream: &mut TcpStream,

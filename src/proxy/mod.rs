@@ -6,16 +6,17 @@ mod access_log;
 mod context;
 mod forward;
 pub mod io;
+mod parking;
 pub mod transfer;
 mod wire;
 
-pub use context::{View, WorkerCtx};
+use context::Registration;
+pub use context::{ConnectionSlot, View, WorkerCtx};
 
 use crate::http::{parse_request, status, RequestError, RequestHead};
 use bytes::BytesMut;
-use io::{read_more_or_give_up, read_more_until, wait_readable, write_buf, IoFail};
+use io::{read_more_or_give_up, read_more_until, write_buf, IoFail};
 use monoio::net::TcpStream;
-use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 /// Client read buffer to start with (nginx's `client_header_buffer_size` is 1k): most request
 /// heads fit; larger ones grow it. Kept small because every new connection allocates one.
 const CLIENT_READ_BUF: usize = 2 * 1024;
-/// Keep-alive silence after which a connection gives its buffers back while it waits.
+/// Keep-alive silence after which a connection ends its task and waits in the parking lot.
 const IDLE_PARK_AFTER: Duration = Duration::from_millis(500);
 /// Buffers grown past this (large heads or bodies) are released before the next request.
 const KEEP_BUF_MAX: usize = 64 * 1024;
@@ -45,15 +46,77 @@ pub struct ClientConn {
 enum ReadError {
     /// Closed, or idle past the keep-alive timeout, between requests: close quietly.
     Closed,
+    /// Quiet between requests for `IDLE_PARK_AFTER`, with `Duration` of idle timeout left.
+    Park(Duration),
     /// The head did not arrive in time: 408.
     Timeout,
     Invalid(RequestError),
 }
 
-/// Serves one accepted client connection until it closes or must be closed.
-pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Rc<WorkerCtx>) {
-    let _ = stream.set_nodelay(true);
-    let handle = ctx.register(stream.as_raw_fd());
+/// Serves a client connection in its own task: a newly accepted one (`resumed` false) or one
+/// coming back from the parking lot readable. If it goes quiet between requests, the task ends
+/// and the connection waits in the lot, holding almost no memory.
+pub fn spawn_connection(
+    ctx: Rc<WorkerCtx>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: ConnectionSlot,
+    resumed: bool,
+) {
+    monoio::spawn(async move {
+        let Some((stream, idle_left)) = serve_connection(stream, peer, &ctx, resumed).await else {
+            return;
+        };
+        let parked = ctx.parking.borrow_mut().park(stream, peer, slot, idle_left);
+        if let Err(e) = parked {
+            tracing::warn!(client = %peer, worker = ctx.worker_id, error = %e, "cannot park an idle connection; closing it");
+        }
+    });
+}
+
+/// The parking lot's task: resumes parked connections that turn readable and closes those
+/// idle past their timeout.
+pub async fn run_parking_lot(ctx: Rc<WorkerCtx>) {
+    let waker = match ctx.parking.borrow().waker() {
+        Ok(waker) => waker,
+        Err(e) => {
+            tracing::error!(worker = ctx.worker_id, error = %e, "parking lot unavailable");
+            return;
+        }
+    };
+    let mut trim = parking::TrimPolicy::default();
+    loop {
+        let ready = monoio::time::timeout(parking::EXPIRY_CHECK, waker.readable(false)).await;
+        if let Ok(Err(e)) = ready {
+            tracing::warn!(worker = ctx.worker_id, error = %e, "parking lot wait failed");
+            monoio::time::sleep(parking::EXPIRY_CHECK).await;
+        }
+        let woken = ctx.parking.borrow_mut().wake();
+        for conn in woken {
+            spawn_connection(ctx.clone(), conn.stream, conn.peer, conn.slot, true);
+        }
+        let now = Instant::now();
+        let parked = {
+            let mut lot = ctx.parking.borrow_mut();
+            lot.expire(now);
+            lot.len()
+        };
+        trim.after_parking(parked, ctx.busy_connections(), now);
+    }
+}
+
+/// Serves one client connection until it closes, must be closed, or goes quiet long enough
+/// to be parked: then it returns the stream and how much of its idle timeout is left.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: &WorkerCtx,
+    resumed: bool,
+) -> Option<(TcpStream, Duration)> {
+    if !resumed {
+        let _ = stream.set_nodelay(true);
+    }
+    let registration = ctx.register(stream.as_raw_fd());
     let mut conn = ClientConn {
         stream,
         rbuf: BytesMut::with_capacity(CLIENT_READ_BUF),
@@ -62,29 +125,31 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Rc<Worke
         peer,
         peer_ip: peer.ip().to_string(),
     };
+    // A new or just resumed connection reads at once, bound by the client header timeout.
     let mut first = true;
     loop {
-        let request = match read_request(&mut conn, &ctx, &handle.idle, first).await {
+        let request = match read_request(&mut conn, ctx, &registration, first).await {
             Ok(r) => r,
-            Err(ReadError::Closed) => return,
+            Err(ReadError::Closed) => return None,
+            Err(ReadError::Park(idle_left)) => return Some((conn.stream, idle_left)),
             Err(ReadError::Timeout) => {
                 tracing::info!(client = %conn.peer, worker = ctx.worker_id, "request head timed out (408)");
-                respond_error(&mut conn, &ctx, 408).await;
-                return;
+                respond_error(&mut conn, ctx, 408).await;
+                return None;
             }
             Err(ReadError::Invalid(e)) => {
                 tracing::info!(client = %conn.peer, worker = ctx.worker_id, status = e.status(), reason = e.reason(), "bad request");
-                respond_error(&mut conn, &ctx, e.status()).await;
-                return;
+                respond_error(&mut conn, ctx, e.status()).await;
+                return None;
             }
         };
         first = false;
         let (head, started) = request;
         // Boxed: the request's state lives on the heap only while a request is in flight, so an
         // idle connection's task stays small.
-        let keep = Box::pin(forward::handle(&mut conn, head, started, &ctx)).await;
+        let keep = Box::pin(forward::handle(&mut conn, head, started, ctx)).await;
         if !keep || ctx.shared.is_draining() {
-            return;
+            return None;
         }
         if conn.rbuf.capacity() > KEEP_BUF_MAX && conn.rbuf.is_empty() {
             conn.rbuf = BytesMut::with_capacity(CLIENT_READ_BUF);
@@ -97,24 +162,24 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Rc<Worke
 
 /// Reads the next request head. The first byte of a follow-up request may take up to the idle
 /// timeout; from then on (or from accept, for the first request) the whole head must arrive
-/// within the client header timeout, however slowly it trickles. `idle` is set while nothing of
-/// the next request has arrived, so shutdown may close the connection.
+/// within the client header timeout, however slowly it trickles. The connection is marked idle
+/// while nothing of the next request has arrived, so shutdown may close it.
 async fn read_request(
     conn: &mut ClientConn,
     ctx: &WorkerCtx,
-    idle: &Cell<bool>,
+    registration: &Registration<'_>,
     first: bool,
 ) -> Result<(RequestHead, Instant), ReadError> {
     let view = ctx.view();
     let timeouts = &view.config.timeouts;
     if !first && conn.rbuf.is_empty() {
-        idle.set(true);
+        registration.set_idle(true);
         if ctx.shared.is_draining() {
             return Err(ReadError::Closed);
         }
         wait_for_next_request(conn, timeouts.idle).await?;
     }
-    idle.set(false);
+    registration.set_idle(false);
     let started = Instant::now();
     let deadline = started + timeouts.client_header;
     // Whether any byte of this request has arrived: decides 408 versus a quiet close on timeout
@@ -140,26 +205,19 @@ async fn read_request(
 }
 
 /// Between requests on a kept-alive connection: waits for the next request's first bytes, up to
-/// the idle timeout. After `IDLE_PARK_AFTER` of silence the connection releases its buffers and
-/// waits for readability alone, so a parked keep-alive connection holds almost no memory (as
-/// nginx frees its buffers); a busy one keeps its read posted and pays nothing extra.
+/// the idle timeout. A busy connection keeps its read posted and pays nothing extra; after
+/// `IDLE_PARK_AFTER` of silence it is to be parked (`ReadError::Park`), as nginx frees all but
+/// its connection struct between requests.
 async fn wait_for_next_request(
     conn: &mut ClientConn,
     idle_timeout: Duration,
 ) -> Result<(), ReadError> {
     let parks_at = IDLE_PARK_AFTER.min(idle_timeout);
     match read_more_or_give_up(&mut conn.stream, &mut conn.rbuf, CLIENT_READ_BUF, parks_at).await {
-        Ok(Some(0)) | Err(_) => return Err(ReadError::Closed),
-        Ok(Some(_)) => return Ok(()),
-        Ok(None) if parks_at >= idle_timeout => return Err(ReadError::Closed),
-        Ok(None) => {}
-    }
-    conn.rbuf = BytesMut::new();
-    conn.out = BytesMut::new();
-    conn.upstream_out = BytesMut::new();
-    match wait_readable(&conn.stream, idle_timeout - parks_at).await {
-        Ok(()) => Ok(()),
-        Err(_) => Err(ReadError::Closed),
+        Ok(Some(0)) | Err(_) => Err(ReadError::Closed),
+        Ok(Some(_)) => Ok(()),
+        Ok(None) if parks_at >= idle_timeout => Err(ReadError::Closed),
+        Ok(None) => Err(ReadError::Park(idle_timeout - parks_at)),
     }
 }
 
