@@ -68,6 +68,8 @@ fn epoll_fallback_still_proxies() {
     thread::sleep(Duration::from_millis(900));
     assert_eq!(conn.get_ok("/after-park").text(), sha256_hex(b""));
     assert_large_post_arrives(&proxy, &backend);
+    // A second 1 MiB body on the same connections: the spliced path left them usable.
+    assert_large_post_arrives(&proxy, &backend);
 }
 
 #[test]

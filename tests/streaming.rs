@@ -195,6 +195,74 @@ fn content_length_head_and_1000_of_100000_bytes() -> Vec<u8> {
     partial
 }
 
+/// Large enough that the proxy splices the rest of the body (socket -> pipe -> socket).
+fn content_length_head_and_300k_of_1_mib() -> Vec<u8> {
+    let mut partial =
+        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", 1 << 20).into_bytes();
+    partial.extend_from_slice(&pattern(300_000, 4));
+    partial
+}
+
+#[test]
+fn upstream_dying_mid_spliced_body_closes_client() {
+    assert_upstream_failure_is_not_a_complete_response(
+        content_length_head_and_300k_of_1_mib(),
+        false,
+        "",
+    );
+}
+
+#[test]
+fn upstream_stalling_mid_spliced_body_closes_client_after_io_timeout() {
+    assert_upstream_failure_is_not_a_complete_response(
+        content_length_head_and_300k_of_1_mib(),
+        true,
+        "[timeouts]\nio_timeout_seconds = 0.5\n",
+    );
+}
+
+#[test]
+fn spliced_bodies_arrive_whole_and_both_connections_stay_usable() {
+    // 1 MiB bodies are spliced; afterwards the same client and upstream connections carry
+    // ordinary (copied) requests and bodies again, in both directions.
+    let large = pattern(1 << 20, 9);
+    let reply = response_bytes("200 OK", &[], &large);
+    let backend = Backend::recording(move |req| {
+        if req.req.head.target() == "/large" {
+            Reply::Send(reply.clone())
+        } else {
+            Reply::Send(response_bytes(
+                "200 OK",
+                &[],
+                &sha256_hex(&req.req.body).into_bytes(),
+            ))
+        }
+    });
+    let proxy = Proxy::start(&[backend.port], "");
+    let mut conn = proxy.connect();
+    for round in 0..2 {
+        let response = conn.roundtrip(&get_request("/large"));
+        assert_eq!(response.status(), 200);
+        assert!(
+            response.body == large,
+            "round {round}: {} bytes differ",
+            response.body.len()
+        );
+        let upload = pattern((1 << 20) + round, 10 + round as u64);
+        let request = request_bytes("POST", "/digest", &[], &upload);
+        assert_eq!(conn.roundtrip(&request).text(), sha256_hex(&upload));
+        assert_eq!(
+            conn.roundtrip(&get_request("/small")).text(),
+            sha256_hex(b"")
+        );
+    }
+    assert_eq!(
+        backend.connections(),
+        1,
+        "the upstream connection was not reused"
+    );
+}
+
 #[test]
 fn upstream_dying_mid_content_length_body_closes_client() {
     assert_upstream_failure_is_not_a_complete_response(

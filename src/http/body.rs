@@ -83,6 +83,22 @@ impl BodyDecoder {
         self.state == State::Done
     }
 
+    /// Bytes still to come of a Content-Length body (`None` for other framings).
+    pub fn length_remaining(&self) -> Option<u64> {
+        match self.state {
+            State::Length { remaining } => Some(remaining),
+            _ => None,
+        }
+    }
+
+    /// Counts the rest of a Content-Length body as received, when it was moved past the
+    /// buffer (spliced).
+    pub fn finish_length(&mut self) {
+        if matches!(self.state, State::Length { .. }) {
+            self.state = State::Done;
+        }
+    }
+
     /// Takes the next piece of body off the front of `buf`.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, BodyError> {
         loop {

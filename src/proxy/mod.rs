@@ -7,6 +7,7 @@ mod context;
 mod forward;
 pub mod io;
 mod parking;
+mod splice;
 pub mod transfer;
 mod wire;
 

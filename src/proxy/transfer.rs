@@ -3,6 +3,7 @@
 //! serves request bodies (client -> upstream) and response bodies (upstream -> client).
 
 use super::io::{read_more, write_buf, write_bytes, IoFail};
+use super::splice::{self, SpliceError, SPLICE_MIN_BYTES};
 use crate::http::{BodyDecoder, BodyError, Decoded};
 use bytes::{Bytes, BytesMut};
 use monoio::net::TcpStream;
@@ -86,6 +87,33 @@ pub async fn transfer_body(
             Decoded::NeedMore => {
                 // Send what we have before waiting, so the destination sees progress.
                 flush(dst, out, io_timeout, &mut sent_any).await?;
+                let splice_len = (framing == OutFraming::Length)
+                    .then(|| src.decoder.length_remaining())
+                    .flatten()
+                    .filter(|&left| left >= SPLICE_MIN_BYTES)
+                    .filter(|&left| max_bytes.is_none_or(|max| moved + left <= max));
+                if let Some(left) = splice_len {
+                    match splice::forward_exact(src.stream, dst, left, io_timeout).await {
+                        Ok(()) => {
+                            src.decoder.finish_length();
+                            moved += left;
+                            sent_any = true;
+                            continue;
+                        }
+                        Err(SpliceError::Unavailable(e)) => {
+                            tracing::debug!(error = %e, "splice unavailable; copying the body");
+                        }
+                        Err(SpliceError::Source {
+                            fail,
+                            sent_any: spliced,
+                        }) => {
+                            return Err(failed(SourceFault::Io(fail), sent_any || spliced));
+                        }
+                        Err(SpliceError::Destination(e)) => {
+                            return Err(TransferError::Destination(e));
+                        }
+                    }
+                }
                 let n = read_more(src.stream, src.buf, BODY_READ_BYTES, io_timeout)
                     .await
                     .map_err(|e| failed(SourceFault::Io(e), sent_any))?;
