@@ -129,10 +129,12 @@ def idle_table(records, problems):
              "| proxy | held / asked | failed | closed by proxy | RSS before MiB | RSS held MiB | KiB per held conn "
              "| RSS held ÷ nginx |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     base = rs.get("nginx")
+    fell = False
     for p in ordered(rs):
         r = rs[p]
         held = r["opened"] - r["closed_by_proxy"]
         per = (r["rss_held_kb"] - r["rss_before_kb"]) / held if held else None
+        fell = fell or (per is not None and per < 0)
         if r["failed"] or r["non2xx"] or r["closed_by_proxy"]:
             problems.append(f"idle-10k / {p}: {r['failed']} failed, {r['non2xx']} non-2xx, "
                             f"{r['closed_by_proxy']} closed by the proxy; statuses {r.get('statuses')}"
@@ -140,6 +142,10 @@ def idle_table(records, problems):
         lines.append(f"| {p} | {held} / {r['count']} | {r['failed']} | {r['closed_by_proxy']} "
                      f"| {r['rss_before_kb'] / 1024:.1f} | {r['rss_held_kb'] / 1024:.1f} | {fmt(per, 2)} "
                      f"| {ratio(r['rss_held_kb'], base['rss_held_kb']) if base else '—'} |")
+    if fell:
+        lines += ["", "A negative KiB per connection means RSS fell while the connections were held: "
+                  "the proxy returned heap pages freed since earlier scenarios (ringproxy trims the "
+                  "heap once many connections have parked), so RSS held is the figure to compare."]
     return lines + [""]
 
 
