@@ -146,9 +146,7 @@ async fn serve_connection(
         };
         first = false;
         let (head, started) = request;
-        // Boxed: the request's state lives on the heap only while a request is in flight, so an
-        // idle connection's task stays small.
-        let keep = Box::pin(forward::handle(&mut conn, head, started, ctx)).await;
+        let keep = forward::handle(&mut conn, head, started, ctx).await;
         if !keep || ctx.shared.is_draining() {
             return None;
         }
