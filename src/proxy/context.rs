@@ -35,7 +35,7 @@ pub struct WorkerCtx {
     connections: RefCell<Slab<(RawFd, bool)>>,
     /// Client connections open on this worker (served or parked), for `max_connections`.
     active: Cell<usize>,
-    pub parking: RefCell<ParkingLot>,
+    pub parking: RefCell<ParkingLot<ConnectionSlot>>,
 }
 
 /// A connection task's entry in the worker's registry; removed when dropped.

@@ -68,6 +68,9 @@ pub fn spawn_connection(
         let Some((stream, idle_left)) = serve_connection(stream, peer, &ctx, resumed).await else {
             return;
         };
+        if ctx.shared.is_draining() {
+            return;
+        }
         let parked = ctx.parking.borrow_mut().park(stream, peer, slot, idle_left);
         if let Err(e) = parked {
             tracing::warn!(client = %peer, worker = ctx.worker_id, error = %e, "cannot park an idle connection; closing it");

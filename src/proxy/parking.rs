@@ -6,7 +6,6 @@
 //! what keeps 10,000 idle clients as cheap as in nginx, which frees everything but its
 //! connection struct between requests; a task and a posted read per idle connection cost ~4 KiB.
 
-use super::context::ConnectionSlot;
 use monoio::net::TcpStream;
 use slab::Slab;
 use std::collections::VecDeque;
@@ -25,30 +24,31 @@ pub const EXPIRY_CHECK: Duration = Duration::from_millis(100);
 const TRIM_QUIET: (usize, Duration) = (64, Duration::from_secs(1));
 const TRIM_BUSY: (usize, Duration) = (1024, Duration::from_secs(10));
 
-struct Parked {
+/// `T` travels with the connection (the worker's connection-count slot).
+struct Parked<T> {
     fd: OwnedFd,
     peer: SocketAddr,
-    slot: ConnectionSlot,
+    slot: T,
     /// Tells this parking from an earlier one that used the same entry (stale events, expiries).
     ticket: u32,
 }
 
 /// A socket handed back for serving: readable (a request, or EOF) when it comes from `wake`.
-pub struct Unparked {
+pub struct Unparked<T> {
     pub stream: TcpStream,
     pub peer: SocketAddr,
-    pub slot: ConnectionSlot,
+    pub slot: T,
 }
 
-pub struct ParkingLot {
+pub struct ParkingLot<T> {
     epoll: OwnedFd,
-    entries: Slab<Parked>,
+    entries: Slab<Parked<T>>,
     /// Park order is expiry order (one idle timeout per config generation).
     expiry: VecDeque<(Instant, u32, u32)>,
     next_ticket: u32,
 }
 
-impl ParkingLot {
+impl<T> ParkingLot<T> {
     pub fn new() -> io::Result<Self> {
         // SAFETY: plain syscall; the result is checked before it is owned.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
@@ -83,7 +83,7 @@ impl ParkingLot {
         &mut self,
         stream: TcpStream,
         peer: SocketAddr,
-        slot: ConnectionSlot,
+        slot: T,
         idle_left: Duration,
     ) -> io::Result<()> {
         // SAFETY: the descriptor is open for the duration of the call (`stream` is alive).
@@ -126,7 +126,7 @@ impl ParkingLot {
     }
 
     /// Takes the parked sockets that became readable (without waiting).
-    pub fn wake(&mut self) -> Vec<Unparked> {
+    pub fn wake(&mut self) -> Vec<Unparked<T>> {
         let mut woken = Vec::new();
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
         loop {
@@ -170,6 +170,16 @@ impl ParkingLot {
             self.expiry.pop_front();
             drop(self.take(key, ticket));
         }
+        // Connections that resumed leave their expiry behind until it comes due; when they
+        // outnumber the parked ones (busy clients pausing often), drop them now.
+        if self.expiry.len() > 2 * self.entries.len() + 1024 {
+            let entries = &self.entries;
+            self.expiry.retain(|&(_, key, ticket)| {
+                entries
+                    .get(key as usize)
+                    .is_some_and(|p| p.ticket == ticket)
+            });
+        }
     }
 
     /// Shutdown: closes every parked connection.
@@ -181,7 +191,7 @@ impl ParkingLot {
     }
 
     /// Removes an entry if it still holds the parking `ticket` names.
-    fn take(&mut self, key: u32, ticket: u32) -> Option<Parked> {
+    fn take(&mut self, key: u32, ticket: u32) -> Option<Parked<T>> {
         if self.entries.get(key as usize)?.ticket != ticket {
             return None;
         }
@@ -250,6 +260,98 @@ impl TrimPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
+
+    /// A connected pair: the proxy side as a monoio stream, the client side as a std stream.
+    fn pair() -> (TcpStream, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("read timeout");
+        (TcpStream::from_std(server).expect("monoio stream"), client)
+    }
+
+    /// Lets the runtime run the close operations that dropped streams queued.
+    async fn settle() {
+        monoio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    fn peer() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 1))
+    }
+
+    #[monoio::test(enable_timer = true)]
+    async fn readable_connections_come_back_with_their_slot_and_others_stay() {
+        let mut lot = ParkingLot::new().expect("lot");
+        let (a, mut client_a) = pair();
+        let (b, _client_b) = pair();
+        lot.park(a, peer(), "a", Duration::from_secs(60))
+            .expect("park a");
+        lot.park(b, peer(), "b", Duration::from_secs(60))
+            .expect("park b");
+        assert!(lot.wake().is_empty(), "nothing was readable");
+        client_a.write_all(b"GET").expect("write");
+        let woken = lot.wake();
+        assert_eq!(woken.iter().map(|u| u.slot).collect::<Vec<_>>(), ["a"]);
+        assert_eq!(lot.len(), 1);
+        // The resumed socket is the same connection: the request bytes are there.
+        let mut buf = [0u8; 3];
+        let fd = woken[0].stream.as_raw_fd();
+        // SAFETY: reading into a stack buffer from a descriptor the stream keeps open.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), 3) };
+        assert_eq!((n, &buf), (3, b"GET"));
+    }
+
+    #[monoio::test(enable_timer = true)]
+    async fn expiry_closes_only_the_due_and_close_all_the_rest() {
+        let mut lot = ParkingLot::new().expect("lot");
+        let (a, mut client_a) = pair();
+        let (b, mut client_b) = pair();
+        lot.park(a, peer(), 1, Duration::ZERO).expect("park a");
+        lot.park(b, peer(), 2, Duration::from_secs(60))
+            .expect("park b");
+        lot.expire(Instant::now());
+        assert_eq!(lot.len(), 1);
+        settle().await;
+        let mut buf = [0u8; 1];
+        assert_eq!(
+            client_a.read(&mut buf).expect("EOF"),
+            0,
+            "expired one closed"
+        );
+        lot.close_all();
+        assert_eq!(lot.len(), 0);
+        settle().await;
+        assert_eq!(
+            client_b.read(&mut buf).expect("EOF"),
+            0,
+            "closed on shutdown"
+        );
+    }
+
+    #[monoio::test(enable_timer = true)]
+    async fn stale_expiries_of_resumed_connections_are_dropped() {
+        // One connection parked and woken (its request left unread) over and over.
+        let mut lot = ParkingLot::new().expect("lot");
+        let (mut stream, mut client) = pair();
+        client.write_all(b"x").expect("write");
+        for round in 0..1100 {
+            lot.park(stream, peer(), round, Duration::from_secs(60))
+                .expect("park");
+            let mut woken = lot.wake();
+            assert_eq!(woken.len(), 1, "round {round}");
+            stream = woken.pop().expect("woken").stream;
+        }
+        lot.expire(Instant::now());
+        assert!(
+            lot.expiry.is_empty(),
+            "{} stale expiries kept",
+            lot.expiry.len()
+        );
+    }
 
     #[test]
     fn trims_once_many_have_parked_and_rate_limits() {

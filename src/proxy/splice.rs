@@ -108,9 +108,13 @@ impl Drop for NonBlocking {
 pub enum SpliceError {
     /// Could not start (no pipe, fcntl failed): nothing was moved, copy instead.
     Unavailable(io::Error),
-    /// The source failed, stalled or closed before `len` bytes.
+    /// The source failed or stalled.
     Source {
         fail: IoFail,
+        sent_any: bool,
+    },
+    /// The source closed before `len` bytes.
+    SourceClosed {
         sent_any: bool,
     },
     Destination(IoFail),
@@ -134,7 +138,7 @@ pub async fn forward_exact(
         if to_read > 0 && in_pipe < pipe.capacity {
             let want = to_read.min((pipe.capacity - in_pipe) as u64) as usize;
             match splice(src.as_raw_fd(), pipe.write.as_raw_fd(), want) {
-                Ok(0) => return Err(source_fail(IoFail::Io(early_eof()), sent_any)),
+                Ok(0) => return Err(SpliceError::SourceClosed { sent_any }),
                 Ok(n) => {
                     (to_read, in_pipe, progressed) = (to_read - n as u64, in_pipe + n, true);
                 }
@@ -200,8 +204,4 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     } else {
         Ok(n as usize)
     }
-}
-
-fn early_eof() -> io::Error {
-    io::Error::new(io::ErrorKind::UnexpectedEof, "closed before the body's end")
 }

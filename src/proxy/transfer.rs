@@ -93,25 +93,11 @@ pub async fn transfer_body(
                     .filter(|&left| left >= SPLICE_MIN_BYTES)
                     .filter(|&left| max_bytes.is_none_or(|max| moved + left <= max));
                 if let Some(left) = splice_len {
-                    match splice::forward_exact(src.stream, dst, left, io_timeout).await {
-                        Ok(()) => {
-                            src.decoder.finish_length();
-                            moved += left;
-                            sent_any = true;
-                            continue;
-                        }
-                        Err(SpliceError::Unavailable(e)) => {
-                            tracing::debug!(error = %e, "splice unavailable; copying the body");
-                        }
-                        Err(SpliceError::Source {
-                            fail,
-                            sent_any: spliced,
-                        }) => {
-                            return Err(failed(SourceFault::Io(fail), sent_any || spliced));
-                        }
-                        Err(SpliceError::Destination(e)) => {
-                            return Err(TransferError::Destination(e));
-                        }
+                    if splice_rest(src.stream, dst, left, io_timeout, sent_any).await? {
+                        src.decoder.finish_length();
+                        moved += left;
+                        sent_any = true;
+                        continue;
                     }
                 }
                 let n = read_more(src.stream, src.buf, BODY_READ_BYTES, io_timeout)
@@ -131,6 +117,33 @@ pub async fn transfer_body(
                 return Ok(moved);
             }
         }
+    }
+}
+
+/// Splices the last `left` bytes of a Content-Length body. `Ok(false)`: splicing could not
+/// start (nothing moved), copy instead.
+async fn splice_rest(
+    src: &TcpStream,
+    dst: &TcpStream,
+    left: u64,
+    io_timeout: Duration,
+    sent_any: bool,
+) -> Result<bool, TransferError> {
+    let failed = |fault, spliced: bool| TransferError::Source {
+        fault,
+        sent_any: sent_any || spliced,
+    };
+    match splice::forward_exact(src, dst, left, io_timeout).await {
+        Ok(()) => Ok(true),
+        Err(SpliceError::Unavailable(e)) => {
+            tracing::debug!(error = %e, "splice unavailable; copying the body");
+            Ok(false)
+        }
+        Err(SpliceError::Source { fail, sent_any }) => Err(failed(SourceFault::Io(fail), sent_any)),
+        Err(SpliceError::SourceClosed { sent_any }) => {
+            Err(failed(SourceFault::Framing(BodyError::Truncated), sent_any))
+        }
+        Err(SpliceError::Destination(e)) => Err(TransferError::Destination(e)),
     }
 }
 
