@@ -78,6 +78,8 @@ pub struct WorkerMetrics {
     /// Requests that got no response (client gone, reset mid-response).
     pub requests_unanswered: AtomicU64,
     pub active_connections: AtomicI64,
+    /// Of the active connections, those idle in the parking lot (no task, no buffers).
+    pub parked_connections: AtomicI64,
     pub connections_refused_over_cap: AtomicU64,
     pub retries: AtomicU64,
     pub request_duration: Histogram,

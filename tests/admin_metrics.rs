@@ -19,6 +19,7 @@ const DOCUMENTED: &[(&str, &str)] = &[
     ("ringproxy_requests_unanswered_total", "counter"),
     ("ringproxy_worker_requests_total", "counter"),
     ("ringproxy_active_connections", "gauge"),
+    ("ringproxy_parked_connections", "gauge"),
     ("ringproxy_connections_refused_total", "counter"),
     ("ringproxy_retries_total", "counter"),
     ("ringproxy_request_duration_seconds", "histogram"),
@@ -216,6 +217,27 @@ fn metrics_have_the_documented_families_and_counters_follow_traffic() {
     assert_eq!(delta("ringproxy_retries_total", &[]), 0.0);
     assert_eq!(delta("ringproxy_requests_unanswered_total", &[]), 0.0);
     assert!(delta("ringproxy_uptime_seconds", &[]) > 0.0);
+}
+
+#[test]
+fn idle_keep_alive_connections_show_as_parked() {
+    let a = LiveBackend::start("a");
+    let (proxy, admin) = OpsConfig::new(&[(a.port, 1)], "").start();
+    let mut conns: Vec<HttpConn> = (0..2).map(|_| proxy.connect()).collect();
+    for conn in conns.iter_mut() {
+        conn.get_ok("/");
+    }
+    let gauge = |name: &str| admin.metrics().value(name, &[("worker", "0")]);
+    wait_within(IO_TIMEOUT, "both idle connections parked", || {
+        gauge("ringproxy_parked_connections") == 2.0
+    });
+    assert_eq!(gauge("ringproxy_active_connections"), 2.0);
+    drop(conns.pop());
+    wait_within(IO_TIMEOUT, "the closed one gone from the lot", || {
+        gauge("ringproxy_parked_connections") == 1.0 && gauge("ringproxy_active_connections") == 1.0
+    });
+    // A parked connection resumes on its next request.
+    conns[0].get_ok("/again");
 }
 
 #[test]

@@ -81,6 +81,19 @@ pub fn render(shared: &Shared) -> String {
             w.active_connections.load(Ordering::Relaxed)
         );
     }
+    family(
+        &mut out,
+        "ringproxy_parked_connections",
+        "gauge",
+        "Idle keep-alive client connections parked without a task (part of active), by worker.",
+    );
+    for (id, w) in workers.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "ringproxy_parked_connections{{worker=\"{id}\"}} {}",
+            w.parked_connections.load(Ordering::Relaxed)
+        );
+    }
     counter(
         &mut out,
         "ringproxy_connections_refused_total",

@@ -44,6 +44,7 @@ fn worker(id: usize, m: &WorkerMetrics) -> Value {
         "core": m.core.load(Ordering::Relaxed),
         "requests": m.requests_total(),
         "active_connections": m.active_connections.load(Ordering::Relaxed),
+        "parked_connections": m.parked_connections.load(Ordering::Relaxed),
     })
 }
 

@@ -21,6 +21,7 @@ use monoio::net::TcpStream;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// Client read buffer to start with (nginx's `client_header_buffer_size` is 1k): most request
@@ -105,6 +106,9 @@ pub async fn run_parking_lot(ctx: Rc<WorkerCtx>) {
             lot.expire(now);
             lot.len()
         };
+        ctx.metrics
+            .parked_connections
+            .store(parked as i64, Ordering::Relaxed);
         trim.after_parking(parked, ctx.busy_connections(), now);
     }
 }
