@@ -55,45 +55,36 @@ pub fn render(shared: &Shared) -> String {
         let _ = writeln!(out, "ringproxy_requests_total{{class=\"{class}\"}} {n}");
     }
     counter(&mut out, "ringproxy_requests_unanswered_total", "Requests that got no response (client gone, or reset after an upstream failure mid-response).", sum(&|w| read(&w.requests_unanswered)));
-    family(
+    per_worker(
         &mut out,
-        "ringproxy_worker_requests_total",
-        "counter",
-        "Requests handled by each worker.",
+        (
+            "ringproxy_worker_requests_total",
+            "counter",
+            "Requests handled by each worker.",
+        ),
+        workers,
+        |w| w.requests_total(),
     );
-    for (id, w) in workers.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "ringproxy_worker_requests_total{{worker=\"{id}\"}} {}",
-            w.requests_total()
-        );
-    }
-    family(
+    per_worker(
         &mut out,
-        "ringproxy_active_connections",
-        "gauge",
-        "Open client connections, by worker.",
+        (
+            "ringproxy_active_connections",
+            "gauge",
+            "Open client connections, by worker.",
+        ),
+        workers,
+        |w| w.active_connections.load(Ordering::Relaxed),
     );
-    for (id, w) in workers.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "ringproxy_active_connections{{worker=\"{id}\"}} {}",
-            w.active_connections.load(Ordering::Relaxed)
-        );
-    }
-    family(
+    per_worker(
         &mut out,
-        "ringproxy_parked_connections",
-        "gauge",
-        "Idle keep-alive client connections parked without a task (part of active), by worker.",
+        (
+            "ringproxy_parked_connections",
+            "gauge",
+            "Idle keep-alive client connections parked without a task (part of active), by worker.",
+        ),
+        workers,
+        |w| w.parked_connections.load(Ordering::Relaxed),
     );
-    for (id, w) in workers.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "ringproxy_parked_connections{{worker=\"{id}\"}} {}",
-            w.parked_connections.load(Ordering::Relaxed)
-        );
-    }
     counter(
         &mut out,
         "ringproxy_connections_refused_total",
@@ -121,19 +112,16 @@ pub fn render(shared: &Shared) -> String {
         |w| &w.upstream_duration,
     );
 
-    family(
+    per_worker(
         &mut out,
-        "ringproxy_upstream_pool_idle_connections",
-        "gauge",
-        "Idle keep-alive upstream connections, by worker.",
+        (
+            "ringproxy_upstream_pool_idle_connections",
+            "gauge",
+            "Idle keep-alive upstream connections, by worker.",
+        ),
+        workers,
+        |w| w.pool_idle.load(Ordering::Relaxed),
     );
-    for (id, w) in workers.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "ringproxy_upstream_pool_idle_connections{{worker=\"{id}\"}} {}",
-            w.pool_idle.load(Ordering::Relaxed)
-        );
-    }
     counter(
         &mut out,
         "ringproxy_upstream_connections_opened_total",
@@ -223,6 +211,19 @@ type BackendFamily<'a> = (&'a str, &'a str, &'a str, &'a dyn Fn(&Backend) -> f64
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// A family with one sample per worker: (name, type, help) and how to read a worker's value.
+fn per_worker<V: std::fmt::Display>(
+    out: &mut String,
+    (name, kind, help): (&str, &str, &str),
+    workers: &[std::sync::Arc<WorkerMetrics>],
+    value: impl Fn(&WorkerMetrics) -> V,
+) {
+    family(out, name, kind, help);
+    for (id, w) in workers.iter().enumerate() {
+        let _ = writeln!(out, "{name}{{worker=\"{id}\"}} {}", value(w));
+    }
 }
 
 fn counter(out: &mut String, name: &str, help: &str, value: u64) {
