@@ -17,17 +17,29 @@ pub use http::{get_request, request_bytes, Framing, Head, HttpConn, Message};
 pub use proxy::{config_toml, run_to_exit, Proxy, RunOutcome, TempConfig, FAST_HEALTH_CHECKS};
 
 use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
 use std::io;
 use std::net::TcpListener;
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// Upper bound of every single wait in the suite (socket reads, readiness, process exit).
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A port that was free a moment ago on 127.0.0.1 (bound to port 0, then released).
+/// A port that was free a moment ago on 127.0.0.1 (bound to port 0, then released), and that
+/// no other test in this process was given: the kernel can hand a just-released port out again,
+/// and two proxies started on one port by tests running side by side would have one test's
+/// client talking to the other test's proxy (its own proxy refuses the busy port and exits,
+/// but the port already accepts).
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local_addr").port()
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local_addr").port();
+        if GIVEN.lock().expect("port registry").insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A listening IPv4 socket on 127.0.0.1 with the given backlog, optionally SO_REUSEPORT,

@@ -130,7 +130,8 @@ impl Proxy {
         Proxy::launch(port, &config_toml(port, backends, extra), &[], &[])
     }
 
-    /// Writes `toml`, runs `ringproxy -c <file> args...` with `env`, waits until `port` accepts.
+    /// Writes `toml`, runs `ringproxy -c <file> args...` with `env`, waits until `port` accepts
+    /// and the proxy has logged that its workers listen.
     pub fn launch(port: u16, toml: &str, args: &[&str], env: &[(&str, &str)]) -> Proxy {
         let config = TempConfig::new(toml);
         let mut command = Command::new(BIN);
@@ -160,7 +161,10 @@ impl Proxy {
                     self.logs()
                 );
             }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            // The port accepting is not enough: it must be this proxy that says it listens.
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+                && self.stdout().contains("all workers listening")
+            {
                 return;
             }
             assert!(
