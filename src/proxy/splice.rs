@@ -10,7 +10,7 @@
 
 use super::io::IoFail;
 use monoio::net::TcpStream;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
@@ -26,6 +26,17 @@ const PIPES_KEPT: usize = 16;
 thread_local! {
     /// Each worker thread's spare empty pipes (a pipe is two descriptors and a syscall to make).
     static SPARE_PIPES: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+    /// Set once splice(2) turned out not to work here (a seccomp filter, a socket type without
+    /// splice support): the worker copies from then on.
+    static SPLICE_REFUSED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Errors of a first splice that mean "not possible here" rather than "this connection failed".
+fn is_refusal(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOSYS | libc::EPERM | libc::EINVAL | libc::EOPNOTSUPP)
+    )
 }
 
 struct Pipe {
@@ -128,6 +139,9 @@ pub async fn forward_exact(
     len: u64,
     timeout: Duration,
 ) -> Result<(), SpliceError> {
+    if SPLICE_REFUSED.get() {
+        return Err(SpliceError::Unavailable(io::ErrorKind::Unsupported.into()));
+    }
     let pipe = Pipe::take().map_err(SpliceError::Unavailable)?;
     let guards = NonBlocking::set(src).and_then(|s| Ok((s, NonBlocking::set(dst)?)));
     let _guards = guards.map_err(SpliceError::Unavailable)?;
@@ -143,6 +157,12 @@ pub async fn forward_exact(
                     (to_read, in_pipe, progressed) = (to_read - n as u64, in_pipe + n, true);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if to_read == len && is_refusal(&e) => {
+                    // Nothing moved yet: the caller copies this body instead.
+                    SPLICE_REFUSED.set(true);
+                    tracing::warn!(error = %e, "splice(2) refused; copying bodies from now on");
+                    return Err(SpliceError::Unavailable(e));
+                }
                 Err(e) => return Err(source_fail(IoFail::Io(e), sent_any)),
             }
         }
