@@ -184,8 +184,8 @@ async fn read_request(
             return Err(ReadError::Closed);
         }
         wait_for_next_request(conn, timeouts.idle).await?;
+        registration.set_idle(false);
     }
-    registration.set_idle(false);
     let started = Instant::now();
     let deadline = started + timeouts.client_header;
     // Whether any byte of this request has arrived: decides 408 versus a quiet close on timeout

@@ -11,7 +11,7 @@ use slab::Slab;
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 /// Parked sockets taken from the epoll set per wake-up.
@@ -86,13 +86,8 @@ impl<T> ParkingLot<T> {
         slot: T,
         idle_left: Duration,
     ) -> io::Result<()> {
-        // SAFETY: the descriptor is open for the duration of the call (`stream` is alive).
-        let dup = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-        if dup < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(dup) };
+        // SAFETY: `stream` keeps the descriptor open while it is borrowed here.
+        let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned()?;
         drop(stream);
         let ticket = self.next_ticket;
         self.next_ticket = self.next_ticket.wrapping_add(1);
