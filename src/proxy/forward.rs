@@ -5,13 +5,12 @@
 //! status; after it started, the client connection is reset.
 
 use super::access_log::{self, AccessContext, AccessRecord};
-use super::io::{read_more_until, reset_on_close, write_buf, IoFail};
+use super::answer::{read_response_head, send_body_watching, BodySent, Watcher};
+use super::io::{reset_on_close, write_buf, IoFail};
 use super::transfer::{transfer_body, OutFraming, Source, SourceFault, TransferError};
 use super::wire::{response_framing, write_request_head, write_response_head};
 use super::{ClientConn, WorkerCtx};
-use crate::http::{
-    parse_response, status, BodyDecoder, BodyError, BodyKind, RequestHead, ResponseHead,
-};
+use crate::http::{status, BodyDecoder, BodyError, BodyKind, RequestHead, ResponseHead};
 use crate::metrics::{add_gauge, bump, status_class};
 use crate::state::Snapshot;
 use crate::upstream::passive::{now_ms, Circuit};
@@ -24,8 +23,9 @@ use std::time::{Duration, Instant};
 /// Request bodies up to this size that already sit in the read buffer are sent with the head in
 /// one write, and kept so the request can be replayed on a retry.
 const BUFFERED_BODY_MAX: u64 = 64 * 1024;
-/// Read size while waiting for an upstream response head.
-const UPSTREAM_HEAD_READ: usize = 16 * 1024;
+/// After the upstream stopped taking the request body, how long an answer it sent before
+/// closing may take to be read (it is normally in the socket buffer already).
+const EARLY_ANSWER_GRACE: Duration = Duration::from_secs(1);
 
 /// The request body, as far as the client side is concerned.
 enum RequestBody {
@@ -82,7 +82,7 @@ impl RequestBody {
 
 /// Why a request could not be completed.
 #[derive(Debug)]
-enum Failure {
+pub(super) enum Failure {
     NoBackendUp,
     Connect(ConnectError),
     UpstreamTimeout,
@@ -130,18 +130,26 @@ impl std::fmt::Display for Failure {
 }
 
 /// How reading a response head failed: `Stale` (closed before any byte) may be retried.
-enum HeadFailure {
+pub(super) enum HeadFailure {
     Stale,
     Failed(Failure),
 }
 
-/// Handles one request; returns whether the client connection can serve another.
+/// What becomes of the client connection after a request.
+pub enum Next {
+    KeepAlive,
+    Close,
+    /// Answered while the request body was not fully read: the client may still be sending.
+    LingerClose,
+}
+
+/// Handles one request; says what becomes of the client connection.
 pub async fn handle(
     conn: &mut ClientConn,
     req: RequestHead,
     started: Instant,
     ctx: &WorkerCtx,
-) -> bool {
+) -> Next {
     let view = ctx.view();
     let mut rec = AccessRecord {
         bytes_in: req.raw.len() as u64,
@@ -170,7 +178,13 @@ pub async fn handle(
         };
         access_log::emit(&access, &rec);
     }
-    keep
+    if keep {
+        Next::KeepAlive
+    } else if rec.answered && !body.complete() {
+        Next::LingerClose
+    } else {
+        Next::Close
+    }
 }
 
 /// Moves the request to `backend` (or off any backend), keeping per-backend in-flight gauges.
@@ -468,19 +482,43 @@ async fn exchange_head(
                 decoder,
             };
             let max = view.config.limits.max_body_bytes;
-            transfer_body(
+            let watcher = Watcher::new(&up.stream);
+            let transfer = transfer_body(
                 source,
                 &mut up.stream,
                 &mut conn.upstream_out,
                 framing,
                 timeouts.io,
                 max,
-            )
-            .await
-            .map_err(|e| HeadFailure::Failed(request_body_failure(e)))?;
+            );
+            match send_body_watching(transfer, watcher, &mut up.rbuf, req.is_head()).await {
+                BodySent::Finished(Ok(_)) => {}
+                BodySent::Finished(Err(TransferError::Destination(IoFail::Io(e)))) => {
+                    // The upstream stopped taking the body: it may have answered, then closed.
+                    let grace = Instant::now() + EARLY_ANSWER_GRACE;
+                    return match read_response_head(up, req.is_head(), grace).await {
+                        Ok(head) => Ok(answered_early(head)),
+                        Err(_) => Err(HeadFailure::Failed(request_body_failure(
+                            TransferError::Destination(IoFail::Io(e)),
+                        ))),
+                    };
+                }
+                BodySent::Finished(Err(e)) => {
+                    return Err(HeadFailure::Failed(request_body_failure(e)))
+                }
+                BodySent::AnsweredEarly(head) => return Ok(answered_early(*head)),
+                BodySent::Broken(f) => return Err(HeadFailure::Failed(f)),
+            }
         }
     }
     read_response_head(up, req.is_head(), Instant::now() + timeouts.request).await
+}
+
+/// An answer that came before the whole request body was sent: the upstream connection is
+/// out of step (part of the body may be unsent), so it is not reused.
+fn answered_early(mut head: ResponseHead) -> ResponseHead {
+    head.reusable = false;
+    head
 }
 
 fn request_body_failure(e: TransferError) -> Failure {
@@ -494,41 +532,6 @@ fn request_body_failure(e: TransferError) -> Failure {
         TransferError::TooLarge => Failure::BodyTooLarge,
         TransferError::Destination(_) => {
             Failure::Upstream("upstream failed while receiving the request body")
-        }
-    }
-}
-
-/// Reads until a final (non-1xx) response head; interim 1xx answers are skipped.
-async fn read_response_head(
-    up: &mut UpstreamConn,
-    request_was_head: bool,
-    deadline: Instant,
-) -> Result<ResponseHead, HeadFailure> {
-    let mut received_any = false;
-    loop {
-        if !up.rbuf.is_empty() {
-            received_any = true;
-            match parse_response(&mut up.rbuf, request_was_head) {
-                Ok(Some(head)) if head.is_interim() => continue,
-                Ok(Some(head)) if head.status == 101 => {
-                    return Err(HeadFailure::Failed(Failure::Upstream(
-                        "101 Switching Protocols without an upgrade request",
-                    )))
-                }
-                Ok(Some(head)) => return Ok(head),
-                Ok(None) => {}
-                Err(e) => return Err(HeadFailure::Failed(Failure::Upstream(e.reason()))),
-            }
-        }
-        match read_more_until(&mut up.stream, &mut up.rbuf, UPSTREAM_HEAD_READ, deadline).await {
-            Ok(0) | Err(IoFail::Io(_)) if !received_any => return Err(HeadFailure::Stale),
-            Ok(0) | Err(IoFail::Io(_)) => {
-                return Err(HeadFailure::Failed(Failure::Upstream(
-                    "upstream closed inside the response head",
-                )))
-            }
-            Ok(_) => {}
-            Err(IoFail::Timeout) => return Err(HeadFailure::Failed(Failure::UpstreamTimeout)),
         }
     }
 }

@@ -3,9 +3,11 @@
 //! stream response) -> `access_log`. Errors before a response starts get a status; after, a reset.
 
 mod access_log;
+mod answer;
 mod context;
 mod forward;
 pub mod io;
+mod linger;
 mod parking;
 mod splice;
 pub mod transfer;
@@ -13,6 +15,8 @@ mod wire;
 
 use context::Registration;
 pub use context::{ConnectionSlot, View, WorkerCtx};
+use forward::Next;
+use linger::linger_close;
 
 use crate::http::{parse_request, status, RequestError, RequestHead};
 use bytes::BytesMut;
@@ -147,15 +151,21 @@ async fn serve_connection(
             }
             Err(ReadError::Invalid(e)) => {
                 tracing::info!(client = %conn.peer, worker = ctx.worker_id, status = e.status(), reason = e.reason(), "bad request");
-                respond_error(&mut conn, ctx, e.status()).await;
+                if respond_error(&mut conn, ctx, e.status()).await {
+                    linger_close(&mut conn, ctx, &registration).await;
+                }
                 return None;
             }
         };
         first = false;
         let (head, started) = request;
-        let keep = forward::handle(&mut conn, head, started, ctx).await;
-        if !keep || ctx.shared.is_draining() {
-            return None;
+        match forward::handle(&mut conn, head, started, ctx).await {
+            Next::KeepAlive if !ctx.shared.is_draining() => {}
+            Next::LingerClose => {
+                linger_close(&mut conn, ctx, &registration).await;
+                return None;
+            }
+            _ => return None,
         }
         if conn.rbuf.capacity() > KEEP_BUF_MAX && conn.rbuf.is_empty() {
             conn.rbuf = BytesMut::with_capacity(CLIENT_READ_BUF);
@@ -227,11 +237,13 @@ async fn wait_for_next_request(
     }
 }
 
-/// Sends a proxy-made error response that ends the connection.
-async fn respond_error(conn: &mut ClientConn, ctx: &WorkerCtx, status: u16) {
+/// Sends a proxy-made error response that ends the connection; returns whether it was sent.
+async fn respond_error(conn: &mut ClientConn, ctx: &WorkerCtx, status: u16) -> bool {
     conn.out.clear();
     status::write_error(&mut conn.out, status, false);
-    let _ = write_buf(&mut conn.stream, &mut conn.out, io_timeout(ctx)).await;
+    write_buf(&mut conn.stream, &mut conn.out, io_timeout(ctx))
+        .await
+        .is_ok()
 }
 
 fn io_timeout(ctx: &WorkerCtx) -> Duration {
