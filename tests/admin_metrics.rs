@@ -535,3 +535,31 @@ fn bad_admin_requests_get_422_404_and_405() {
     assert_eq!(entry["drained"], false, "{entry}");
     assert_eq!(entry["weight"], 1, "{entry}");
 }
+
+#[test]
+fn silent_admin_clients_do_not_hold_up_others_and_are_capped() {
+    let backend = LiveBackend::start("a");
+    let (_proxy, admin) = start_with_admin(&[backend.port], "");
+    // Connections that never send a request: each may take up to the admin I/O timeout (5 s).
+    let silent: Vec<HttpConn> = (0..3).map(|_| HttpConn::connect(admin.port)).collect();
+    let started = Instant::now();
+    assert_eq!(admin.get("/healthz").status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "healthz waited {:?} behind silent admin connections",
+        started.elapsed()
+    );
+    // Up to 16 are served at once; one more is refused at once rather than queued.
+    let mut more: Vec<HttpConn> = (3..16).map(|_| HttpConn::connect(admin.port)).collect();
+    wait_within(IO_TIMEOUT, "the 17th admin connection refused", || {
+        let mut conn = HttpConn::connect(admin.port);
+        conn.send(&get_request("/healthz"));
+        let response = conn.read_response("GET").expect("admin answer");
+        more.push(conn);
+        response.status() == 503
+    });
+    drop((silent, more));
+    wait_within(IO_TIMEOUT, "admin serving again", || {
+        admin.get("/healthz").status() == 200
+    });
+}

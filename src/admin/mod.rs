@@ -1,6 +1,8 @@
 //! The admin listener: `/metrics`, `/status`, `/healthz`, `/readyz` and runtime changes
-//! (drain, enable, weight, reload). It runs on its own thread with blocking sockets: admin traffic
-//! is light and must never share a worker's event loop or the proxy's port.
+//! (drain, enable, weight, reload). It runs on threads of its own with blocking sockets: admin
+//! traffic is light and must never share a worker's event loop or the proxy's port. Each
+//! connection gets a short-lived thread, so one slow or silent client cannot hold up a metrics
+//! scrape or a health probe; their number is capped.
 
 mod prometheus;
 mod routes;
@@ -11,6 +13,7 @@ use crate::http::{parse_request, BodyKind};
 use crate::state::Shared;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +21,8 @@ use std::time::{Duration, Instant};
 const ADMIN_IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Admin request bodies are tiny (a weight); anything larger is refused.
 const MAX_ADMIN_BODY: u64 = 4096;
+/// Admin connections served at once; more are answered 503 at once.
+const MAX_ADMIN_CONNECTIONS: usize = 16;
 
 pub struct Response {
     pub status: u16,
@@ -59,9 +64,10 @@ pub fn spawn(shared: Arc<Shared>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("admin".into())
         .spawn(move || {
+            let serving = Arc::new(AtomicUsize::new(0));
             for stream in listener.incoming() {
                 match stream {
-                    Ok(stream) => serve(stream, &shared),
+                    Ok(stream) => dispatch(stream, &shared, &serving),
                     Err(e) => {
                         tracing::warn!(error = %e, "admin accept failed");
                         std::thread::sleep(Duration::from_millis(50));
@@ -72,10 +78,38 @@ pub fn spawn(shared: Arc<Shared>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// One request per connection: read it, answer it, close.
-fn serve(mut stream: TcpStream, shared: &Shared) {
+/// Serves `stream` on a thread of its own, or answers 503 when `MAX_ADMIN_CONNECTIONS` are
+/// being served already (or no thread can be had).
+fn dispatch(stream: TcpStream, shared: &Arc<Shared>, serving: &Arc<AtomicUsize>) {
     let _ = stream.set_read_timeout(Some(ADMIN_IO_TIMEOUT));
     let _ = stream.set_write_timeout(Some(ADMIN_IO_TIMEOUT));
+    if serving.fetch_add(1, Ordering::AcqRel) >= MAX_ADMIN_CONNECTIONS {
+        serving.fetch_sub(1, Ordering::AcqRel);
+        tracing::warn!(
+            limit = MAX_ADMIN_CONNECTIONS,
+            "admin connections at their limit; answering 503"
+        );
+        answer(
+            stream,
+            &Response::text(503, "503 too many admin connections\n"),
+        );
+        return;
+    }
+    let (shared, done) = (shared.clone(), serving.clone());
+    let spawned = std::thread::Builder::new()
+        .name("admin-conn".into())
+        .spawn(move || {
+            serve(stream, &shared);
+            done.fetch_sub(1, Ordering::AcqRel);
+        });
+    if let Err(e) = spawned {
+        serving.fetch_sub(1, Ordering::AcqRel);
+        tracing::warn!(error = %e, "cannot start an admin connection thread");
+    }
+}
+
+/// One request per connection: read it, answer it, close.
+fn serve(mut stream: TcpStream, shared: &Shared) {
     let response = match read_request(&mut stream) {
         Ok((method, path, authorization, body)) => {
             let token = shared.snapshot().config.admin.token.clone();
@@ -90,6 +124,10 @@ fn serve(mut stream: TcpStream, shared: &Shared) {
         }
         Err(status) => Response::text(status, format!("{status} bad admin request\n")),
     };
+    answer(stream, &response);
+}
+
+fn answer(mut stream: TcpStream, response: &Response) {
     let head =
         format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n",
