@@ -113,6 +113,9 @@ pub async fn send_body_watching(
     let mut transfer = std::pin::pin!(transfer);
     loop {
         monoio::select! {
+            // The transfer first: when the body is all sent and the answer is already in, this
+            // is a normal exchange, and the upstream connection stays reusable.
+            biased;
             sent = &mut transfer => return BodySent::Finished(sent),
             ready = watcher.readable(false) => {
                 let received = ready.and_then(|()| receive_now(&watcher, rbuf));

@@ -26,12 +26,48 @@ use std::time::Duration;
 /// Upper bound of every single wait in the suite (socket reads, readiness, process exit).
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A port that was free a moment ago on 127.0.0.1 (bound to port 0, then released), and that
-/// no other test in this process was given: the kernel can hand a just-released port out again,
-/// and two proxies started on one port by tests running side by side would have one test's
-/// client talking to the other test's proxy (its own proxy refuses the busy port and exits,
-/// but the port already accepts).
+/// A port free on 127.0.0.1 for a proxy or admin listener, never given to two tests of this
+/// process. Taken below the kernel's ephemeral range: a port picked by binding port 0 could be
+/// handed by the kernel to any outgoing connection (the proxy's to its backends, a test
+/// client's) before the proxy binds it, and the proxy then refuses the busy address. Two
+/// proxies on one port would be worse: one test's client talking to another test's proxy.
 pub fn free_port() -> u16 {
+    const FIRST: u16 = 15_000;
+    static NEXT: Mutex<Option<u16>> = Mutex::new(None);
+    let ephemeral_low = ephemeral_range_low();
+    let mut next = NEXT.lock().expect("port cursor");
+    if ephemeral_low <= FIRST + 1000 {
+        // No room below the ephemeral range: fall back to the kernel's pick.
+        return kernel_picked_port();
+    }
+    let span = ephemeral_low - FIRST;
+    // Test binaries run one after another; starting each at its own offset keeps a port a
+    // previous binary left in TIME_WAIT out of the way.
+    let cursor = next.get_or_insert_with(|| FIRST + (std::process::id() % u32::from(span)) as u16);
+    for _ in 0..span {
+        let port = *cursor;
+        *cursor = if port + 1 >= ephemeral_low {
+            FIRST
+        } else {
+            port + 1
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{ephemeral_low}");
+}
+
+/// Low end of `net.ipv4.ip_local_port_range` (32768 by default).
+fn ephemeral_range_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
+}
+
+/// Fallback: bind port 0, remember what was handed out so no port is given twice.
+fn kernel_picked_port() -> u16 {
     static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     loop {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
