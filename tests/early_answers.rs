@@ -60,17 +60,6 @@ fn upload_in_background(
     })
 }
 
-/// The io_uring driver (the default here) and the epoll fallback.
-const DRIVERS: [(&str, &[(&str, &str)]); 2] = [
-    ("io_uring", &[]),
-    ("epoll", &[("MONOIO_FORCE_LEGACY_DRIVER", "1")]),
-];
-
-fn start_with_env(backend: u16, extra: &str, env: &[(&str, &str)]) -> Proxy {
-    let port = free_port();
-    Proxy::launch(port, &config_toml(port, &[(backend, 1)], extra), &[], env)
-}
-
 fn rejection() -> Vec<u8> {
     response_bytes(
         "413 Payload Too Large",
@@ -115,7 +104,7 @@ fn upstream_rejection_before_the_body_ends_reaches_the_client() {
         }
     });
     for (driver, env) in DRIVERS {
-        let proxy = start_with_env(backend.port, "", env);
+        let proxy = Proxy::start_with_env(backend.port, "", env);
         for (name, head, body) in uploads() {
             let mut conn = proxy.connect();
             let upload = upload_in_background(&conn, &head, body);
@@ -138,7 +127,8 @@ fn upstream_that_answers_and_stops_reading_is_relayed_without_waiting() {
         }
     });
     for (driver, env) in DRIVERS {
-        let proxy = start_with_env(backend.port, "[timeouts]\nio_timeout_seconds = 60\n", env);
+        let proxy =
+            Proxy::start_with_env(backend.port, "[timeouts]\nio_timeout_seconds = 60\n", env);
         let (_, head, body) = uploads().swap_remove(0);
         let mut conn = proxy.connect();
         let started = Instant::now();

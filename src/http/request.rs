@@ -27,6 +27,9 @@ pub struct RequestHead {
     pub expect_continue: bool,
     /// The client sent `TE: trailers`; passed on (the only TE value that is).
     pub te_trailers: bool,
+    /// The protocols of an `Upgrade` request (e.g. `websocket`) the proxy passes on: HTTP/1.1,
+    /// `Connection: upgrade`, and no body. Otherwise `Upgrade` is dropped as hop-by-hop.
+    pub upgrade: Option<Span>,
 }
 
 impl RequestHead {
@@ -151,6 +154,7 @@ fn parse_into<'b>(
         keep_alive: version == Version::Http11,
         expect_continue: false,
         te_trailers: false,
+        upgrade: None,
     };
 
     let conn = ConnectionOptions::of(buf, req.headers);
@@ -184,6 +188,10 @@ fn parse_into<'b>(
                 head.expect_continue = true;
             } else {
                 return Err(RequestError::BadRequest("unsupported Expect"));
+            }
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            if head.upgrade.is_none() && !trim_ows(h.value).is_empty() {
+                head.upgrade = Some(field.value);
             }
         } else if name.eq_ignore_ascii_case(b"x-forwarded-for") {
             head.forwarded_for.push(field.value);
@@ -246,6 +254,11 @@ fn parse_into<'b>(
     }
     if head.body == BodyKind::Empty {
         head.expect_continue = false;
+    }
+    let upgradable =
+        version == Version::Http11 && head.body == BodyKind::Empty && conn.names(buf, b"upgrade");
+    if !upgradable {
+        head.upgrade = None;
     }
     Ok(Some((len, head)))
 }
@@ -380,6 +393,25 @@ mod tests {
         assert_eq!(status(unfinished.as_bytes()), 431);
         assert_eq!(status("\n".repeat(10_000).as_bytes()), 431);
         assert_eq!(status(b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"), 200);
+    }
+
+    #[test]
+    fn upgrade_is_kept_only_where_it_may_be_passed_on() {
+        let upgrade = |raw: &[u8]| {
+            let head = parse(raw).unwrap().unwrap();
+            head.upgrade
+                .map(|u| String::from_utf8_lossy(u.of(&head.raw)).into_owned())
+        };
+        let ws = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n";
+        assert_eq!(upgrade(ws).as_deref(), Some("websocket"));
+        for refused in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n"[..],
+            b"GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: h2c\r\nContent-Length: 1\r\n\r\nx",
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: \r\n\r\n",
+        ] {
+            assert_eq!(upgrade(refused), None, "{:?}", String::from_utf8_lossy(refused));
+        }
     }
 
     #[test]

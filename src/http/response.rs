@@ -24,6 +24,9 @@ pub struct ResponseHead {
     pub body: BodyKind,
     /// The upstream allows another request on this connection after the body.
     pub reusable: bool,
+    /// The `Upgrade` field (the protocol switched to), kept apart from the hop-by-hop headers
+    /// so that a 101 answer can pass it on.
+    pub upgrade: Option<Span>,
 }
 
 impl ResponseHead {
@@ -104,9 +107,12 @@ fn parse_into<'b>(
     let mut content_length = ContentLength::default();
     let mut coding = TransferCoding::default();
     let mut headers = HeaderList::new();
+    let mut upgrade = None;
     for h in res.headers.iter() {
         let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
+        if name.eq_ignore_ascii_case(b"upgrade") {
+            upgrade.get_or_insert(Span::within(buf, h.value));
+        } else if name.eq_ignore_ascii_case(b"content-length") {
             content_length.add(buf, h.value);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             coding.add(h.value);
@@ -159,7 +165,9 @@ fn parse_into<'b>(
             content_length: content_length.raw,
             declared_chunked: coding == TransferCoding::Chunked,
             body,
-            reusable,
+            // A switched connection never goes back to HTTP.
+            reusable: reusable && status != 101,
+            upgrade,
         },
     )))
 }

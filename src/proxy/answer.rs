@@ -6,29 +6,27 @@
 //! fail, and the client would get a 502 instead of the server's answer.
 
 use super::forward::{Failure, HeadFailure};
-use super::io::{read_more_until, IoFail};
+use super::io::{dup_stream, read_more_until, IoFail};
 use super::transfer::TransferError;
-use crate::http::{parse_response, ResponseHead};
+use crate::http::{parse_response, RequestHead, ResponseHead};
 use crate::upstream::UpstreamConn;
 use bytes::{BufMut, BytesMut};
 use monoio::net::TcpStream;
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 /// Read size while waiting for an upstream response head.
 const UPSTREAM_HEAD_READ: usize = 16 * 1024;
 
 /// Takes the final response head off `buf` if it is complete; interim 1xx answers are dropped.
-fn take_final_head(
-    buf: &mut BytesMut,
-    request_was_head: bool,
-) -> Result<Option<ResponseHead>, Failure> {
+/// 101 is final, and only valid as the answer to an upgrade request.
+fn take_final_head(buf: &mut BytesMut, req: &RequestHead) -> Result<Option<ResponseHead>, Failure> {
     loop {
-        match parse_response(buf, request_was_head) {
+        match parse_response(buf, req.is_head()) {
             Ok(Some(head)) if head.is_interim() => continue,
-            Ok(Some(head)) if head.status == 101 => {
+            Ok(Some(head)) if head.status == 101 && req.upgrade.is_none() => {
                 return Err(Failure::Upstream(
                     "101 Switching Protocols without an upgrade request",
                 ))
@@ -42,16 +40,14 @@ fn take_final_head(
 /// Reads until a final (non-1xx) response head; interim 1xx answers are skipped.
 pub async fn read_response_head(
     up: &mut UpstreamConn,
-    request_was_head: bool,
+    req: &RequestHead,
     deadline: Instant,
 ) -> Result<ResponseHead, HeadFailure> {
     let mut received_any = false;
     loop {
         if !up.rbuf.is_empty() {
             received_any = true;
-            if let Some(head) =
-                take_final_head(&mut up.rbuf, request_was_head).map_err(HeadFailure::Failed)?
-            {
+            if let Some(head) = take_final_head(&mut up.rbuf, req).map_err(HeadFailure::Failed)? {
                 return Ok(head);
             }
         }
@@ -84,11 +80,7 @@ pub struct Watcher(Option<TcpStream>);
 
 impl Watcher {
     pub fn new(upstream: &TcpStream) -> Watcher {
-        // SAFETY: `upstream` keeps the descriptor open while it is borrowed here.
-        let dup = unsafe { BorrowedFd::borrow_raw(upstream.as_raw_fd()) }
-            .try_clone_to_owned()
-            .and_then(|fd| TcpStream::from_std(std::net::TcpStream::from(fd)));
-        match dup {
+        match dup_stream(upstream) {
             Ok(watcher) => Watcher(Some(watcher)),
             Err(e) => {
                 tracing::debug!(error = %e, "cannot watch the upstream for an early answer");
@@ -105,7 +97,7 @@ pub async fn send_body_watching(
     transfer: impl Future<Output = Result<u64, TransferError>>,
     watcher: Watcher,
     rbuf: &mut BytesMut,
-    request_was_head: bool,
+    req: &RequestHead,
 ) -> BodySent {
     let Watcher(Some(watcher)) = watcher else {
         return BodySent::Finished(transfer.await);
@@ -125,7 +117,7 @@ pub async fn send_body_watching(
                         // looks for an answer sent before the close.
                         return BodySent::Finished(transfer.await);
                     }
-                    Ok(_) => match take_final_head(rbuf, request_was_head) {
+                    Ok(_) => match take_final_head(rbuf, req) {
                         Ok(Some(head)) => return BodySent::AnsweredEarly(Box::new(head)),
                         Ok(None) => {}
                         Err(f) => return BodySent::Broken(f),

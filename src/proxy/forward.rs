@@ -8,6 +8,7 @@ use super::access_log::{self, AccessContext, AccessRecord};
 use super::answer::{read_response_head, send_body_watching, BodySent, Watcher};
 use super::io::{reset_on_close, write_buf, IoFail};
 use super::transfer::{transfer_body, OutFraming, Source, SourceFault, TransferError};
+use super::tunnel;
 use super::wire::{response_framing, write_request_head, write_response_head};
 use super::{ClientConn, WorkerCtx};
 use crate::http::{status, BodyDecoder, BodyError, BodyKind, RequestHead, ResponseHead};
@@ -316,6 +317,15 @@ async fn forward(
         }
     };
 
+    if resp.status == 101 {
+        // Only an upgrade request gets here (a 101 to anything else is refused as broken).
+        rec.status = 101;
+        let moved = tunnel::switch_protocols(conn, up, &resp, view.config.timeouts.io).await;
+        let moved = moved.ok_or(Failure::ClientGone)?;
+        rec.bytes_in += moved.to_upstream;
+        rec.bytes_out += moved.to_client;
+        return Ok(false);
+    }
     let framing = response_framing(req, &resp);
     // While draining, this is the connection's last response.
     let client_keep = req.keep_alive
@@ -491,12 +501,12 @@ async fn exchange_head(
                 timeouts.io,
                 max,
             );
-            match send_body_watching(transfer, watcher, &mut up.rbuf, req.is_head()).await {
+            match send_body_watching(transfer, watcher, &mut up.rbuf, req).await {
                 BodySent::Finished(Ok(_)) => {}
                 BodySent::Finished(Err(TransferError::Destination(IoFail::Io(e)))) => {
                     // The upstream stopped taking the body: it may have answered, then closed.
                     let grace = Instant::now() + EARLY_ANSWER_GRACE;
-                    return match read_response_head(up, req.is_head(), grace).await {
+                    return match read_response_head(up, req, grace).await {
                         Ok(head) => Ok(answered_early(head)),
                         Err(_) => Err(HeadFailure::Failed(request_body_failure(
                             TransferError::Destination(IoFail::Io(e)),
@@ -511,7 +521,7 @@ async fn exchange_head(
             }
         }
     }
-    read_response_head(up, req.is_head(), Instant::now() + timeouts.request).await
+    read_response_head(up, req, Instant::now() + timeouts.request).await
 }
 
 /// An answer that came before the whole request body was sent: the upstream connection is

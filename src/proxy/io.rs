@@ -6,7 +6,7 @@ use monoio::buf::{IoBufMut, SliceMut};
 use monoio::io::AsyncWriteRentExt;
 use monoio::io::{AsyncReadRent, CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 #[derive(Debug)]
@@ -133,4 +133,12 @@ pub fn reset_on_close(stream: &TcpStream) {
             std::mem::size_of::<libc::linger>() as libc::socklen_t,
         );
     }
+}
+
+/// A second stream on the same socket, so that one task can wait on it (or write to it) while
+/// the first is busy in another operation.
+pub fn dup_stream(stream: &TcpStream) -> std::io::Result<TcpStream> {
+    // SAFETY: `stream` keeps the descriptor open while it is borrowed here.
+    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned()?;
+    TcpStream::from_std(std::net::TcpStream::from(fd))
 }

@@ -11,6 +11,7 @@ mod linger;
 mod parking;
 mod splice;
 pub mod transfer;
+mod tunnel;
 mod wire;
 
 use context::Registration;

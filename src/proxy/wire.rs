@@ -42,6 +42,10 @@ pub fn write_request_head(
     if req.te_trailers {
         out.extend_from_slice(b"TE: trailers\r\n");
     }
+    if let Some(protocols) = req.upgrade {
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+        push_header(out, b"Upgrade", protocols.of(raw));
+    }
     match (framing, req.body) {
         (OutFraming::Chunked, _) => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         (_, BodyKind::Length(n)) => push_content_length(out, n),
@@ -97,6 +101,23 @@ pub fn write_response_head(
         out.extend_from_slice(b"Connection: close\r\n");
     } else if req.version == Version::Http10 {
         out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the client's `101 Switching Protocols` head: the upstream's end-to-end headers and
+/// the protocol it switched to.
+pub fn write_switching_head(out: &mut BytesMut, resp: &ResponseHead) {
+    let raw = &resp.raw[..];
+    out.extend_from_slice(b"HTTP/1.1 101 ");
+    out.extend_from_slice(resp.reason.of(raw));
+    out.extend_from_slice(b"\r\n");
+    for h in &resp.headers {
+        push_header(out, h.name.of(raw), h.value.of(raw));
+    }
+    out.extend_from_slice(b"Connection: upgrade\r\n");
+    if let Some(protocol) = resp.upgrade {
+        push_header(out, b"Upgrade", protocol.of(raw));
     }
     out.extend_from_slice(b"\r\n");
 }

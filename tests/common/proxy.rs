@@ -112,6 +112,13 @@ pub fn run_to_exit<S: AsRef<OsStr>>(
 }
 
 /// A running proxy; killed and reaped when dropped.
+/// The io_uring driver (the default here) and the epoll fallback, as environments for
+/// `Proxy::start_with_env`.
+pub const DRIVERS: [(&str, &[(&str, &str)]); 2] = [
+    ("io_uring", &[]),
+    ("epoll", &[("MONOIO_FORCE_LEGACY_DRIVER", "1")]),
+];
+
 pub struct Proxy {
     child: Child,
     pub port: u16,
@@ -123,6 +130,12 @@ impl Proxy {
     pub fn start(backends: &[u16], extra: &str) -> Proxy {
         let weighted: Vec<(u16, u32)> = backends.iter().map(|&port| (port, 1)).collect();
         Proxy::start_weighted(&weighted, extra)
+    }
+
+    /// Proxy in front of one backend with `extra` TOML and environment `env` (see `DRIVERS`).
+    pub fn start_with_env(backend: u16, extra: &str, env: &[(&str, &str)]) -> Proxy {
+        let port = free_port();
+        Proxy::launch(port, &config_toml(port, &[(backend, 1)], extra), &[], env)
     }
 
     pub fn start_weighted(backends: &[(u16, u32)], extra: &str) -> Proxy {

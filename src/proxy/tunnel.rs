@@ -1,0 +1,145 @@
+//! Switched protocols (WebSocket and other `Upgrade`s). Once the upstream answers 101, HTTP is
+//! over on this pair of connections: the proxy moves bytes both ways as they come, passes a
+//! half-close on, and ends the tunnel when both sides have closed, either fails, or nothing has
+//! moved either way for `idle` (HAProxy's tunnel mode; nginx needs the `Upgrade` recipe in its
+//! config for the same).
+
+use super::io::{dup_stream, read_more_or_give_up, write_buf};
+use super::wire::write_switching_head;
+use super::ClientConn;
+use crate::http::ResponseHead;
+use crate::upstream::UpstreamConn;
+use bytes::BytesMut;
+use monoio::net::TcpStream;
+use std::cell::Cell;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+/// Read size of each direction.
+const TUNNEL_READ: usize = 16 * 1024;
+
+/// Bytes moved each way, for the access log and metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Moved {
+    pub to_upstream: u64,
+    pub to_client: u64,
+}
+
+/// Sends the 101 head (and anything the upstream sent after it) to the client, then tunnels.
+/// Returns `None` if the client could not be sent the 101.
+pub async fn switch_protocols(
+    conn: &mut ClientConn,
+    mut up: UpstreamConn,
+    resp: &ResponseHead,
+    idle: Duration,
+) -> Option<Moved> {
+    conn.out.clear();
+    write_switching_head(&mut conn.out, resp);
+    let mut moved = Moved {
+        to_client: up.rbuf.len() as u64,
+        ..Moved::default()
+    };
+    conn.out.extend_from_slice(&up.rbuf);
+    up.rbuf.clear();
+    write_buf(&mut conn.stream, &mut conn.out, idle)
+        .await
+        .ok()?;
+    // Bytes the client sent right behind its request belong to the new protocol.
+    moved.to_upstream = conn.rbuf.len() as u64;
+    if write_buf(&mut up.stream, &mut conn.rbuf, idle)
+        .await
+        .is_err()
+    {
+        return Some(moved);
+    }
+    let (tunneled, ended) = tunnel(&mut conn.stream, &mut up.stream, idle).await;
+    tracing::debug!(client = %conn.peer, ?ended, ?tunneled, "tunnel closed");
+    moved.to_upstream += tunneled.to_upstream;
+    moved.to_client += tunneled.to_client;
+    Some(moved)
+}
+
+/// How one direction of a tunnel ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Its source closed; the close was passed on as a half-close.
+    Closed,
+    /// Nothing moved either way for the idle time.
+    Idle,
+    Failed,
+}
+
+/// Moves bytes both ways between `client` and `upstream` until the tunnel ends.
+async fn tunnel(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    idle: Duration,
+) -> (Moved, Ended) {
+    // Each direction reads one socket and writes the other; second descriptors let both
+    // directions run at once without sharing a stream.
+    let (mut client_dup, mut upstream_dup) = match (dup_stream(client), dup_stream(upstream)) {
+        (Ok(c), Ok(u)) => (c, u),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(error = %e, "cannot set up a tunnel");
+            return (Moved::default(), Ended::Failed);
+        }
+    };
+    let last_moved = Cell::new(Instant::now());
+    let (to_upstream, to_client) = (Cell::new(0), Cell::new(0));
+    let mut up = std::pin::pin!(pump(client, upstream, idle, &last_moved, &to_upstream));
+    let mut down = std::pin::pin!(pump(
+        &mut upstream_dup,
+        &mut client_dup,
+        idle,
+        &last_moved,
+        &to_client
+    ));
+    let ended = monoio::select! {
+        first = &mut up => match first {
+            Ended::Closed => down.await,
+            other => other,
+        },
+        first = &mut down => match first {
+            Ended::Closed => up.await,
+            other => other,
+        },
+    };
+    let moved = Moved {
+        to_upstream: to_upstream.get(),
+        to_client: to_client.get(),
+    };
+    (moved, ended)
+}
+
+/// One direction: read from `from`, write to `to`, until `from` closes (then half-close `to`),
+/// either fails, or the whole tunnel has been quiet for `idle`.
+async fn pump(
+    from: &mut TcpStream,
+    to: &mut TcpStream,
+    idle: Duration,
+    last_moved: &Cell<Instant>,
+    moved: &Cell<u64>,
+) -> Ended {
+    let mut buf = BytesMut::with_capacity(TUNNEL_READ);
+    loop {
+        // A read that times out is collected, not dropped: the tunnel may go on, and bytes that
+        // raced the timeout must not be lost.
+        match read_more_or_give_up(from, &mut buf, TUNNEL_READ, idle).await {
+            Ok(Some(0)) => {
+                // SAFETY: shutdown(2) on a descriptor `to` keeps open.
+                unsafe { libc::shutdown(to.as_raw_fd(), libc::SHUT_WR) };
+                return Ended::Closed;
+            }
+            Ok(Some(n)) => {
+                if write_buf(to, &mut buf, idle).await.is_err() {
+                    return Ended::Failed;
+                }
+                moved.set(moved.get() + n as u64);
+                last_moved.set(Instant::now());
+            }
+            Ok(None) if last_moved.get().elapsed() < idle => {}
+            Ok(None) => return Ended::Idle,
+            Err(_) => return Ended::Failed,
+        }
+    }
+}
