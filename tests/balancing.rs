@@ -1,13 +1,16 @@
 //! Load balancing: round-robin spreads evenly (and ignores weights), smooth weighted
-//! round-robin follows the weights, a backend refusing connections is skipped, and a backend
-//! failing its health check gets no traffic until it passes again.
+//! round-robin follows the weights, least-connections steers around a backend busy with slow
+//! requests, a backend refusing connections is skipped, and a backend failing its health check
+//! gets no traffic until it passes again.
 
 mod common;
 
+use common::ops::{backend_of, wait_within, LiveBackend};
 use common::*;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Sends `requests` GETs over a few keep-alive connections and counts answers per body.
 fn spread(proxy: &Proxy, requests: usize) -> HashMap<String, usize> {
@@ -102,4 +105,39 @@ fn backend_failing_health_checks_gets_no_traffic_until_it_recovers() {
     assert_eq!(counts.get("a"), Some(&30), "{counts:?}");
     healthy.store(true, Ordering::SeqCst);
     poll_until("b back in rotation", || conn.get_ok("/").text() == "b");
+}
+
+#[test]
+fn least_conn_steers_around_a_backend_busy_with_slow_requests() {
+    let slow = Duration::from_secs(3);
+    let (a, b) = (
+        LiveBackend::with_delay("a", slow),
+        LiveBackend::with_delay("b", slow),
+    );
+    let proxy = Proxy::start(
+        &[a.port, b.port],
+        "[load_balancing]\nstrategy = \"least_conn\"\n",
+    );
+    // One slow request holds one backend (whichever the rotation gives it).
+    let port = proxy.port;
+    let held =
+        std::thread::spawn(move || backend_of(&HttpConn::connect(port).get_ok("/slow/held")));
+    wait_within(IO_TIMEOUT, "the slow request reached a backend", || {
+        a.requests_to("/slow") + b.requests_to("/slow") == 1
+    });
+    let busy = if a.requests_to("/slow") == 1 {
+        "a"
+    } else {
+        "b"
+    };
+    // Every quick request meanwhile goes to the other one (round robin would alternate).
+    let mut conn = proxy.connect();
+    let served: Vec<String> = (0..8)
+        .map(|i| conn.get_ok(&format!("/quick/{i}")).text())
+        .collect();
+    assert!(
+        served.iter().all(|name| name != busy),
+        "busy backend {busy} got quick requests: {served:?}"
+    );
+    assert_eq!(held.join().expect("slow client"), busy);
 }

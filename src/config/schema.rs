@@ -114,6 +114,9 @@ pub enum Strategy {
     RoundRobin,
     /// Smooth weighted round robin, as nginx's upstream module does it.
     Weighted,
+    /// Fewest requests in flight (over all workers) relative to weight, as nginx's `least_conn`
+    /// and HAProxy's `leastconn`; ties rotate.
+    LeastConn,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

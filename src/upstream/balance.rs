@@ -1,6 +1,8 @@
 //! Backend selection, one `Balancer` per worker (no shared cursor, no lock).
 //! `RoundRobin` rotates over the backends that are up; `Weighted` is nginx's smooth weighted
-//! round robin, which interleaves picks (a:5 b:1 c:1 gives a a b a c a a) instead of bursting.
+//! round robin, which interleaves picks (a:5 b:1 c:1 gives a a b a c a a) instead of bursting;
+//! `LeastConn` sends to the backend with the fewest requests in flight for its weight, counted
+//! over all workers (lock-free reads of the per-worker gauges), so a slow backend gets less.
 
 use super::Backend;
 use crate::config::Strategy;
@@ -52,6 +54,23 @@ impl Balancer {
                 self.current_weight[chosen] -= total;
                 Some(chosen)
             }
+            Strategy::LeastConn => {
+                let n = backends.len();
+                // (index, in flight, weight) of the least loaded so far; scanning from the
+                // cursor makes ties rotate.
+                let mut best: Option<(usize, i64, i64)> = None;
+                for i in (0..n).map(|k| (self.next + k) % n).filter(|&i| eligible(i)) {
+                    let backend = backends[i].as_ref();
+                    let (load, weight) = (backend.in_flight().max(0), i64::from(backend.weight()));
+                    // load / weight < best load / best weight, without division.
+                    if best.is_none_or(|(_, l, w)| load * w < l * weight) {
+                        best = Some((i, load, weight));
+                    }
+                }
+                let (chosen, ..) = best?;
+                self.next = (chosen + 1) % n;
+                Some(chosen)
+            }
         }
     }
 }
@@ -60,6 +79,7 @@ impl Balancer {
 mod tests {
     use super::*;
     use crate::config::ResolvedBackend;
+    use std::sync::atomic::Ordering;
 
     fn backends(weights: &[u32]) -> Vec<Backend> {
         weights
@@ -112,9 +132,32 @@ mod tests {
     }
 
     #[test]
+    fn least_conn_follows_load_for_weight_and_rotates_ties() {
+        let set = backends(&[1, 1, 2]);
+        let load = |i: usize, n: i64| set[i].stats(0).in_flight.store(n, Ordering::Relaxed);
+        let mut b = Balancer::new(Strategy::LeastConn, 3);
+        // All idle: ties rotate.
+        assert_eq!(picks(&mut b, &set, 4), vec![0, 1, 2, 0]);
+        // 0 busy with 3, 1 with 1, 2 (weight 2) with 2: 1 and 2 tie at 1 per weight unit.
+        load(0, 3);
+        load(1, 1);
+        load(2, 2);
+        assert_eq!(picks(&mut b, &set, 2), vec![1, 2]);
+        // 2 gets one more: 1.5 per unit against 1's 1.
+        load(2, 3);
+        assert_eq!(picks(&mut b, &set, 2), vec![1, 1]);
+        set[1].set_up(false);
+        assert_eq!(b.pick(&set, up(&set)), Some(2), "3/2 beats 3/1");
+    }
+
+    #[test]
     fn exclusion_and_all_down() {
         let set = backends(&[1, 1]);
-        for strategy in [Strategy::RoundRobin, Strategy::Weighted] {
+        for strategy in [
+            Strategy::RoundRobin,
+            Strategy::Weighted,
+            Strategy::LeastConn,
+        ] {
             let mut b = Balancer::new(strategy, 2);
             assert_eq!(b.pick(&set, |i| i != 0), Some(1));
             assert_eq!(b.pick(&set, |_| false), None);
