@@ -207,8 +207,17 @@ fn check_accepted(
         && !(known::EMPTY_TE_FIELD_ENDS_CHUNKED && has_empty_te_field(res));
     assert_eq!(head.declared_chunked, declared_chunked, "declared chunked");
 
+    // The protocol a 101 switches to: the first Upgrade field, kept out of the forwarded ones.
+    let upgrade = fields::values_of(res.headers, "upgrade");
+    assert_eq!(
+        head.upgrade.map(|s| s.of(&head.raw)),
+        upgrade.first().copied(),
+        "upgrade"
+    );
+
     // Reuse: as the version and Connection allow, never after a close-delimited body, never
-    // after a chunked body that also carried Content-Length (RFC 9112 §6.3 item 3).
+    // after a chunked body that also carried Content-Length (RFC 9112 §6.3 item 3), never after
+    // a 101 (the connection has left HTTP).
     let (close, keep_alive) = fields::connection_options(&connection);
     let allowed = if minor == 1 {
         !close
@@ -216,6 +225,7 @@ fn check_accepted(
         keep_alive && !close
     };
     let chunked_with_length = body == BodyKind::Chunked && !cl.is_empty();
-    let reusable = allowed && body != BodyKind::UntilClose && !chunked_with_length;
+    let switched = head.status == 101;
+    let reusable = allowed && body != BodyKind::UntilClose && !chunked_with_length && !switched;
     assert_eq!(head.reusable, reusable, "connection reuse");
 }
