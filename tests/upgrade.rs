@@ -128,10 +128,12 @@ fn upstream_declining_the_upgrade_keeps_plain_http() {
 fn upgrade_that_may_not_be_passed_on_is_dropped() {
     let backend = Backend::echo_target();
     let proxy = Proxy::start(&[backend.port], "");
-    let requests: [&[u8]; 3] = [
+    let requests: [&[u8]; 4] = [
         b"GET /http10 HTTP/1.0\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
         b"POST /with-body HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\nContent-Length: 2\r\n\r\nhi",
         b"GET /not-named HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n",
+        b"GET /h2c HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
+          HTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n",
     ];
     for request in requests {
         assert_eq!(proxy.connect().roundtrip(request).status(), 200);
@@ -139,7 +141,7 @@ fn upgrade_that_may_not_be_passed_on_is_dropped() {
     for recorded in backend.requests() {
         let head = &recorded.req.head;
         assert!(
-            !head.has("upgrade") && !head.connection_has("upgrade"),
+            !head.has("upgrade") && !head.connection_has("upgrade") && !head.has("http2-settings"),
             "{head:?}"
         );
     }

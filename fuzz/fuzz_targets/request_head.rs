@@ -307,8 +307,8 @@ fn check_accepted(req: &httparse::Request, len: usize, raw: &[u8], head: &Reques
         .any(|v| fields::list_elements(v).any(|t| t.eq_ignore_ascii_case(b"trailers")));
     assert_eq!(head.te_trailers, te_trailers);
 
-    // Upgrade is passed on only for a bodiless HTTP/1.1 request whose Connection names it:
-    // the first Upgrade field with something besides whitespace.
+    // Upgrade is passed on only for a bodiless HTTP/1.1 request whose Connection names it, and
+    // never for h2c: the first Upgrade field with something besides whitespace.
     let names_upgrade = connection
         .iter()
         .flat_map(|v| fields::list_elements(v))
@@ -316,6 +316,7 @@ fn check_accepted(req: &httparse::Request, len: usize, raw: &[u8], head: &Reques
     let upgrade = fields::values_of(headers, "upgrade")
         .into_iter()
         .find(|v| v.iter().any(|&b| b != b' ' && b != b'\t'))
+        .filter(|v| !fields::list_elements(v).any(|p| p.eq_ignore_ascii_case(b"h2c")))
         .filter(|_| minor == 1 && body == BodyKind::Empty && names_upgrade);
     assert_eq!(head.upgrade.map(|s| s.of(&head.raw)), upgrade, "upgrade");
 }

@@ -255,8 +255,15 @@ fn parse_into<'b>(
     if head.body == BodyKind::Empty {
         head.expect_continue = false;
     }
-    let upgradable =
-        version == Version::Http11 && head.body == BodyKind::Empty && conn.names(buf, b"upgrade");
+    // h2c is never passed on: it would tunnel HTTP/2 to the upstream past every rule the proxy
+    // enforces on HTTP/1.1 (limits, framing checks), the "h2c smuggling" of security advisories.
+    let h2c = head
+        .upgrade
+        .is_some_and(|u| tokens(u.of(buf)).any(|t| t.eq_ignore_ascii_case(b"h2c")));
+    let upgradable = version == Version::Http11
+        && head.body == BodyKind::Empty
+        && conn.names(buf, b"upgrade")
+        && !h2c;
     if !upgradable {
         head.upgrade = None;
     }
@@ -409,6 +416,8 @@ mod tests {
             b"GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: h2c\r\nContent-Length: 1\r\n\r\nx",
             b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: \r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket, H2C\r\n\r\n",
         ] {
             assert_eq!(upgrade(refused), None, "{:?}", String::from_utf8_lossy(refused));
         }
