@@ -1,8 +1,9 @@
 //! Protocol upgrades (WebSocket): the `Upgrade` request reaches the upstream with
 //! `Connection: upgrade`; a 101 answer turns the pair of connections into a byte tunnel both
 //! ways, with bytes sent right behind either head kept, half-closes passed on, and an idle
-//! bound on the whole tunnel. An upstream that declines keeps plain HTTP; an `Upgrade` that
-//! may not be passed on (HTTP/1.0, a request body) is dropped as hop-by-hop.
+//! bound on the whole tunnel, which shutdown waits for only up to its timeout. An upstream that
+//! declines keeps plain HTTP; an `Upgrade` that may not be passed on (HTTP/1.0, a request body,
+//! h2c) is dropped as hop-by-hop.
 
 mod common;
 
@@ -176,4 +177,34 @@ fn quiet_tunnel_is_closed_after_io_timeout_but_one_way_traffic_keeps_it() {
         lasted >= Duration::from_millis(3000) && lasted < Duration::from_secs(6),
         "tunnel lasted {lasted:?}: 2.4 s of traffic, then 1 s idle"
     );
+}
+
+#[test]
+fn shutdown_waits_for_a_tunnel_only_up_to_its_timeout() {
+    let (heads_tx, _heads) = mpsc::channel();
+    let backend = echo_after_switch(heads_tx, b"");
+    let port = free_port();
+    let toml = common::ops::with_server(
+        &config_toml(port, &[(backend.port, 1)], ""),
+        1,
+        "shutdown_timeout_seconds = 1\n",
+    );
+    let mut proxy = Proxy::launch(port, &toml, &[], &[]);
+    let mut conn = proxy.connect();
+    conn.send(UPGRADE_REQUEST);
+    assert_eq!(conn.read_head().expect("101").expect("101").status(), 101);
+    conn.send(b"still here");
+    assert_eq!(read_exactly(&mut conn, 10), "still here");
+    let started = Instant::now();
+    let status = proxy.signal_and_wait(libc::SIGTERM);
+    let took = started.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(4),
+        "shutdown took {took:?} with a 1 s shutdown timeout and a live tunnel"
+    );
+    match conn.read_to_close() {
+        Ok(rest) => assert!(rest.is_empty(), "{rest:?}"),
+        Err(e) => assert!(is_closed_error(&e), "{e}"),
+    }
 }
