@@ -12,16 +12,20 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// Upload size: far more than the socket buffers between client, proxy and upstream hold.
-const UPLOAD: usize = 4 << 20;
+/// Size of an upload the upstream never reads: more than the socket buffers between client,
+/// proxy and upstream can absorb (loopback buffers grow to several MiB each), so the body
+/// cannot have been sent whole before the answer.
+const UNREAD_UPLOAD: usize = 32 << 20;
+/// Size of an upload that is read whole.
+const READ_UPLOAD: usize = 4 << 20;
 
 fn post_head(framing: &str) -> Vec<u8> {
     format!("POST /upload HTTP/1.1\r\nHost: test.local\r\n{framing}\r\n").into_bytes()
 }
 
-/// The two framings of the same `UPLOAD`-byte body: (name, head, body bytes on the wire).
-fn uploads() -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
-    let data = pattern(UPLOAD, 7);
+/// The two framings of the same `size`-byte body: (name, head, body bytes on the wire).
+fn uploads(size: usize) -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
+    let data = pattern(size, 7);
     let mut chunked = Vec::new();
     for piece in data.chunks(64 * 1024) {
         chunked.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
@@ -32,7 +36,7 @@ fn uploads() -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
     vec![
         (
             "content-length",
-            post_head(&format!("Content-Length: {UPLOAD}\r\n")),
+            post_head(&format!("Content-Length: {size}\r\n")),
             data,
         ),
         (
@@ -105,7 +109,7 @@ fn upstream_rejection_before_the_body_ends_reaches_the_client() {
     });
     for (driver, env) in DRIVERS {
         let proxy = Proxy::start_with_env(backend.port, "", env);
-        for (name, head, body) in uploads() {
+        for (name, head, body) in uploads(UNREAD_UPLOAD) {
             let mut conn = proxy.connect();
             let upload = upload_in_background(&conn, &head, body);
             let case = format!("{driver}, {name}");
@@ -129,7 +133,7 @@ fn upstream_that_answers_and_stops_reading_is_relayed_without_waiting() {
     for (driver, env) in DRIVERS {
         let proxy =
             Proxy::start_with_env(backend.port, "[timeouts]\nio_timeout_seconds = 60\n", env);
-        let (_, head, body) = uploads().swap_remove(0);
+        let (_, head, body) = uploads(UNREAD_UPLOAD).swap_remove(0);
         let mut conn = proxy.connect();
         let started = Instant::now();
         let upload = upload_in_background(&conn, &head, body);
@@ -146,7 +150,7 @@ fn upstream_that_answers_and_stops_reading_is_relayed_without_waiting() {
 fn proxy_rejection_of_an_oversized_upload_is_read_by_the_client() {
     let backend = Backend::body_digest();
     let proxy = Proxy::start(&[backend.port], "[limits]\nmax_body_bytes = 1000\n");
-    for (name, head, body) in uploads() {
+    for (name, head, body) in uploads(UNREAD_UPLOAD) {
         let mut conn = proxy.connect();
         let upload = upload_in_background(&conn, &head, body);
         let response = conn.read_response("POST").expect(name);
@@ -185,7 +189,7 @@ fn interim_answer_during_the_body_keeps_the_exchange_whole() {
         }
     });
     let proxy = Proxy::start(&[backend.port], "");
-    let (_, head, body) = uploads().swap_remove(0);
+    let (_, head, body) = uploads(READ_UPLOAD).swap_remove(0);
     let digest = sha256_hex(&body);
     let mut conn = proxy.connect();
     for round in 0..2 {
