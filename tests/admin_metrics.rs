@@ -296,6 +296,7 @@ fn status_reports_workers_and_backends() {
 
     assert_eq!(status["version"], env!("CARGO_PKG_VERSION"), "{status:#}");
     assert_eq!(status["config_generation"], 1, "{status:#}");
+    assert_eq!(status["strategy"], "round_robin", "{status:#}");
     assert!(status["uptime_seconds"].as_f64().is_some(), "{status:#}");
     let workers = status["workers"].as_array().expect("workers array");
     assert_eq!(workers.len(), 2, "{status:#}");

@@ -30,7 +30,7 @@ pub fn render(shared: &Shared) -> Value {
         "started_unix": shared.started_unix,
         "draining": shared.is_draining(),
         "listen": snapshot.config.listen.to_string(),
-        "strategy": format!("{:?}", snapshot.config.strategy),
+        "strategy": snapshot.config.strategy.name(),
         "driver": crate::worker::driver_name(),
         "workers": workers,
         "backends": backends,

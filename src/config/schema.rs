@@ -119,6 +119,17 @@ pub enum Strategy {
     LeastConn,
 }
 
+impl Strategy {
+    /// The name as written in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::RoundRobin => "round_robin",
+            Strategy::Weighted => "weighted",
+            Strategy::LeastConn => "least_conn",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct LoadBalancingConfig {
