@@ -80,6 +80,8 @@ pub struct WorkerMetrics {
     pub active_connections: AtomicI64,
     /// Of the active connections, those idle in the parking lot (no task, no buffers).
     pub parked_connections: AtomicI64,
+    /// Of the active connections, those switched to another protocol (WebSocket tunnels).
+    pub tunnels: AtomicI64,
     pub connections_refused_over_cap: AtomicU64,
     pub retries: AtomicU64,
     pub request_duration: Histogram,

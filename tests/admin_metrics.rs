@@ -20,6 +20,7 @@ const DOCUMENTED: &[(&str, &str)] = &[
     ("ringproxy_worker_requests_total", "counter"),
     ("ringproxy_active_connections", "gauge"),
     ("ringproxy_parked_connections", "gauge"),
+    ("ringproxy_tunnels", "gauge"),
     ("ringproxy_connections_refused_total", "counter"),
     ("ringproxy_retries_total", "counter"),
     ("ringproxy_request_duration_seconds", "histogram"),

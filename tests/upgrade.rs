@@ -113,6 +113,26 @@ fn check_echo_tunnel(proxy: &Proxy, heads: &mpsc::Receiver<Head>) {
 }
 
 #[test]
+fn open_tunnels_show_in_metrics() {
+    let (heads_tx, _heads) = mpsc::channel();
+    let backend = echo_after_switch(heads_tx, b"");
+    let (proxy, admin) = common::ops::OpsConfig::new(&[(backend.port, 1)], "").start();
+    let tunnels = || {
+        admin
+            .metrics()
+            .value("ringproxy_tunnels", &[("worker", "0")])
+    };
+    assert_eq!(tunnels(), 0.0);
+    let mut conn = proxy.connect();
+    conn.send(UPGRADE_REQUEST);
+    assert_eq!(conn.read_head().expect("101").expect("101").status(), 101);
+    common::ops::wait_within(IO_TIMEOUT, "the tunnel counted", || tunnels() == 1.0);
+    conn.shutdown_write();
+    assert_eq!(conn.read_to_close().expect("until close"), b"bye");
+    common::ops::wait_within(IO_TIMEOUT, "the tunnel gone", || tunnels() == 0.0);
+}
+
+#[test]
 fn upstream_declining_the_upgrade_keeps_plain_http() {
     let backend = Backend::echo_target();
     let proxy = Proxy::start(&[backend.port], "");

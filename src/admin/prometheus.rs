@@ -85,6 +85,16 @@ pub fn render(shared: &Shared) -> String {
         workers,
         |w| w.parked_connections.load(Ordering::Relaxed),
     );
+    per_worker(
+        &mut out,
+        (
+            "ringproxy_tunnels",
+            "gauge",
+            "Client connections switched to another protocol (WebSocket tunnels; part of active), by worker.",
+        ),
+        workers,
+        |w| w.tunnels.load(Ordering::Relaxed),
+    );
     counter(
         &mut out,
         "ringproxy_connections_refused_total",

@@ -45,6 +45,7 @@ fn worker(id: usize, m: &WorkerMetrics) -> Value {
         "requests": m.requests_total(),
         "active_connections": m.active_connections.load(Ordering::Relaxed),
         "parked_connections": m.parked_connections.load(Ordering::Relaxed),
+        "tunnels": m.tunnels.load(Ordering::Relaxed),
     })
 }
 

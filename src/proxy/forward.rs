@@ -320,7 +320,9 @@ async fn forward(
     if resp.status == 101 {
         // Only an upgrade request gets here (a 101 to anything else is refused as broken).
         rec.status = 101;
+        add_gauge(&ctx.metrics.tunnels, 1);
         let moved = tunnel::switch_protocols(conn, up, &resp, view.config.timeouts.io).await;
+        add_gauge(&ctx.metrics.tunnels, -1);
         let moved = moved.ok_or(Failure::ClientGone)?;
         rec.bytes_in += moved.to_upstream;
         rec.bytes_out += moved.to_client;
