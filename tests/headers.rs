@@ -51,6 +51,17 @@ fn request_hop_by_hop_headers_are_removed() {
 }
 
 #[test]
+fn field_named_like_the_close_option_is_removed() {
+    // RFC 9110 §7.6.1: a field named like any option in Connection is hop-by-hop, `close` too.
+    let head = upstream_head_for(
+        b"GET /close HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\nClose: c\r\n\
+          X-Keep: yes\r\n\r\n",
+    );
+    assert!(!head.has("close"), "{head:?}");
+    assert_eq!(head.get("x-keep"), Some("yes"));
+}
+
+#[test]
 fn te_trailers_is_passed_upstream() {
     let head = upstream_head_for(b"GET /te HTTP/1.1\r\nHost: test.local\r\nTE: trailers\r\n\r\n");
     assert_eq!(head.get_all("te"), ["trailers"]);

@@ -121,10 +121,15 @@ impl ConnectionOptions {
         }
     }
 
+    /// Whether `name` is listed as a connection option, so a field of that name is hop-by-hop
+    /// (RFC 9110 §7.6.1), `close` and `keep-alive` included.
     pub fn names(&self, raw: &[u8], name: &[u8]) -> bool {
-        self.named
-            .iter()
-            .any(|s| s.of(raw).eq_ignore_ascii_case(name))
+        (self.close && name.eq_ignore_ascii_case(b"close"))
+            || (self.keep_alive && name.eq_ignore_ascii_case(b"keep-alive"))
+            || self
+                .named
+                .iter()
+                .any(|s| s.of(raw).eq_ignore_ascii_case(name))
     }
 }
 
@@ -282,5 +287,11 @@ mod tests {
         assert!(c.close && c.keep_alive);
         assert!(c.names(raw, b"x-secret"));
         assert!(!c.names(raw, b"x-other"));
+        // A field named like an option is hop-by-hop too, `close` included (RFC 9110 §7.6.1).
+        assert!(c.names(raw, b"Close") && c.names(raw, b"keep-alive"));
+        let only = b"x-a";
+        let mut c = ConnectionOptions::default();
+        c.add(only, only);
+        assert!(!c.names(only, b"close"));
     }
 }
