@@ -505,14 +505,12 @@ async fn exchange_head(
             );
             match send_body_watching(transfer, watcher, &mut up.rbuf, req).await {
                 BodySent::Finished(Ok(_)) => {}
-                BodySent::Finished(Err(TransferError::Destination(IoFail::Io(e)))) => {
+                BodySent::Finished(Err(e @ TransferError::Destination(IoFail::Io(_)))) => {
                     // The upstream stopped taking the body: it may have answered, then closed.
                     let grace = Instant::now() + EARLY_ANSWER_GRACE;
                     return match read_response_head(up, req, grace).await {
                         Ok(head) => Ok(answered_early(head)),
-                        Err(_) => Err(HeadFailure::Failed(request_body_failure(
-                            TransferError::Destination(IoFail::Io(e)),
-                        ))),
+                        Err(_) => Err(HeadFailure::Failed(request_body_failure(e))),
                     };
                 }
                 BodySent::Finished(Err(e)) => {

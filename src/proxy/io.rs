@@ -6,7 +6,7 @@ use monoio::buf::{IoBufMut, SliceMut};
 use monoio::io::AsyncWriteRentExt;
 use monoio::io::{AsyncReadRent, CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 #[derive(Debug)]
@@ -135,10 +135,20 @@ pub fn reset_on_close(stream: &TcpStream) {
     }
 }
 
+/// A second descriptor for the socket of `stream` (close-on-exec).
+pub fn dup_fd(stream: &TcpStream) -> std::io::Result<OwnedFd> {
+    // SAFETY: `stream` keeps the descriptor open while it is borrowed here.
+    unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned()
+}
+
 /// A second stream on the same socket, so that one task can wait on it (or write to it) while
 /// the first is busy in another operation.
 pub fn dup_stream(stream: &TcpStream) -> std::io::Result<TcpStream> {
-    // SAFETY: `stream` keeps the descriptor open while it is borrowed here.
-    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned()?;
-    TcpStream::from_std(std::net::TcpStream::from(fd))
+    TcpStream::from_std(std::net::TcpStream::from(dup_fd(stream)?))
+}
+
+/// Stops sending on the socket (a FIN after what is queued) while it stays open for reading.
+pub fn half_close(stream: &TcpStream) {
+    // SAFETY: shutdown(2) on the descriptor `stream` keeps open.
+    unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_WR) };
 }

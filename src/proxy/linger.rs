@@ -6,9 +6,8 @@
 //! discards what still comes for a bounded time, then closes.
 
 use super::context::Registration;
-use super::io::read_more;
+use super::io::{half_close, read_more};
 use super::{ClientConn, WorkerCtx};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 /// Longest silence from the client while lingering (nginx's `lingering_timeout`).
@@ -21,8 +20,7 @@ const LINGER_READ_BYTES: usize = 64 * 1024;
 /// Half-closes the connection and discards the client's input until it closes its side, stays
 /// silent for `LINGER_READ_TIMEOUT`, `LINGER_TOTAL` passes, or the proxy shuts down.
 pub async fn linger_close(conn: &mut ClientConn, ctx: &WorkerCtx, registration: &Registration<'_>) {
-    // SAFETY: shutdown(2) on the descriptor `conn.stream` owns; it stays open until dropped.
-    unsafe { libc::shutdown(conn.stream.as_raw_fd(), libc::SHUT_WR) };
+    half_close(&conn.stream);
     // Marked idle so a shutdown of the proxy ends the wait (its pending read sees EOF).
     registration.set_idle(true);
     let until = Instant::now() + LINGER_TOTAL;

@@ -6,12 +6,13 @@
 //! what keeps 10,000 idle clients as cheap as in nginx, which frees everything but its
 //! connection struct between requests; a task and a posted read per idle connection cost ~4 KiB.
 
+use super::io::dup_fd;
 use monoio::net::TcpStream;
 use slab::Slab;
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 /// Parked sockets taken from the epoll set per wake-up.
@@ -86,8 +87,7 @@ impl<T> ParkingLot<T> {
         slot: T,
         idle_left: Duration,
     ) -> io::Result<()> {
-        // SAFETY: `stream` keeps the descriptor open while it is borrowed here.
-        let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned()?;
+        let fd = dup_fd(&stream)?;
         drop(stream);
         let ticket = self.next_ticket;
         self.next_ticket = self.next_ticket.wrapping_add(1);

@@ -4,7 +4,7 @@
 //! moved either way for `idle` (HAProxy's tunnel mode; nginx needs the `Upgrade` recipe in its
 //! config for the same).
 
-use super::io::{dup_stream, read_more_or_give_up, write_buf};
+use super::io::{dup_stream, half_close, read_more_or_give_up, write_buf};
 use super::wire::write_switching_head;
 use super::ClientConn;
 use crate::http::ResponseHead;
@@ -12,7 +12,6 @@ use crate::upstream::UpstreamConn;
 use bytes::BytesMut;
 use monoio::net::TcpStream;
 use std::cell::Cell;
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 /// Read size of each direction.
@@ -126,8 +125,7 @@ async fn pump(
         // raced the timeout must not be lost.
         match read_more_or_give_up(from, &mut buf, TUNNEL_READ, idle).await {
             Ok(Some(0)) => {
-                // SAFETY: shutdown(2) on a descriptor `to` keeps open.
-                unsafe { libc::shutdown(to.as_raw_fd(), libc::SHUT_WR) };
+                half_close(to);
                 return Ended::Closed;
             }
             Ok(Some(n)) => {
