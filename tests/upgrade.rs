@@ -116,7 +116,7 @@ fn check_echo_tunnel(proxy: &Proxy, heads: &mpsc::Receiver<Head>) {
 fn open_tunnels_show_in_metrics() {
     let (heads_tx, _heads) = mpsc::channel();
     let backend = echo_after_switch(heads_tx, b"");
-    let (proxy, admin) = common::ops::OpsConfig::new(&[(backend.port, 1)], "").start();
+    let (proxy, admin) = common::ops::start_with_admin(&[backend.port], "");
     let tunnels = || {
         admin
             .metrics()
