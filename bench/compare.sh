@@ -226,7 +226,8 @@ load_cmd() { # load_cmd SCENARIO PORT SECONDS
 
 run_one() { # run_one SCENARIO TARGET REP [--warmup]
     local scenario=$1 target=$2 rep=$3 pids="" secs=$DURATION flags=()
-    [[ "$target" == direct ]] || pids=${PID[$target]}
+    # direct: the CPU measured is the backend's own (serving the request with no proxy in between).
+    if [[ "$target" == direct ]]; then pids=${PID[backend]}; else pids=${PID[$target]}; fi
     if [[ "${4:-}" == --warmup ]]; then
         ((WARMUP > 0)) || return 0
         secs=$WARMUP

@@ -98,6 +98,7 @@ def load_tables(summary, problems):
                 lines.append(f"| {s} | {ratio(r['rps'], n['rps'])} | {ratio(r['cpu'], n['cpu'])} "
                              f"| {ratio(r['p99'], n['p99'])} | {ratio(r['rss_mib'], n['rss_mib'])} |")
         lines += ["", "req/s above 1 is better; CPU µs/req, p99 and RSS below 1 are better.", ""]
+        lines += calibration_lines(summary, scen)
     lines += ["### All proxies (median of the repetitions)", "",
               "| scenario | proxy | req/s | p50 ms | p99 ms | CPU µs/req | RSS MiB | upstream conns | errors / non-2xx "
               "| req/s ÷ nginx | CPU ÷ nginx | p99 ÷ nginx | RSS ÷ nginx |",
@@ -111,14 +112,33 @@ def load_tables(summary, problems):
             if bad:
                 problems.append(f"{s} / {p}: {v['errors']} errors, {v['non2xx']} non-2xx "
                                 f"{json.dumps(v['error_detail'])}")
-            name = "direct (no proxy)" if p == "direct" else p
+            name = "direct (no proxy; CPU is the backend's)" if p == "direct" else p
+            rss = None if p == "direct" else v["rss_mib"]
             lines.append(
                 f"| {s} | {name} | {fmt(v['rps'])} | {fmt(v['p50'], 2)} | {fmt(v['p99'], 2)} | {fmt(v['cpu'], 1)} "
-                f"| {fmt(v['rss_mib'], 1)} | {fmt(v['upstream'])} | {err} "
+                f"| {fmt(rss, 1)} | {fmt(v['upstream'])} | {err} "
                 + ("| — | — | — | — |" if p == "direct" or not base else
                    f"| {ratio(v['rps'], base['rps'])} | {ratio(v['cpu'], base['cpu'])} "
                    f"| {ratio(v['p99'], base['p99'])} | {ratio(v['rss_mib'], base['rss_mib'])} |"))
     return lines
+
+
+def calibration_lines(summary, scen):
+    """Proxy CPU per request as a multiple of the backend serving the same request directly: the
+    scale on which the issue's CPU target was set (nginx as proxy at 2.8x its direct cost)."""
+    rows = []
+    for s in scen:
+        d = summary.get((s, "direct"), {}).get("cpu")
+        if not d:
+            continue
+        cells = [f"{p} {summary[(s, p)]['cpu'] / d:.2f}x" for p in ordered(k[1] for k in summary if k[0] == s)
+                 if p != "direct" and summary[(s, p)]["cpu"]]
+        rows.append(f"| {s} | {d:.1f} | {', '.join(cells)} |")
+    if not rows:
+        return []
+    return ["Proxy CPU per request ÷ the backend's own CPU per request when it serves the load directly "
+            "(a proxy does that socket work twice, once per side):", "",
+            "| scenario | direct µs/req | proxy ÷ direct |", "|---|---:|---|", *rows, ""]
 
 
 def idle_table(records, problems):
@@ -189,7 +209,7 @@ def raw_table(records):
     for r in records:
         if r["kind"] != "load":
             continue
-        rss = r["rss_kb"] / 1024 if r["rss_kb"] is not None else None
+        rss = r["rss_kb"] / 1024 if r["rss_kb"] is not None and r["proxy"] != "direct" else None
         lines.append(f"| {r['scenario']} | {r['proxy']} | {r['rep']} | {fmt(r['rps'])} | {fmt(r['p50_ms'], 2)} "
                      f"| {fmt(r['p99_ms'], 2)} | {fmt(r['cpu_us_per_req'], 1)} | {fmt(r['cpu_s'], 2)} "
                      f"| {fmt(rss, 1)} | {r['upstream_conns']} | {r['errors']} | {r['non2xx']} "
