@@ -1,6 +1,6 @@
 //! Chunked bodies: `BodyDecoder` never panics, never yields an empty piece (re-framed, that
 //! would be a last-chunk), gives the same payload and the same end whether the body arrives in
-//! one read or in many small ones, and agrees with the reference decoder in
+//! one read or in many small ones (trailer fields included), and agrees with the reference decoder in
 //! `ringproxy_fuzz::chunked` (strict RFC 9112 §7.1 grammar) wherever the reference is defined.
 //!
 //! Input: two parameter bytes, then the bytes that follow the message head.
@@ -15,10 +15,12 @@ use ringproxy::http::{BodyDecoder, BodyError, BodyKind, Decoded};
 use ringproxy_fuzz::chunked::{self, Reference, Rules};
 use ringproxy_fuzz::{input, known};
 
-/// How a decoder ended: the payload, and the bytes left after the body (or the error).
+/// How a decoder ended: the payload, the trailer field lines, and the bytes left after the body
+/// (or the error).
 #[derive(Debug, PartialEq, Eq)]
 struct Outcome {
     data: Vec<u8>,
+    trailers: Vec<Vec<u8>>,
     end: Result<Vec<u8>, BodyError>,
 }
 
@@ -40,8 +42,19 @@ fuzz_target!(|data: &[u8]| {
     };
     match (chunked::decode(body, &rules), &whole.end) {
         (Reference::OverLimit, _) => {}
-        (Reference::Body { data, end }, Ok(rest)) => {
+        (
+            Reference::Body {
+                data,
+                trailers,
+                end,
+            },
+            Ok(rest),
+        ) => {
             assert_eq!(whole.data, data, "payload differs from the reference");
+            assert_eq!(
+                whole.trailers, trailers,
+                "trailers differ from the reference"
+            );
             assert_eq!(
                 &rest[..],
                 &body[end..],
@@ -59,6 +72,7 @@ fn decode_in_reads(body: &[u8], reads: &[usize]) -> Outcome {
     let mut decoder = BodyDecoder::new(BodyKind::Chunked);
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
+    let mut trailers = Vec::new();
     let mut fed = 0;
     for &n in reads {
         buf.extend_from_slice(&body[fed..fed + n]);
@@ -69,6 +83,7 @@ fn decode_in_reads(body: &[u8], reads: &[usize]) -> Outcome {
                     assert!(!piece.is_empty(), "empty data piece");
                     out.extend_from_slice(&piece);
                 }
+                Ok(Decoded::Trailer(field)) => trailers.push(field.to_vec()),
                 Ok(Decoded::NeedMore) => break,
                 Ok(Decoded::Done) => {
                     assert_eq!(
@@ -80,12 +95,14 @@ fn decode_in_reads(body: &[u8], reads: &[usize]) -> Outcome {
                     buf.extend_from_slice(&body[fed..]);
                     return Outcome {
                         data: out,
+                        trailers,
                         end: Ok(buf.to_vec()),
                     };
                 }
                 Err(e) => {
                     return Outcome {
                         data: out,
+                        trailers,
                         end: Err(e),
                     }
                 }
@@ -93,5 +110,9 @@ fn decode_in_reads(body: &[u8], reads: &[usize]) -> Outcome {
         }
     }
     let end = decoder.finish_at_eof().map(|()| buf.to_vec());
-    Outcome { data: out, end }
+    Outcome {
+        data: out,
+        trailers,
+        end,
+    }
 }

@@ -16,8 +16,13 @@ use crate::fields::{is_field_value, is_token};
 /// What the grammar makes of a whole input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reference {
-    /// A complete body: its payload, and the offset where the bytes after it begin.
-    Body { data: Vec<u8>, end: usize },
+    /// A complete body: its payload, its trailer field lines (without CRLF), and the offset
+    /// where the bytes after it begin.
+    Body {
+        data: Vec<u8>,
+        trailers: Vec<Vec<u8>>,
+        end: usize,
+    },
     /// The input breaks the grammar.
     Invalid,
     /// A valid beginning that stops before the body is complete.
@@ -82,10 +87,15 @@ fn decode_inner(input: &[u8], rules: &Rules) -> Result<Reference, Reference> {
         }
     }
     let mut trailer_bytes = 0;
+    let mut trailers = Vec::new();
     loop {
         let line = take_line(input, &mut at)?;
         if line.is_empty() {
-            return Ok(Reference::Body { data, end: at });
+            return Ok(Reference::Body {
+                data,
+                trailers,
+                end: at,
+            });
         }
         if !is_field_line(line, rules.token_trailer_names) {
             return Err(Reference::Invalid);
@@ -94,6 +104,7 @@ fn decode_inner(input: &[u8], rules: &Rules) -> Result<Reference, Reference> {
         if trailer_bytes > rules.trailer_bytes {
             return Err(Reference::OverLimit);
         }
+        trailers.push(line.to_vec());
     }
 }
 
@@ -151,8 +162,13 @@ mod tests {
     };
 
     fn body(data: &[u8], end: usize) -> Reference {
+        with_trailers(data, &[], end)
+    }
+
+    fn with_trailers(data: &[u8], trailers: &[&[u8]], end: usize) -> Reference {
         Reference::Body {
             data: data.to_vec(),
+            trailers: trailers.iter().map(|t| t.to_vec()).collect(),
             end,
         }
     }
@@ -164,11 +180,11 @@ mod tests {
         assert_eq!(decode(b"3\r\nabc\r\n0\r\n\r\n", &RULES), body(b"abc", 13));
         assert_eq!(
             decode(b"A;x=\"y z\"\r\n0123456789\r\n0 ;q\r\nT: v\r\n\r\n", &RULES).clone(),
-            body(b"0123456789", 37)
+            with_trailers(b"0123456789", &[b"T: v"], 37)
         );
         assert_eq!(
             decode(b"1\r\n\n\r\n0\r\nX-A:\t b \r\n\r\n", &RULES),
-            body(b"\n", 21)
+            with_trailers(b"\n", &[b"X-A:\t b "], 21)
         );
     }
 
@@ -223,7 +239,10 @@ mod tests {
             token_trailer_names: false,
             ..RULES
         };
-        assert_eq!(decode(b"0\r\nA(b): c\r\n\r\n", &lenient), body(b"", 14));
+        assert_eq!(
+            decode(b"0\r\nA(b): c\r\n\r\n", &lenient),
+            with_trailers(b"", &[b"A(b): c"], 14)
+        );
         let long = format!("1;{}\r\n", "x".repeat(63));
         assert_eq!(decode(long.as_bytes(), &RULES), Reference::OverLimit);
     }

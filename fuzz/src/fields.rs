@@ -94,15 +94,15 @@ pub fn codings<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Codings {
 
 /// Whether a field describes one connection, not the message, so a proxy must not forward it
 /// (RFC 9110 §7.6.1), or is re-framed by the proxy (Content-Length, Transfer-Encoding):
-/// Connection and the fields it names, Keep-Alive, Proxy-Connection, TE, Trailer, Upgrade,
-/// HTTP2-Settings (RFC 9113 §3.2.1).
+/// Connection and the fields it names, Keep-Alive, Proxy-Connection, TE, Upgrade,
+/// HTTP2-Settings (RFC 9113 §3.2.1). Not Trailer: it announces the trailer section, which is
+/// passed on with chunked bodies.
 pub fn is_connection_specific(name: &[u8], connection_values: &[&[u8]]) -> bool {
-    const FIXED: [&str; 9] = [
+    const FIXED: [&str; 8] = [
         "connection",
         "keep-alive",
         "proxy-connection",
         "te",
-        "trailer",
         "upgrade",
         "transfer-encoding",
         "content-length",

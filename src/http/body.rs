@@ -1,11 +1,12 @@
 //! Body framing: how a message's body ends, and a decoder that takes body data off the front of a
 //! read buffer without copying (each piece is a `Bytes` split from it). Used for both directions.
 
+use super::head::is_hop_by_hop;
 use bytes::{Buf, Bytes, BytesMut};
 
 /// Longest chunk-size line (size + extensions) accepted.
 pub const MAX_CHUNK_LINE_BYTES: usize = 4096;
-/// Largest trailer section accepted; trailers are read and dropped.
+/// Largest trailer section accepted.
 pub const MAX_TRAILER_BYTES: usize = 16 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +23,8 @@ pub enum BodyKind {
 pub enum Decoded {
     /// Body payload, framing removed.
     Data(Bytes),
+    /// One field line of a chunked body's trailer section (validated), without its CRLF.
+    Trailer(Bytes),
     /// The buffer holds no complete piece: read more, then call again.
     NeedMore,
     /// The body is complete; bytes after it (if any) stay in the buffer.
@@ -160,6 +163,7 @@ impl BodyDecoder {
                         self.state = State::Trailers {
                             seen: seen + line.len() + 2,
                         };
+                        return Ok(Decoded::Trailer(line));
                     }
                 }
             }
@@ -229,6 +233,16 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// Whether a (valid) trailer field line is passed on. Not the fields that frame, route or
+/// describe the connection, which belong in a head (RFC 9110 §6.5.1); a recipient must not
+/// act on them in trailers, so forwarding them could only confuse the next hop.
+pub fn is_forwardable_trailer(line: &[u8]) -> bool {
+    let name = line.split(|&b| b == b':').next().unwrap_or_default();
+    !is_hop_by_hop(name)
+        && !name.eq_ignore_ascii_case(b"host")
+        && !name.eq_ignore_ascii_case(b"trailer")
+}
+
 /// `name: value` with a token name and no control bytes.
 fn is_valid_trailer(line: &[u8]) -> bool {
     let Some(colon) = line.iter().position(|&b| b == b':') else {
@@ -252,6 +266,7 @@ mod tests {
         loop {
             match dec.decode(&mut buf)? {
                 Decoded::Data(d) => out.extend_from_slice(&d),
+                Decoded::Trailer(_) => {}
                 Decoded::Done => return Ok((out, buf.to_vec())),
                 Decoded::NeedMore => {
                     dec.finish_at_eof()?;
@@ -271,6 +286,7 @@ mod tests {
             loop {
                 match dec.decode(&mut buf)? {
                     Decoded::Data(d) => out.extend_from_slice(&d),
+                    Decoded::Trailer(_) => {}
                     Decoded::NeedMore => break,
                     Decoded::Done => return Ok(out),
                 }
@@ -296,6 +312,53 @@ mod tests {
             decode_bytewise(BodyKind::Chunked, input).unwrap(),
             b"hello world"
         );
+    }
+
+    #[test]
+    fn trailer_lines_come_out_one_by_one_after_the_data() {
+        let input = b"3\r\nabc\r\n0\r\nX-Sum: 1\r\nServer-Timing: db;dur=5\r\n\r\nNEXT";
+        let mut dec = BodyDecoder::new(BodyKind::Chunked);
+        let mut buf = BytesMut::from(&input[..]);
+        let mut steps = Vec::new();
+        loop {
+            match dec.decode(&mut buf).unwrap() {
+                Decoded::Done => break,
+                step => steps.push(step),
+            }
+        }
+        assert_eq!(
+            steps,
+            [
+                Decoded::Data(Bytes::from_static(b"abc")),
+                Decoded::Trailer(Bytes::from_static(b"X-Sum: 1")),
+                Decoded::Trailer(Bytes::from_static(b"Server-Timing: db;dur=5")),
+            ]
+        );
+        assert_eq!(&buf[..], b"NEXT");
+    }
+
+    #[test]
+    fn framing_routing_and_connection_fields_are_not_forwarded_as_trailers() {
+        for kept in [
+            "X-Sum: 1",
+            "Server-Timing: x",
+            "grpc-status: 0",
+            "Digest: sha-256=x",
+        ] {
+            assert!(is_forwardable_trailer(kept.as_bytes()), "{kept}");
+        }
+        for dropped in [
+            "Content-Length: 5",
+            "transfer-encoding: chunked",
+            "Host: evil",
+            "Connection: close",
+            "Keep-Alive: 5",
+            "TE: trailers",
+            "Trailer: X",
+            "Upgrade: h2c",
+        ] {
+            assert!(!is_forwardable_trailer(dropped.as_bytes()), "{dropped}");
+        }
     }
 
     #[test]

@@ -60,13 +60,13 @@ pub fn trim_ows(mut s: &[u8]) -> &[u8] {
 
 /// Headers a proxy never forwards: they describe one connection, not the message
 /// (RFC 9110 §7.6.1). Transfer-Encoding and Content-Length are re-framed by the proxy.
+/// `Trailer` is not among them: it goes wherever the trailer fields it announces can go.
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    const HOP: [&[u8]; 9] = [
+    const HOP: [&[u8]; 8] = [
         b"connection",
         b"keep-alive",
         b"proxy-connection",
         b"te",
-        b"trailer",
         b"upgrade",
         b"transfer-encoding",
         b"content-length",

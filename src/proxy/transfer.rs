@@ -1,9 +1,11 @@
 //! Streams one body from a source socket to a destination socket: decode the incoming framing,
-//! re-frame for the outgoing side, never hold more than a read's worth in memory. The same loop
+//! re-frame for the outgoing side (trailer fields included), never hold more than a read's worth
+//! in memory. The same loop
 //! serves request bodies (client -> upstream) and response bodies (upstream -> client).
 
 use super::io::{read_more, write_buf, write_bytes, IoFail};
 use super::splice::{self, SpliceError, SPLICE_MIN_BYTES};
+use crate::http::body::is_forwardable_trailer;
 use crate::http::{BodyDecoder, BodyError, Decoded};
 use bytes::{Bytes, BytesMut};
 use monoio::net::TcpStream;
@@ -64,6 +66,8 @@ pub async fn transfer_body(
 ) -> Result<u64, TransferError> {
     let mut moved = 0u64;
     let mut sent_any = false;
+    // The last-chunk went out ahead of the first trailer field passed on.
+    let mut trailer_started = false;
     let failed = |fault, sent_any| TransferError::Source { fault, sent_any };
     loop {
         let step = src.decoder.decode(src.buf);
@@ -82,6 +86,19 @@ pub async fn transfer_body(
                     if framing == OutFraming::Chunked {
                         out.extend_from_slice(b"\r\n");
                     }
+                }
+            }
+            Decoded::Trailer(field) => {
+                // Passed on only where the outgoing body is chunked too (an HTTP/1.0 client's
+                // close-delimited body has no place for them, so they are dropped, as RFC 9110
+                // §6.5.1 allows).
+                if framing == OutFraming::Chunked && is_forwardable_trailer(&field) {
+                    if !trailer_started {
+                        out.extend_from_slice(b"0\r\n");
+                        trailer_started = true;
+                    }
+                    out.extend_from_slice(&field);
+                    out.extend_from_slice(b"\r\n");
                 }
             }
             Decoded::NeedMore => {
@@ -111,7 +128,12 @@ pub async fn transfer_body(
             }
             Decoded::Done => {
                 if framing == OutFraming::Chunked {
-                    out.extend_from_slice(b"0\r\n\r\n");
+                    let end: &[u8] = if trailer_started {
+                        b"\r\n"
+                    } else {
+                        b"0\r\n\r\n"
+                    };
+                    out.extend_from_slice(end);
                 }
                 flush(dst, out, io_timeout, &mut sent_any).await?;
                 return Ok(moved);

@@ -2,7 +2,7 @@
 //! X-Forwarded-* added) and the response to the client (re-framed for the client's version).
 
 use super::transfer::OutFraming;
-use crate::http::{BodyKind, RequestHead, ResponseHead, Version};
+use crate::http::{BodyKind, HeaderField, RequestHead, ResponseHead, Version};
 use bytes::BytesMut;
 use std::net::SocketAddr;
 
@@ -19,9 +19,7 @@ pub fn write_request_head(
     out.extend_from_slice(b" ");
     out.extend_from_slice(req.target());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for h in &req.headers {
-        push_header(out, h.name.of(raw), h.value.of(raw));
-    }
+    push_fields(out, &req.headers, raw, framing);
     if req.host.is_none() {
         // HTTP/1.0 clients may omit Host; HTTP/1.1 upstreams require one.
         push_header(out, b"Host", backend.to_string().as_bytes());
@@ -81,9 +79,7 @@ pub fn write_response_head(
     out.extend_from_slice(b" ");
     out.extend_from_slice(resp.reason.of(raw));
     out.extend_from_slice(b"\r\n");
-    for h in &resp.headers {
-        push_header(out, h.name.of(raw), h.value.of(raw));
-    }
+    push_fields(out, &resp.headers, raw, framing);
     match (framing, resp.body) {
         (OutFraming::Length, BodyKind::Length(n)) => push_content_length(out, n),
         (OutFraming::Chunked, _) => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
@@ -112,14 +108,24 @@ pub fn write_switching_head(out: &mut BytesMut, resp: &ResponseHead) {
     out.extend_from_slice(b"HTTP/1.1 101 ");
     out.extend_from_slice(resp.reason.of(raw));
     out.extend_from_slice(b"\r\n");
-    for h in &resp.headers {
-        push_header(out, h.name.of(raw), h.value.of(raw));
-    }
+    push_fields(out, &resp.headers, raw, OutFraming::None);
     out.extend_from_slice(b"Connection: upgrade\r\n");
     if let Some(protocol) = resp.upgrade {
         push_header(out, b"Upgrade", protocol.of(raw));
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the end-to-end fields kept from the incoming head. `Trailer` announces trailer fields,
+/// so it goes only with a chunked body, the one framing that carries them.
+fn push_fields(out: &mut BytesMut, fields: &[HeaderField], raw: &[u8], framing: OutFraming) {
+    for h in fields {
+        let name = h.name.of(raw);
+        if framing != OutFraming::Chunked && name.eq_ignore_ascii_case(b"trailer") {
+            continue;
+        }
+        push_header(out, name, h.value.of(raw));
+    }
 }
 
 fn push_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
