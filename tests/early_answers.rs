@@ -2,7 +2,8 @@
 //! after its head (413, 401) has its answer relayed at once, whether it then closes or just
 //! stops reading, instead of a 502 or a stall until `io_timeout`. Any answer given while the
 //! client is still sending ends in a lingering close: the proxy half-closes and discards the
-//! rest, so the client's upload is not cut off by a reset before it can read the answer.
+//! rest, so the client's upload is not cut off by a reset before it can read the answer. So does
+//! a close after a request that has a pipelined one behind it.
 
 mod common;
 
@@ -203,6 +204,33 @@ fn interim_answer_during_the_body_keeps_the_exchange_whole() {
         backend.connections(),
         1,
         "the upstream connection was reused"
+    );
+}
+
+/// A client pipelines an upload behind a request that asks to close: the proxy answers the first
+/// request, then discards the upload instead of closing on it (which would reset the client).
+#[test]
+fn upload_pipelined_behind_a_close_request_is_discarded_not_reset() {
+    let backend = Backend::body_digest();
+    let proxy = Proxy::start(&[backend.port], "");
+    let mut conn = proxy.connect();
+    let mut head = b"GET /first HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n".to_vec();
+    head.extend_from_slice(&post_head(&format!("Content-Length: {UNREAD_UPLOAD}\r\n")));
+    let upload = upload_in_background(&conn, &head, pattern(UNREAD_UPLOAD, 3));
+    let response = conn
+        .read_response("GET")
+        .expect("answer to the first request");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text(), sha256_hex(b""));
+    assert!(response.head.connection_has("close"), "{:?}", response.head);
+    let sent = upload.join().expect("upload thread");
+    assert!(sent.is_ok(), "the pipelined upload was cut off: {sent:?}");
+    conn.shutdown_write();
+    conn.expect_closed();
+    assert_eq!(
+        backend.requests().len(),
+        1,
+        "the pipelined request was served"
     );
 }
 
