@@ -321,7 +321,14 @@ async fn forward(
         // Only an upgrade request gets here (a 101 to anything else is refused as broken).
         rec.status = 101;
         add_gauge(&ctx.metrics.tunnels, 1);
-        let moved = tunnel::switch_protocols(conn, up, &resp, view.config.timeouts.io).await;
+        // Boxed for the same reason as the upload watch: only tunnels need this state.
+        let tunnel = Box::pin(tunnel::switch_protocols(
+            conn,
+            up,
+            &resp,
+            view.config.timeouts.io,
+        ));
+        let moved = tunnel.await;
         add_gauge(&ctx.metrics.tunnels, -1);
         let moved = moved.ok_or(Failure::ClientGone)?;
         rec.bytes_in += moved.to_upstream;
@@ -503,7 +510,10 @@ async fn exchange_head(
                 timeouts.io,
                 max,
             );
-            match send_body_watching(transfer, watcher, &mut up.rbuf, req).await {
+            // Boxed: this state is several KiB (two transfers' worth of timers) and only streamed
+            // uploads need it; inline, every connection's task would carry it.
+            let sending = Box::pin(send_body_watching(transfer, watcher, &mut up.rbuf, req));
+            match sending.await {
                 BodySent::Finished(Ok(_)) => {}
                 BodySent::Finished(Err(e @ TransferError::Destination(IoFail::Io(_)))) => {
                     // The upstream stopped taking the body: it may have answered, then closed.

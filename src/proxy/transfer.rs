@@ -110,7 +110,9 @@ pub async fn transfer_body(
                     .filter(|&left| left >= SPLICE_MIN_BYTES)
                     .filter(|&left| max_bytes.is_none_or(|max| moved + left <= max));
                 if let Some(left) = splice_len {
-                    if splice_rest(src.stream, dst, left, io_timeout, sent_any).await? {
+                    // Boxed: its state (pipe, timers) is large and only big bodies need it.
+                    let splice = Box::pin(splice_rest(src.stream, dst, left, io_timeout, sent_any));
+                    if splice.await? {
                         src.decoder.finish_length();
                         moved += left;
                         sent_any = true;
