@@ -1,6 +1,6 @@
 //! Trailer fields of chunked bodies pass through the proxy in both directions (as HAProxy does),
 //! with the `Trailer` field that announces them; fields that frame, route or describe the
-//! connection are not passed as trailers; an HTTP/1.0 client, whose body is close-delimited, gets
+//! connection, and the X-Forwarded-* fields the proxy sets, are not passed as trailers; an HTTP/1.0 client, whose body is close-delimited, gets
 //! neither.
 
 mod common;
@@ -74,7 +74,8 @@ fn request_trailers_reach_the_upstream() {
     let mut conn = proxy.connect();
     let response = conn.roundtrip(
         b"POST /up HTTP/1.1\r\nHost: test.local\r\nTrailer: Digest\r\nTransfer-Encoding: chunked\r\n\r\n\
-          3\r\nabc\r\n0\r\nDigest: sha-256=xyz\r\nTransfer-Encoding: gzip\r\nX-Late: 1\r\n\r\n",
+          3\r\nabc\r\n0\r\nDigest: sha-256=xyz\r\nTransfer-Encoding: gzip\r\n\
+          X-Forwarded-For: 10.9.9.9\r\nX-Late: 1\r\n\r\n",
     );
     assert_eq!(response.status(), 200);
     // A Content-Length body cannot carry trailers, so its `Trailer` field is not passed on.

@@ -234,13 +234,21 @@ fn is_tchar(b: u8) -> bool {
 }
 
 /// Whether a (valid) trailer field line is passed on. Not the fields that frame, route or
-/// describe the connection, which belong in a head (RFC 9110 §6.5.1); a recipient must not
-/// act on them in trailers, so forwarding them could only confuse the next hop.
+/// describe the connection, which belong in a head (RFC 9110 §6.5.1); a recipient must not act
+/// on them in trailers, so forwarding them could only confuse the next hop. Nor the fields the
+/// proxy itself vouches for in the head: an upstream that merges trailers into the header
+/// section would otherwise take a client's `X-Forwarded-For` trailer for the proxy's.
 pub fn is_forwardable_trailer(line: &[u8]) -> bool {
+    const NOT_AS_TRAILERS: [&[u8]; 6] = [
+        b"host",
+        b"trailer",
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+    ];
     let name = line.split(|&b| b == b':').next().unwrap_or_default();
-    !is_hop_by_hop(name)
-        && !name.eq_ignore_ascii_case(b"host")
-        && !name.eq_ignore_ascii_case(b"trailer")
+    !is_hop_by_hop(name) && !NOT_AS_TRAILERS.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
 
 /// `name: value` with a token name and no control bytes.
@@ -338,7 +346,7 @@ mod tests {
     }
 
     #[test]
-    fn framing_routing_and_connection_fields_are_not_forwarded_as_trailers() {
+    fn framing_routing_connection_and_forwarding_fields_are_not_forwarded_as_trailers() {
         for kept in [
             "X-Sum: 1",
             "Server-Timing: x",
@@ -356,6 +364,10 @@ mod tests {
             "TE: trailers",
             "Trailer: X",
             "Upgrade: h2c",
+            "X-Forwarded-For: 10.0.0.1",
+            "forwarded: for=10.0.0.1",
+            "X-Forwarded-Proto: https",
+            "X-Forwarded-Host: evil",
         ] {
             assert!(!is_forwardable_trailer(dropped.as_bytes()), "{dropped}");
         }
