@@ -482,12 +482,11 @@ fn bad_upstream_chunk_before_anything_was_forwarded_gives_502() {
     check_not_reused_after(&proxy, &backend, 0).unwrap();
 }
 
-#[test]
-fn upstream_failing_after_the_head_was_forwarded_resets_the_client() {
-    // Head and a first chunk, a pause (so they are forwarded), then a broken chunk size.
-    let log: Arc<Mutex<Vec<(usize, String)>>> = Arc::default();
-    let seen = log.clone();
-    let backend = Backend::raw(move |mut conn, index| {
+/// Answers `/break` with a head and a first chunk, a pause (so they are forwarded), then a broken
+/// chunk size; anything else with its path. Logs (connection index, path) of every request.
+fn breaking_backend(log: Arc<Mutex<Vec<(usize, String)>>>) -> Backend {
+    let seen = log;
+    Backend::raw(move |mut conn, index| {
         while let Ok(Some(req)) = conn.read_request() {
             let target = req.head.target().to_string();
             seen.lock().expect("log").push((index, target.clone()));
@@ -505,7 +504,13 @@ fn upstream_failing_after_the_head_was_forwarded_resets_the_client() {
                 return;
             }
         }
-    });
+    })
+}
+
+#[test]
+fn upstream_failing_after_the_head_was_forwarded_resets_the_client() {
+    let log: Arc<Mutex<Vec<(usize, String)>>> = Arc::default();
+    let backend = breaking_backend(log.clone());
     let proxy = Proxy::start(&[backend.port], "");
     let mut conn = proxy.connect();
     conn.send(&get_request("/break"));
@@ -520,6 +525,23 @@ fn upstream_failing_after_the_head_was_forwarded_resets_the_client() {
         log[0].0, log[1].0,
         "broken upstream connection reused: {log:?}"
     );
+}
+
+/// An HTTP/1.0 client's body is close-delimited, so only a reset tells it the body is cut short;
+/// a request pipelined behind must not turn that reset into a lingering close (a FIN).
+#[test]
+fn cut_close_delimited_body_ends_in_a_reset_even_with_a_pipelined_request() {
+    let backend = breaking_backend(Arc::default());
+    let proxy = Proxy::start(&[backend.port], "");
+    let mut conn = proxy.connect();
+    conn.send(b"GET /break HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /next HTTP/1.0\r\n\r\n");
+    match conn.read_to_close() {
+        Ok(bytes) => panic!(
+            "a cut body ended in a clean close, so it looks complete: {:?}",
+            String::from_utf8_lossy(&bytes)
+        ),
+        Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}"),
+    }
 }
 
 #[test]

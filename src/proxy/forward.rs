@@ -140,7 +140,8 @@ pub(super) enum HeadFailure {
 pub enum Next {
     KeepAlive,
     Close,
-    /// Answered while the request body was not fully read: the client may still be sending.
+    /// Answered while the client may still be sending (the request body was not fully read, or
+    /// a pipelined request is behind it).
     LingerClose,
 }
 
@@ -179,9 +180,13 @@ pub async fn handle(
         };
         access_log::emit(&access, &rec);
     }
+    // Answered, but the client may still be sending: the rest of this request's body, or a
+    // pipelined request already arriving behind it (nginx lingers in both cases). Never after
+    // an abort, whose reset must not become a FIN.
+    let more_input = !body.complete() || !conn.rbuf.is_empty();
     if keep {
         Next::KeepAlive
-    } else if rec.answered && !body.complete() {
+    } else if rec.answered && more_input {
         Next::LingerClose
     } else {
         Next::Close

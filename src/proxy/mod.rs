@@ -162,15 +162,11 @@ async fn serve_connection(
         let (head, started) = request;
         match forward::handle(&mut conn, head, started, ctx).await {
             Next::KeepAlive if !ctx.shared.is_draining() => {}
-            // Also when bytes of a pipelined request came behind one answered with close: the
-            // client is still sending, and closing on its input would reset the connection
-            // (nginx lingers in this case too).
-            next => {
-                if matches!(next, Next::LingerClose) || !conn.rbuf.is_empty() {
-                    linger_close(&mut conn, ctx, &registration).await;
-                }
+            Next::LingerClose => {
+                linger_close(&mut conn, ctx, &registration).await;
                 return None;
             }
+            _ => return None,
         }
         if conn.rbuf.capacity() > KEEP_BUF_MAX && conn.rbuf.is_empty() {
             conn.rbuf = BytesMut::with_capacity(CLIENT_READ_BUF);
