@@ -1,7 +1,7 @@
 //! Streams one body from a source socket to a destination socket: decode the incoming framing,
 //! re-frame for the outgoing side (trailer fields included), never hold more than a read's worth
-//! in memory. The same loop
-//! serves request bodies (client -> upstream) and response bodies (upstream -> client).
+//! in memory. The same loop serves request bodies (client -> upstream) and response bodies
+//! (upstream -> client).
 
 use super::io::{read_more, write_buf, write_bytes, IoFail};
 use super::splice::{self, SpliceError, SPLICE_MIN_BYTES};
