@@ -1,18 +1,20 @@
 //! Trailer fields of chunked bodies pass through the proxy in both directions (as HAProxy does),
 //! with the `Trailer` field that announces them; fields that frame, route or describe the
-//! connection, and the X-Forwarded-* fields the proxy sets, are not passed as trailers; an HTTP/1.0 client, whose body is close-delimited, gets
+//! connection (those the head's `Connection` names included), and the X-Forwarded-* fields the
+//! proxy sets, are not passed as trailers; an HTTP/1.0 client, whose body is close-delimited, gets
 //! neither.
 
 mod common;
 
 use common::*;
 
-/// A chunked response whose trailer section holds two end-to-end fields and three that must not
-/// pass.
+/// A chunked response whose trailer section holds two end-to-end fields and four that must not
+/// pass (one of them named by the head's `Connection`).
 fn response_with_trailers() -> Vec<u8> {
-    b"HTTP/1.1 200 OK\r\nTrailer: X-Checksum, Server-Timing\r\nTransfer-Encoding: chunked\r\n\r\n\
+    b"HTTP/1.1 200 OK\r\nTrailer: X-Checksum, Server-Timing\r\nConnection: X-Internal\r\n\
+      Transfer-Encoding: chunked\r\n\r\n\
       5\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: abc123\r\nContent-Length: 99\r\n\
-      Server-Timing: db;dur=5\r\nHost: elsewhere\r\nConnection: close\r\n\r\n"
+      Server-Timing: db;dur=5\r\nHost: elsewhere\r\nX-Internal: secret\r\nConnection: close\r\n\r\n"
         .to_vec()
 }
 

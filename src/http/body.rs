@@ -1,7 +1,7 @@
 //! Body framing: how a message's body ends, and a decoder that takes body data off the front of a
 //! read buffer without copying (each piece is a `Bytes` split from it). Used for both directions.
 
-use super::head::is_hop_by_hop;
+use super::head::{is_hop_by_hop, ConnectionOptions};
 use bytes::{Buf, Bytes, BytesMut};
 
 /// Longest chunk-size line (size + extensions) accepted.
@@ -237,8 +237,10 @@ fn is_tchar(b: u8) -> bool {
 /// describe the connection, which belong in a head (RFC 9110 §6.5.1); a recipient must not act
 /// on them in trailers, so forwarding them could only confuse the next hop. Nor the fields the
 /// proxy itself vouches for in the head: an upstream that merges trailers into the header
-/// section would otherwise take a client's `X-Forwarded-For` trailer for the proxy's.
-pub fn is_forwardable_trailer(line: &[u8]) -> bool {
+/// section would otherwise take a client's `X-Forwarded-For` trailer for the proxy's. Nor those
+/// the message's `Connection` header named (`connection` over the head's bytes `raw`), which
+/// are hop-by-hop wherever they appear (RFC 9110 §7.6.1).
+pub fn is_forwardable_trailer(line: &[u8], connection: &ConnectionOptions, raw: &[u8]) -> bool {
     const NOT_AS_TRAILERS: [&[u8]; 6] = [
         b"host",
         b"trailer",
@@ -248,7 +250,9 @@ pub fn is_forwardable_trailer(line: &[u8]) -> bool {
         b"x-forwarded-host",
     ];
     let name = line.split(|&b| b == b':').next().unwrap_or_default();
-    !is_hop_by_hop(name) && !NOT_AS_TRAILERS.iter().any(|n| n.eq_ignore_ascii_case(name))
+    !is_hop_by_hop(name)
+        && !NOT_AS_TRAILERS.iter().any(|n| n.eq_ignore_ascii_case(name))
+        && !connection.names(raw, name)
 }
 
 /// `name: value` with a token name and no control bytes.
@@ -347,13 +351,17 @@ mod tests {
 
     #[test]
     fn framing_routing_connection_and_forwarding_fields_are_not_forwarded_as_trailers() {
+        let raw = b"Connection: x-hop, close";
+        let mut connection = ConnectionOptions::default();
+        connection.add(raw, &raw[12..]);
+        let forwardable = |line: &str| is_forwardable_trailer(line.as_bytes(), &connection, raw);
         for kept in [
             "X-Sum: 1",
             "Server-Timing: x",
             "grpc-status: 0",
             "Digest: sha-256=x",
         ] {
-            assert!(is_forwardable_trailer(kept.as_bytes()), "{kept}");
+            assert!(forwardable(kept), "{kept}");
         }
         for dropped in [
             "Content-Length: 5",
@@ -368,8 +376,10 @@ mod tests {
             "forwarded: for=10.0.0.1",
             "X-Forwarded-Proto: https",
             "X-Forwarded-Host: evil",
+            "X-Hop: named in Connection",
+            "Close: named in Connection",
         ] {
-            assert!(!is_forwardable_trailer(dropped.as_bytes()), "{dropped}");
+            assert!(!forwardable(dropped), "{dropped}");
         }
     }
 

@@ -30,6 +30,8 @@ pub struct RequestHead {
     /// The protocols of an `Upgrade` request (e.g. `websocket`) the proxy passes on: HTTP/1.1,
     /// `Connection: upgrade`, and no body. Otherwise `Upgrade` is dropped as hop-by-hop.
     pub upgrade: Option<Span>,
+    /// What `Connection` said; the fields it names are hop-by-hop in the trailers too.
+    pub connection: ConnectionOptions,
 }
 
 impl RequestHead {
@@ -155,6 +157,7 @@ fn parse_into<'b>(
         expect_continue: false,
         te_trailers: false,
         upgrade: None,
+        connection: ConnectionOptions::default(),
     };
 
     let conn = ConnectionOptions::of(buf, req.headers);
@@ -267,6 +270,7 @@ fn parse_into<'b>(
     if !upgradable {
         head.upgrade = None;
     }
+    head.connection = conn;
     Ok(Some((len, head)))
 }
 

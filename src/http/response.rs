@@ -27,6 +27,8 @@ pub struct ResponseHead {
     /// The `Upgrade` field (the protocol switched to), kept apart from the hop-by-hop headers
     /// so that a 101 answer can pass it on.
     pub upgrade: Option<Span>,
+    /// What `Connection` said; the fields it names are hop-by-hop in the trailers too.
+    pub connection: ConnectionOptions,
 }
 
 impl ResponseHead {
@@ -168,6 +170,7 @@ fn parse_into<'b>(
             // A switched connection never goes back to HTTP.
             reusable: reusable && status != 101,
             upgrade,
+            connection: conn,
         },
     )))
 }

@@ -355,6 +355,7 @@ async fn forward(
         stream: &mut up.stream,
         buf: &mut up.rbuf,
         decoder: &mut decoder,
+        head: (&resp.raw, &resp.connection),
     };
     let io_timeout = view.config.timeouts.io;
     match transfer_body(
@@ -504,6 +505,7 @@ async fn exchange_head(
                 stream: &mut conn.stream,
                 buf: &mut conn.rbuf,
                 decoder,
+                head: (&req.raw, &req.connection),
             };
             let max = view.config.limits.max_body_bytes;
             let watcher = Watcher::new(&up.stream);

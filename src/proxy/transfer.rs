@@ -6,6 +6,7 @@
 use super::io::{read_more, write_buf, write_bytes, IoFail};
 use super::splice::{self, SpliceError, SPLICE_MIN_BYTES};
 use crate::http::body::is_forwardable_trailer;
+use crate::http::head::ConnectionOptions;
 use crate::http::{BodyDecoder, BodyError, Decoded};
 use bytes::{Bytes, BytesMut};
 use monoio::net::TcpStream;
@@ -52,6 +53,8 @@ pub struct Source<'a> {
     pub stream: &'a mut TcpStream,
     pub buf: &'a mut BytesMut,
     pub decoder: &'a mut BodyDecoder,
+    /// The message head's bytes and what its `Connection` header said, for the trailers.
+    pub head: (&'a [u8], &'a ConnectionOptions),
 }
 
 /// Streams the rest of the body. `out` may already hold bytes to send first (the message head);
@@ -92,7 +95,9 @@ pub async fn transfer_body(
                 // Passed on only where the outgoing body is chunked too (an HTTP/1.0 client's
                 // close-delimited body has no place for them, so they are dropped, as RFC 9110
                 // §6.5.1 allows).
-                if framing == OutFraming::Chunked && is_forwardable_trailer(&field) {
+                let (raw, connection) = src.head;
+                if framing == OutFraming::Chunked && is_forwardable_trailer(&field, connection, raw)
+                {
                     if !trailer_started {
                         out.extend_from_slice(b"0\r\n");
                         trailer_started = true;
