@@ -30,7 +30,7 @@ pub fn render(shared: &Shared) -> Value {
         "started_unix": shared.started_unix,
         "draining": shared.is_draining(),
         "listen": snapshot.config.listen.to_string(),
-        "strategy": snapshot.config.strategy.name(),
+        "strategy": snapshot.config.strategy,
         "driver": crate::worker::driver_name(),
         "workers": workers,
         "backends": backends,

@@ -2,7 +2,7 @@
 //! the defaults follow nginx where it has an equivalent directive.
 
 use serde::de::{self, Deserializer, Visitor};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -106,7 +106,8 @@ fn default_health_path() -> String {
     "/health".into()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+/// Serialized (for `/status`) under the same names as in the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
     /// Plain rotation over the backends that are up; weights are ignored.
@@ -117,17 +118,6 @@ pub enum Strategy {
     /// Fewest requests in flight (over all workers) relative to weight, as nginx's `least_conn`
     /// and HAProxy's `leastconn`; ties rotate.
     LeastConn,
-}
-
-impl Strategy {
-    /// The name as written in the config file.
-    pub fn name(self) -> &'static str {
-        match self {
-            Strategy::RoundRobin => "round_robin",
-            Strategy::Weighted => "weighted",
-            Strategy::LeastConn => "least_conn",
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
