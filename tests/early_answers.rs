@@ -217,16 +217,8 @@ fn upload_pipelined_behind_a_close_request_is_discarded_not_reset() {
     let mut head = b"GET /first HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n".to_vec();
     head.extend_from_slice(&post_head(&format!("Content-Length: {UNREAD_UPLOAD}\r\n")));
     let upload = upload_in_background(&conn, &head, pattern(UNREAD_UPLOAD, 3));
-    let response = conn
-        .read_response("GET")
-        .expect("answer to the first request");
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.text(), sha256_hex(b""));
-    assert!(response.head.connection_has("close"), "{:?}", response.head);
-    let sent = upload.join().expect("upload thread");
-    assert!(sent.is_ok(), "the pipelined upload was cut off: {sent:?}");
-    conn.shutdown_write();
-    conn.expect_closed();
+    let digest = sha256_hex(b"");
+    assert_answered_during_upload(&mut conn, upload, 200, &digest, "pipelined behind close");
     assert_eq!(
         backend.requests().len(),
         1,
