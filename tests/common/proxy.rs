@@ -111,7 +111,6 @@ pub fn run_to_exit<S: AsRef<OsStr>>(
     }
 }
 
-/// A running proxy; killed and reaped when dropped.
 /// The io_uring driver (the default here) and the epoll fallback, as environments for
 /// `Proxy::start_with_env`.
 pub const DRIVERS: [(&str, &[(&str, &str)]); 2] = [
@@ -119,6 +118,7 @@ pub const DRIVERS: [(&str, &[(&str, &str)]); 2] = [
     ("epoll", &[("MONOIO_FORCE_LEGACY_DRIVER", "1")]),
 ];
 
+/// A running proxy; killed and reaped when dropped.
 pub struct Proxy {
     child: Child,
     pub port: u16,
