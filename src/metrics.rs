@@ -89,6 +89,10 @@ pub struct WorkerMetrics {
     pub pool_idle: AtomicI64,
     pub upstream_opened: AtomicU64,
     pub upstream_reused: AtomicU64,
+    /// Idle upstream connections not reused because bytes had arrived on them that belong to
+    /// no request (a broken upstream), or because they were closed.
+    pub upstream_discarded_stray: AtomicU64,
+    pub upstream_discarded_closed: AtomicU64,
     /// The CPU the worker is pinned to, -1 if none.
     pub core: AtomicI64,
 }

@@ -8,8 +8,7 @@ mod prometheus;
 mod routes;
 mod status;
 
-use crate::config::Limits;
-use crate::http::{parse_request, BodyKind};
+use crate::http::{parse_request, BodyKind, HeadLimits};
 use crate::state::Shared;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -158,12 +157,12 @@ fn authorized(token: Option<&str>, header: Option<&str>) -> bool {
 type AdminRequest = (String, String, Option<String>, String);
 
 fn read_request(stream: &mut TcpStream) -> Result<AdminRequest, u16> {
-    let limits = Limits {
+    let limits = HeadLimits {
         max_request_line_bytes: 8192,
         max_header_bytes: 16 * 1024,
         max_headers: 64,
         max_body_bytes: Some(MAX_ADMIN_BODY),
-        max_connections: 1,
+        allow_underscores: false,
     };
     let deadline = Instant::now() + ADMIN_IO_TIMEOUT;
     let mut buf = bytes::BytesMut::with_capacity(1024);

@@ -144,6 +144,21 @@ pub fn render(shared: &Shared) -> String {
         "Requests sent on a pooled upstream connection.",
         sum(&|w| read(&w.upstream_reused)),
     );
+    family(
+        &mut out,
+        "ringproxy_upstream_connections_discarded_total",
+        "counter",
+        "Idle upstream connections closed instead of reused: bytes had arrived on them that belong to no request (stray_bytes), or they were closed (closed).",
+    );
+    for (reason, n) in [
+        ("stray_bytes", sum(&|w| read(&w.upstream_discarded_stray))),
+        ("closed", sum(&|w| read(&w.upstream_discarded_closed))),
+    ] {
+        let _ = writeln!(
+            out,
+            "ringproxy_upstream_connections_discarded_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
 
     let now = now_ms();
     let backends = &snapshot.backends;

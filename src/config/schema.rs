@@ -239,6 +239,9 @@ pub struct UpstreamConfig {
     /// Further backends tried after a retryable failure; default: the number of other
     /// backends, at most 2.
     pub retries: Option<i64>,
+    /// Also retry non-idempotent requests (POST, PATCH) that may have reached the upstream
+    /// (default false: never, RFC 9110 §9.2.2).
+    pub retry_non_idempotent: bool,
 }
 
 impl Default for UpstreamConfig {
@@ -247,6 +250,7 @@ impl Default for UpstreamConfig {
             max_idle_per_backend: 64,
             idle_timeout_seconds: 60.0,
             retries: None,
+            retry_non_idempotent: false,
         }
     }
 }
@@ -264,6 +268,9 @@ pub struct LimitsConfig {
     pub max_body_bytes: i64,
     /// Client connections per worker; beyond it new ones get a 503 and are closed (default 16384).
     pub max_connections: i64,
+    /// Keep request header fields whose name contains `_` (default false: dropped, as nginx's
+    /// `underscores_in_headers off`).
+    pub allow_underscores_in_headers: bool,
 }
 
 impl Default for LimitsConfig {
@@ -274,6 +281,7 @@ impl Default for LimitsConfig {
             max_headers: 100,
             max_body_bytes: 0,
             max_connections: 16384,
+            allow_underscores_in_headers: false,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! (durations, sizes, resolved backend addresses). All problems are reported, not just the first.
 
 use super::schema::*;
+use crate::http::HeadLimits;
 pub use crate::upstream::passive::PassiveSettings;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
@@ -33,11 +34,8 @@ pub struct Timeouts {
 
 #[derive(Debug, Clone)]
 pub struct Limits {
-    pub max_request_line_bytes: usize,
-    pub max_header_bytes: usize,
-    pub max_headers: usize,
-    /// `None` = unlimited.
-    pub max_body_bytes: Option<u64>,
+    /// What a request head may be; the framing layer's own limits.
+    pub head: HeadLimits,
     pub max_connections: usize,
 }
 
@@ -47,6 +45,8 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
     /// Further backends tried after a retryable failure.
     pub retries: usize,
+    /// Retry requests that are not idempotent even when they may have reached the upstream.
+    pub retry_non_idempotent: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -272,22 +272,27 @@ pub fn validate(c: Config) -> Result<ValidConfig, Vec<Problem>> {
             Some(n) => ck.range("upstream.retries", n, 0, 100) as usize,
             None => c.backends.len().saturating_sub(1).min(2),
         },
+        retry_non_idempotent: u.retry_non_idempotent,
     };
 
     let l = &c.limits;
     let limits = Limits {
-        max_request_line_bytes: ck.range(
-            "limits.max_request_line_bytes",
-            l.max_request_line_bytes,
-            64,
-            1 << 20,
-        ) as usize,
-        max_header_bytes: ck.range("limits.max_header_bytes", l.max_header_bytes, 256, 16 << 20)
-            as usize,
-        max_headers: ck.range("limits.max_headers", l.max_headers, 1, MAX_HEADERS_CEILING) as usize,
-        max_body_bytes: match ck.range("limits.max_body_bytes", l.max_body_bytes, 0, i64::MAX) {
-            0 => None,
-            n => Some(n as u64),
+        head: HeadLimits {
+            max_request_line_bytes: ck.range(
+                "limits.max_request_line_bytes",
+                l.max_request_line_bytes,
+                64,
+                1 << 20,
+            ) as usize,
+            max_header_bytes: ck.range("limits.max_header_bytes", l.max_header_bytes, 256, 16 << 20)
+                as usize,
+            max_headers: ck.range("limits.max_headers", l.max_headers, 1, MAX_HEADERS_CEILING)
+                as usize,
+            max_body_bytes: match ck.range("limits.max_body_bytes", l.max_body_bytes, 0, i64::MAX) {
+                0 => None,
+                n => Some(n as u64),
+            },
+            allow_underscores: l.allow_underscores_in_headers,
         },
         max_connections: ck.range("limits.max_connections", l.max_connections, 1, 1 << 24) as usize,
     };
@@ -395,8 +400,8 @@ mod tests {
         assert_eq!(c.backends[0].health_check_path, "/health");
         assert_eq!(c.timeouts.connect, Duration::from_secs(10));
         assert_eq!(c.timeouts.request, Duration::from_secs(30));
-        assert_eq!(c.limits.max_headers, 100);
-        assert_eq!(c.limits.max_body_bytes, None);
+        assert_eq!(c.limits.head.max_headers, 100);
+        assert_eq!(c.limits.head.max_body_bytes, None);
         assert_eq!(c.strategy, Strategy::RoundRobin);
     }
 

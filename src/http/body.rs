@@ -18,6 +18,13 @@ pub enum BodyKind {
     UntilClose,
 }
 
+impl BodyKind {
+    /// No body bytes follow: none at all, or `Content-Length: 0`.
+    pub fn is_bodiless(self) -> bool {
+        matches!(self, BodyKind::Empty | BodyKind::Length(0))
+    }
+}
+
 /// One step of decoding.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decoded {

@@ -22,6 +22,16 @@ impl Span {
         raw.get(self.start as usize..self.end as usize)
             .unwrap_or_default()
     }
+
+    /// The part `start..end` of this span (offsets relative to its start).
+    pub fn sub(&self, start: usize, end: usize) -> Span {
+        let end = (self.start as usize + end).min(self.end as usize);
+        let start = (self.start as usize + start).min(end);
+        Span {
+            start: start as u32,
+            end: end as u32,
+        }
+    }
 }
 
 /// The header fields of a message, inline up to a typical count (no allocation per request).

@@ -10,8 +10,9 @@ pub mod head;
 pub mod request;
 pub mod response;
 pub mod status;
+pub mod target;
 
 pub use body::{BodyDecoder, BodyError, BodyKind, Decoded};
 pub use head::{HeaderField, Span, Version};
-pub use request::{parse_request, RequestError, RequestHead};
+pub use request::{parse_request, HeadLimits, RequestError, RequestHead};
 pub use response::{parse_response, ResponseError, ResponseHead};

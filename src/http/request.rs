@@ -4,26 +4,48 @@
 
 use super::body::BodyKind;
 use super::head::*;
-use crate::config::Limits;
+use super::target::{self, TargetForm};
 use bytes::{Bytes, BytesMut};
 
 /// Heads up to this many header fields are parsed with a stack table; larger limits use the heap.
 const STACK_HEADERS: usize = 128;
 
+/// What a request head may be (from `[limits]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeadLimits {
+    pub max_request_line_bytes: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    /// A larger Content-Length is refused up front (413); `None` = unlimited.
+    pub max_body_bytes: Option<u64>,
+    /// Keep header fields whose name contains `_` (nginx's `underscores_in_headers`). Off by
+    /// default: CGI-style servers fold `_` and `-` together, so `X_Forwarded_Proto` from a client
+    /// would reach an app as the proxy's own `X-Forwarded-Proto`.
+    pub allow_underscores: bool,
+}
+
 #[derive(Debug)]
 pub struct RequestHead {
     pub raw: Bytes,
     pub method: Span,
+    /// The request target as received (for logs).
     pub target: Span,
+    /// What goes upstream as the target: the origin-form path and query. Empty, or starting
+    /// with `?`, for an absolute-form target without a path: the writer puts `/` in front.
+    pub path: Span,
     pub version: Version,
-    /// End-to-end headers forwarded as they came (Host included).
+    /// End-to-end headers forwarded as they came (Host is written apart, from `host`).
     pub headers: HeaderList,
+    /// The authority of an absolute-form target, else the Host field (validated).
     pub host: Option<Span>,
     /// Incoming X-Forwarded-For values, in order; the proxy appends the client address.
     pub forwarded_for: Vec<Span>,
+    /// Incoming Forwarded values (RFC 7239), in order; the proxy appends its own element.
+    pub forwarded: Vec<Span>,
     pub body: BodyKind,
     /// The client wants the connection kept after this exchange.
     pub keep_alive: bool,
+    /// `Expect: 100-continue` from an HTTP/1.1 client with a body to send.
     pub expect_continue: bool,
     /// The client sent `TE: trailers`; passed on (the only TE value that is).
     pub te_trailers: bool,
@@ -40,6 +62,12 @@ impl RequestHead {
     }
     pub fn target(&self) -> &[u8] {
         self.target.of(&self.raw)
+    }
+    pub fn path(&self) -> &[u8] {
+        self.path.of(&self.raw)
+    }
+    pub fn host(&self) -> Option<&[u8]> {
+        self.host.map(|h| h.of(&self.raw))
     }
     pub fn is_head(&self) -> bool {
         self.method() == b"HEAD"
@@ -92,7 +120,7 @@ impl RequestError {
 /// On success the head's bytes are split off `buf`; body bytes stay in it.
 pub fn parse_request(
     buf: &mut BytesMut,
-    limits: &Limits,
+    limits: &HeadLimits,
 ) -> Result<Option<RequestHead>, RequestError> {
     let n = limits.max_headers;
     let parsed = if n <= STACK_HEADERS {
@@ -113,7 +141,7 @@ pub fn parse_request(
 /// (its `raw` is filled in by the caller once the bytes are split off).
 fn parse_into<'b>(
     buf: &'b [u8],
-    limits: &Limits,
+    limits: &HeadLimits,
     table: &mut [httparse::Header<'b>],
 ) -> Result<Option<(usize, RequestHead)>, RequestError> {
     // Limits first, on the raw bytes: the verdict must not depend on how the head was split
@@ -136,22 +164,33 @@ fn parse_into<'b>(
     if method == "CONNECT" {
         return Err(RequestError::NotImplemented("CONNECT is not supported"));
     }
-    if !(target.starts_with('/')
-        || target == "*"
-        || target.starts_with("http://")
-        || target.starts_with("https://"))
-    {
-        return Err(RequestError::BadRequest("malformed request target"));
-    }
+    let target_span = Span::within(buf, target.as_bytes());
+    let (path, authority) = match target::classify(target.as_bytes()) {
+        Ok(TargetForm::Origin) => (target_span, None),
+        Ok(TargetForm::Asterisk) if method == "OPTIONS" => (target_span, None),
+        Ok(TargetForm::Asterisk) => {
+            // RFC 9112 §3.2.4: only OPTIONS applies to the server as a whole.
+            return Err(RequestError::BadRequest(
+                "asterisk-form target without OPTIONS",
+            ));
+        }
+        Ok(TargetForm::Absolute { authority, path }) => (
+            target_span.sub(path.start, path.end),
+            Some(target_span.sub(authority.start, authority.end)),
+        ),
+        Err(why) => return Err(RequestError::BadRequest(why)),
+    };
 
     let mut head = RequestHead {
         raw: Bytes::new(),
         method: Span::within(buf, method.as_bytes()),
-        target: Span::within(buf, target.as_bytes()),
+        target: target_span,
+        path,
         version,
         headers: HeaderList::new(),
-        host: None,
+        host: authority,
         forwarded_for: Vec::new(),
+        forwarded: Vec::new(),
         body: BodyKind::Empty,
         keep_alive: version == Version::Http11,
         expect_continue: false,
@@ -166,14 +205,22 @@ fn parse_into<'b>(
     let mut hosts = 0;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
+        if !limits.allow_underscores && name.contains(&b'_') {
+            // Dropped, as nginx does by default (see `HeadLimits::allow_underscores`).
+            continue;
+        }
         let field = HeaderField {
             name: Span::within(buf, name),
             value: Span::within(buf, h.value),
         };
         if name.eq_ignore_ascii_case(b"host") {
             hosts += 1;
-            head.host = Some(field.value);
-            head.headers.push(field);
+            let value = trim_ows(h.value);
+            if !target::is_valid_host(value) {
+                return Err(RequestError::BadRequest("invalid Host"));
+            }
+            // An absolute-form target's authority wins (RFC 9112 §3.2.2).
+            head.host.get_or_insert(Span::within(buf, value));
         } else if name.eq_ignore_ascii_case(b"content-length") {
             content_length.add(buf, h.value);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
@@ -198,6 +245,8 @@ fn parse_into<'b>(
             }
         } else if name.eq_ignore_ascii_case(b"x-forwarded-for") {
             head.forwarded_for.push(field.value);
+        } else if name.eq_ignore_ascii_case(b"forwarded") {
+            head.forwarded.push(field.value);
         } else if name.eq_ignore_ascii_case(b"x-forwarded-proto")
             || name.eq_ignore_ascii_case(b"x-forwarded-host")
             || is_hop_by_hop(name)
@@ -225,7 +274,8 @@ fn parse_into<'b>(
         .map_err(|_| RequestError::BadRequest("invalid Content-Length"))?;
     head.body = match (coding, length) {
         (TransferCoding::Absent, None) => BodyKind::Empty,
-        (TransferCoding::Absent, Some(0)) => BodyKind::Empty,
+        // `Content-Length: 0` stays a length: it goes upstream as such (servers that need a
+        // length for a POST answer 411 without one).
         (TransferCoding::Absent, Some(n)) => BodyKind::Length(n),
         // RFC 9112 §6.1 would allow TE to win; both present is a smuggling signature, so refuse.
         (_, Some(_)) => {
@@ -255,7 +305,8 @@ fn parse_into<'b>(
             return Err(RequestError::PayloadTooLarge);
         }
     }
-    if head.body == BodyKind::Empty {
+    // No 1xx to an HTTP/1.0 client (RFC 9110 §15.2), and nothing to continue without a body.
+    if head.body.is_bodiless() || version == Version::Http10 {
         head.expect_continue = false;
     }
     // h2c is never passed on: it would tunnel HTTP/2 to the upstream past every rule the proxy
@@ -264,7 +315,7 @@ fn parse_into<'b>(
         .upgrade
         .is_some_and(|u| tokens(u.of(buf)).any(|t| t.eq_ignore_ascii_case(b"h2c")));
     let upgradable = version == Version::Http11
-        && head.body == BodyKind::Empty
+        && head.body.is_bodiless()
         && conn.names(buf, b"upgrade")
         && !h2c;
     if !upgradable {
@@ -288,7 +339,7 @@ fn request_line_len(buf: &[u8]) -> usize {
 
 /// 414 for a request line over the limit, 431 for a head (complete or not yet) over it.
 /// Empty lines before the request line (which httparse skips) count against the head limit.
-fn check_size_limits(buf: &[u8], limits: &Limits) -> Result<(), RequestError> {
+fn check_size_limits(buf: &[u8], limits: &HeadLimits) -> Result<(), RequestError> {
     if request_line_len(buf) > limits.max_request_line_bytes {
         return Err(RequestError::UriTooLong);
     }
@@ -318,13 +369,13 @@ fn head_end(buf: &[u8]) -> Option<usize> {
 mod tests {
     use super::*;
 
-    fn limits() -> Limits {
-        Limits {
+    fn limits() -> HeadLimits {
+        HeadLimits {
             max_request_line_bytes: 64,
             max_header_bytes: 256,
             max_headers: 4,
             max_body_bytes: Some(1000),
-            max_connections: 100,
+            allow_underscores: false,
         }
     }
 

@@ -100,7 +100,9 @@ fn parse_into<'b>(
     let (Some(minor), Some(status)) = (res.version, res.code) else {
         return Err(ResponseError::Malformed("malformed status line"));
     };
-    if !(100..=999).contains(&status) {
+    // httparse takes any three digits; 600-999 mean nothing (RFC 9110 §15), so they are a
+    // broken response rather than something to relay and count as "unanswered".
+    if !(100..=599).contains(&status) {
         return Err(ResponseError::Malformed("status code out of range"));
     }
     let version = Version::from_minor(minor);
@@ -141,14 +143,17 @@ fn parse_into<'b>(
                 reusable &= cl.is_none();
                 BodyKind::Chunked
             }
-            (TransferCoding::ChunkedAfterOthers, _) => {
+            // A coding the proxy cannot undo (`gzip, chunked`, or `gzip` alone until close): an
+            // HTTP/1.0 client cannot be sent any transfer coding, and passing one on would have
+            // the client take coded bytes for the content. Refused, as HAProxy does.
+            (TransferCoding::ChunkedAfterOthers | TransferCoding::NotChunked, _) => {
                 return Err(ResponseError::Malformed(
                     "transfer codings other than chunked",
                 ))
             }
-            // Present but not ending in chunked (or with no coding): read until close (§6.3).
-            (TransferCoding::NotChunked | TransferCoding::OnlyEmpty, _) => BodyKind::UntilClose,
-            (TransferCoding::Absent, Some(0)) => BodyKind::Empty,
+            // Present with no coding at all: read until close (§6.3).
+            (TransferCoding::OnlyEmpty, _) => BodyKind::UntilClose,
+            // `Content-Length: 0` stays a length, so the client is told the body is empty.
             (TransferCoding::Absent, Some(n)) => BodyKind::Length(n),
             (TransferCoding::Absent, None) => BodyKind::UntilClose,
         }

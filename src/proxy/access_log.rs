@@ -1,7 +1,15 @@
 //! One structured line per request (target `access`), written through the non-blocking
-//! log writer so a slow stdout never stalls a worker.
+//! log writer so a slow stdout never stalls a worker. Requests the proxy refused before
+//! forwarding (400, 408, 413, 414, 431, 501, 505) get a line too, with the reason.
 
+use std::borrow::Cow;
 use std::time::Duration;
+
+/// Longest request target written to a log line; a longer one is cut and marked, so a log
+/// line stays small whatever `max_request_line_bytes` allows.
+pub const MAX_LOGGED_TARGET: usize = 2048;
+/// Appended to a target cut at `MAX_LOGGED_TARGET`.
+const TRUNCATED_MARK: &str = "...[truncated]";
 
 pub struct AccessRecord {
     pub status: u16,
@@ -14,6 +22,8 @@ pub struct AccessRecord {
     pub upstream_time: Option<Duration>,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Why the proxy answered (or abandoned) the request itself, when it did.
+    pub reason: Option<&'static str>,
 }
 
 impl Default for AccessRecord {
@@ -26,6 +36,7 @@ impl Default for AccessRecord {
             upstream_time: None,
             bytes_in: 0,
             bytes_out: 0,
+            reason: None,
         }
     }
 }
@@ -44,14 +55,69 @@ pub fn emit(ctx: &AccessContext<'_>, rec: &AccessRecord) {
     tracing::info!(
         target: "access",
         client = ctx.client,
-        method = %String::from_utf8_lossy(ctx.method),
-        path = %String::from_utf8_lossy(ctx.path),
+        method = %loggable(ctx.method, 32),
+        path = %loggable(ctx.path, MAX_LOGGED_TARGET),
         status = rec.status,
         backend = ctx.backend_url.unwrap_or("-"),
         upstream_ms = rec.upstream_time.map_or(-1.0, |d| d.as_secs_f64() * 1000.0),
         total_ms = ctx.total.as_secs_f64() * 1000.0,
         bytes_in = rec.bytes_in,
         bytes_out = rec.bytes_out,
+        reason = rec.reason.unwrap_or("-"),
         worker = ctx.worker,
     );
+}
+
+/// `bytes` as text for a log line, cut at `max` bytes and marked if longer.
+fn loggable(bytes: &[u8], max: usize) -> Cow<'_, str> {
+    if bytes.len() <= max {
+        return String::from_utf8_lossy(bytes);
+    }
+    let mut text = String::from_utf8_lossy(&bytes[..max]).into_owned();
+    text.push_str(TRUNCATED_MARK);
+    Cow::Owned(text)
+}
+
+/// The method and target of whatever arrived of a request line (for requests refused before
+/// they parsed): the first line's first two words, as far as they go.
+pub fn request_line_parts(buf: &[u8]) -> (&[u8], &[u8]) {
+    let start = buf
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(buf.len());
+    let line = &buf[start..];
+    let line = &line[..line.iter().position(|&b| b == b'\n').unwrap_or(line.len())];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut words = line.splitn(3, |&b| b == b' ');
+    let method = words.next().unwrap_or_default();
+    let target = words.next().unwrap_or_default();
+    (method, target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_line_parts_of_partial_input() {
+        assert_eq!(
+            request_line_parts(b"GET /a?b HTTP/1.1\r\nHost: x\r\n"),
+            (&b"GET"[..], &b"/a?b"[..])
+        );
+        assert_eq!(
+            request_line_parts(b"\r\nPOST /up"),
+            (&b"POST"[..], &b"/up"[..])
+        );
+        assert_eq!(request_line_parts(b"GE"), (&b"GE"[..], &b""[..]));
+        assert_eq!(request_line_parts(b""), (&b""[..], &b""[..]));
+    }
+
+    #[test]
+    fn long_targets_are_cut_and_marked() {
+        let long = vec![b'a'; MAX_LOGGED_TARGET + 10];
+        let text = loggable(&long, MAX_LOGGED_TARGET);
+        assert_eq!(text.len(), MAX_LOGGED_TARGET + TRUNCATED_MARK.len());
+        assert!(text.ends_with(TRUNCATED_MARK));
+        assert_eq!(loggable(b"/short", MAX_LOGGED_TARGET), "/short");
+    }
 }

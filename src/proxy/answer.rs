@@ -1,24 +1,32 @@
 //! Reading the upstream's answer: the final response head after the request was sent, or one
 //! that arrives while the request body is still streaming. A server may answer before it has
-//! the whole body (413 for an upload too large, 401 before a PUT) and then stop reading or
-//! close; RFC 9112 §9.3 asks the sender to watch for that, and HAProxy forwards such answers.
-//! Without watching, the proxy would sit in a blocked write until `io_timeout`, or see the write
-//! fail, and the client would get a 502 instead of the server's answer.
+//! the whole body (413 for an upload too large, 401 before a PUT, or a full-duplex API that
+//! echoes as it reads); RFC 9112 §9.3 asks the sender to watch for that, and HAProxy forwards
+//! such answers. Without watching, the proxy would sit in a blocked write until `io_timeout`,
+//! or see the write fail, and the client would get a 502 instead of the server's answer.
 
-use super::forward::{Failure, HeadFailure};
-use super::io::{dup_stream, read_more_until, IoFail};
+use super::forward::Failure;
+use super::io::{dup_stream, read_more_until, recv_now, IoFail};
 use super::transfer::TransferError;
 use crate::http::{parse_response, RequestHead, ResponseHead};
 use crate::upstream::UpstreamConn;
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use monoio::net::TcpStream;
 use std::future::Future;
-use std::io;
-use std::os::fd::AsRawFd;
+use std::pin::Pin;
 use std::time::Instant;
 
 /// Read size while waiting for an upstream response head.
 const UPSTREAM_HEAD_READ: usize = 16 * 1024;
+
+/// How reading a response head failed.
+#[derive(Debug)]
+pub enum HeadError {
+    /// Closed or reset before any byte of an answer: whether the upstream saw the request is
+    /// unknown, which decides whether it may be sent again.
+    ClosedBeforeAnswer,
+    Failed(Failure),
+}
 
 /// Takes the final response head off `buf` if it is complete; interim 1xx answers are dropped.
 /// 101 is final, and only valid as the answer to an upgrade request.
@@ -42,24 +50,26 @@ pub async fn read_response_head(
     up: &mut UpstreamConn,
     req: &RequestHead,
     deadline: Instant,
-) -> Result<ResponseHead, HeadFailure> {
+) -> Result<ResponseHead, HeadError> {
     let mut received_any = false;
     loop {
         if !up.rbuf.is_empty() {
             received_any = true;
-            if let Some(head) = take_final_head(&mut up.rbuf, req).map_err(HeadFailure::Failed)? {
+            if let Some(head) = take_final_head(&mut up.rbuf, req).map_err(HeadError::Failed)? {
                 return Ok(head);
             }
         }
         match read_more_until(&mut up.stream, &mut up.rbuf, UPSTREAM_HEAD_READ, deadline).await {
-            Ok(0) | Err(IoFail::Io(_)) if !received_any => return Err(HeadFailure::Stale),
+            Ok(0) | Err(IoFail::Io(_)) if !received_any => {
+                return Err(HeadError::ClosedBeforeAnswer)
+            }
             Ok(0) | Err(IoFail::Io(_)) => {
-                return Err(HeadFailure::Failed(Failure::Upstream(
+                return Err(HeadError::Failed(Failure::Upstream(
                     "upstream closed inside the response head",
                 )))
             }
             Ok(_) => {}
-            Err(IoFail::Timeout) => return Err(HeadFailure::Failed(Failure::UpstreamTimeout)),
+            Err(IoFail::Timeout) => return Err(HeadError::Failed(Failure::UpstreamTimeout)),
         }
     }
 }
@@ -68,7 +78,8 @@ pub async fn read_response_head(
 pub enum BodySent {
     /// The transfer finished first, well or not.
     Finished(Result<u64, TransferError>),
-    /// A final response head arrived first; the rest of the body was not sent.
+    /// A final response head arrived first; the transfer has not finished (it stays with the
+    /// caller, who may go on with it).
     AnsweredEarly(Box<ResponseHead>),
     /// The upstream sent something that is not a response.
     Broken(Failure),
@@ -88,21 +99,29 @@ impl Watcher {
             }
         }
     }
+
+    /// The duplicate descriptor, to read the rest of an early answer from.
+    pub fn into_stream(self) -> Option<TcpStream> {
+        self.0
+    }
 }
 
-/// Runs `transfer` (the request body going upstream) while watching the upstream for an answer.
-/// Bytes the upstream sends meanwhile land in `rbuf`, where `read_response_head` finds them if
-/// the transfer finishes first.
-pub async fn send_body_watching(
-    transfer: impl Future<Output = Result<u64, TransferError>>,
-    watcher: Watcher,
+/// Polls `transfer` (the request body going upstream) while watching the upstream for an
+/// answer. Bytes the upstream sends meanwhile land in `rbuf`, where `read_response_head` finds
+/// them if the transfer finishes first. The transfer is the caller's, pinned: when an answer
+/// comes first it is left unfinished, for the caller to go on with or drop.
+pub async fn send_body_watching<F>(
+    mut transfer: Pin<&mut F>,
+    watcher: &Watcher,
     rbuf: &mut BytesMut,
     req: &RequestHead,
-) -> BodySent {
+) -> BodySent
+where
+    F: Future<Output = Result<u64, TransferError>>,
+{
     let Watcher(Some(watcher)) = watcher else {
         return BodySent::Finished(transfer.await);
     };
-    let mut transfer = std::pin::pin!(transfer);
     loop {
         monoio::select! {
             // The transfer first: when the body is all sent and the answer is already in, this
@@ -110,7 +129,7 @@ pub async fn send_body_watching(
             biased;
             sent = &mut transfer => return BodySent::Finished(sent),
             ready = watcher.readable(false) => {
-                let received = ready.and_then(|()| receive_now(&watcher, rbuf));
+                let received = ready.and_then(|()| recv_now(watcher, rbuf, UPSTREAM_HEAD_READ));
                 match received {
                     Ok(Some(0)) | Err(_) => {
                         // Closed or failed: the transfer will see it too, and the caller then
@@ -126,31 +145,4 @@ pub async fn send_body_watching(
             }
         }
     }
-}
-
-/// Appends what the socket holds right now, without waiting. `Ok(None)`: nothing after all
-/// (a spurious wake-up).
-fn receive_now(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<Option<usize>> {
-    buf.reserve(UPSTREAM_HEAD_READ);
-    let spare = buf.chunk_mut();
-    // SAFETY: `spare` is writable capacity of `buf`, at least `spare.len()` bytes; recv writes
-    // at most that many and reports how many.
-    let n = unsafe {
-        libc::recv(
-            stream.as_raw_fd(),
-            spare.as_mut_ptr().cast(),
-            spare.len(),
-            libc::MSG_DONTWAIT,
-        )
-    };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        return match e.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(None),
-            _ => Err(e),
-        };
-    }
-    // SAFETY: the kernel initialised the first `n` bytes of the spare capacity.
-    unsafe { buf.advance_mut(n as usize) };
-    Ok(Some(n as usize))
 }

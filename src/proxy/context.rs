@@ -66,11 +66,7 @@ impl WorkerCtx {
         let config = &snapshot.config;
         let local = Local {
             balancer: Balancer::new(config.strategy, snapshot.backends.len()),
-            pool: UpstreamPool::new(
-                config.pool.clone(),
-                snapshot.backends.len(),
-                snapshot.generation,
-            ),
+            pool: UpstreamPool::new(config.pool.clone()),
             view: Rc::new(snapshot),
         };
         Ok(WorkerCtx {
@@ -108,13 +104,7 @@ impl WorkerCtx {
         if local.view.generation != generation {
             let next = self.shared.snapshot();
             local.balancer = Balancer::new(next.config.strategy, next.backends.len());
-            let old_backends = local.view.backends.clone();
-            local.pool.rebuild(
-                &old_backends,
-                &next.backends,
-                next.config.pool.clone(),
-                next.generation,
-            );
+            local.pool.rebuild(&next.backends, next.config.pool.clone());
             local.view = Rc::new(next);
         }
         local.view.clone()

@@ -3,8 +3,8 @@
 
 use bytes::{Bytes, BytesMut};
 use monoio::buf::{IoBufMut, SliceMut};
-use monoio::io::AsyncWriteRentExt;
 use monoio::io::{AsyncReadRent, CancelableAsyncReadRent, Canceller};
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -85,6 +85,39 @@ pub async fn read_more_until(
     read_more(stream, buf, reserve, left).await
 }
 
+/// Writes all of `buf`, then empties it for reuse. On failure, also says whether any byte of
+/// it was written (`Err((fail, false))`: the peer demonstrably got nothing of it).
+pub async fn write_buf_tracked(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    timeout: Duration,
+) -> Result<(), (IoFail, bool)> {
+    let deadline = Instant::now() + timeout;
+    let mut written_any = false;
+    while !buf.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let pending = std::mem::take(buf);
+        let (result, returned) = match monoio::time::timeout(left, stream.write(pending)).await {
+            Ok(done) => done,
+            Err(_) => return Err((IoFail::Timeout, written_any)),
+        };
+        *buf = returned;
+        match result {
+            Ok(0) => {
+                let eof = std::io::Error::from(std::io::ErrorKind::WriteZero);
+                return Err((IoFail::Io(eof), written_any));
+            }
+            Ok(n) => {
+                bytes::Buf::advance(buf, n);
+                written_any = true;
+            }
+            Err(e) => return Err((IoFail::Io(e), written_any)),
+        }
+    }
+    buf.clear();
+    Ok(())
+}
+
 /// Writes all of `buf`, then empties it for reuse.
 pub async fn write_buf(
     stream: &mut TcpStream,
@@ -141,6 +174,14 @@ pub fn dup_fd(stream: &TcpStream) -> std::io::Result<OwnedFd> {
     unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned()
 }
 
+/// A second stream on the socket `fd`, which the caller keeps open meanwhile (it is borrowed
+/// by an operation in progress, hence the raw descriptor).
+pub fn dup_raw_fd(fd: std::os::fd::RawFd) -> std::io::Result<TcpStream> {
+    // SAFETY: the caller's stream owns `fd` and outlives this call.
+    let owned = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
+    TcpStream::from_std(std::net::TcpStream::from(owned))
+}
+
 /// A second stream on the same socket, so that one task can wait on it (or write to it) while
 /// the first is busy in another operation.
 pub fn dup_stream(stream: &TcpStream) -> std::io::Result<TcpStream> {
@@ -151,4 +192,193 @@ pub fn dup_stream(stream: &TcpStream) -> std::io::Result<TcpStream> {
 pub fn half_close(stream: &TcpStream) {
     // SAFETY: shutdown(2) on the descriptor `stream` keeps open.
     unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_WR) };
+}
+
+/// What a body transfer needs of a socket: reads that append, writes of whole buffers, each
+/// bounded by a timeout, and the socket itself where splice(2) may be used on it.
+// Single-threaded runtime: the futures need not be `Send`.
+#[allow(async_fn_in_trait)]
+pub trait BodyIo {
+    async fn read_more(
+        &mut self,
+        buf: &mut BytesMut,
+        reserve: usize,
+        timeout: Duration,
+    ) -> Result<usize, IoFail>;
+    async fn write_buf(&mut self, buf: &mut BytesMut, timeout: Duration) -> Result<(), IoFail>;
+    async fn write_bytes(&mut self, data: Bytes, timeout: Duration) -> Result<(), IoFail>;
+    /// The socket to splice from or into; `None` where bytes must pass through user space.
+    fn spliceable(&self) -> Option<&TcpStream>;
+}
+
+impl BodyIo for TcpStream {
+    async fn read_more(
+        &mut self,
+        buf: &mut BytesMut,
+        reserve: usize,
+        timeout: Duration,
+    ) -> Result<usize, IoFail> {
+        read_more(self, buf, reserve, timeout).await
+    }
+    async fn write_buf(&mut self, buf: &mut BytesMut, timeout: Duration) -> Result<(), IoFail> {
+        write_buf(self, buf, timeout).await
+    }
+    async fn write_bytes(&mut self, data: Bytes, timeout: Duration) -> Result<(), IoFail> {
+        write_bytes(self, data, timeout).await
+    }
+    fn spliceable(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
+}
+
+/// A socket used by readiness and non-blocking `recv`/`send`, never by an io_uring read or
+/// write: for a second descriptor used while the first one may be in the middle of a splice,
+/// which switches the (shared) file to O_NONBLOCK, where an io_uring read would fail with EAGAIN
+/// instead of waiting. Never spliced itself.
+pub struct ReadyStream(pub TcpStream);
+
+impl ReadyStream {
+    /// Waits up to `timeout` for readiness, `writable` or readable.
+    async fn wait(&self, writable: bool, timeout: Duration) -> Result<(), IoFail> {
+        let ready = async {
+            if writable {
+                self.0.writable(false).await
+            } else {
+                self.0.readable(false).await
+            }
+        };
+        match monoio::time::timeout(timeout, ready).await {
+            Ok(r) => r.map_err(IoFail::Io),
+            Err(_) => Err(IoFail::Timeout),
+        }
+    }
+
+    async fn send_all(&mut self, mut data: &[u8], timeout: Duration) -> Result<(), IoFail> {
+        let deadline = Instant::now() + timeout;
+        while !data.is_empty() {
+            // SAFETY: plain send(2) from a live slice on a descriptor this stream keeps open.
+            let n = unsafe {
+                libc::send(
+                    self.0.as_raw_fd(),
+                    data.as_ptr().cast(),
+                    data.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if n >= 0 {
+                data = &data[n as usize..];
+                continue;
+            }
+            let e = std::io::Error::last_os_error();
+            match e.kind() {
+                std::io::ErrorKind::WouldBlock => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    self.wait(true, left).await?;
+                }
+                std::io::ErrorKind::Interrupted => {}
+                _ => return Err(IoFail::Io(e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl BodyIo for ReadyStream {
+    async fn read_more(
+        &mut self,
+        buf: &mut BytesMut,
+        reserve: usize,
+        timeout: Duration,
+    ) -> Result<usize, IoFail> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match recv_now(&self.0, buf, reserve) {
+                Ok(Some(n)) => return Ok(n),
+                Ok(None) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    self.wait(false, left).await?;
+                }
+                Err(e) => return Err(IoFail::Io(e)),
+            }
+        }
+    }
+    async fn write_buf(&mut self, buf: &mut BytesMut, timeout: Duration) -> Result<(), IoFail> {
+        let data = std::mem::take(buf);
+        let sent = self.send_all(&data, timeout).await;
+        *buf = data;
+        buf.clear();
+        sent
+    }
+    async fn write_bytes(&mut self, data: Bytes, timeout: Duration) -> Result<(), IoFail> {
+        self.send_all(&data, timeout).await
+    }
+    fn spliceable(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+/// Appends what the socket holds right now, without waiting (at least `reserve / 2` spare bytes
+/// are made). `Ok(None)`: nothing to read yet; `Ok(Some(0))`: EOF.
+pub fn recv_now(
+    stream: &TcpStream,
+    buf: &mut BytesMut,
+    reserve: usize,
+) -> std::io::Result<Option<usize>> {
+    use bytes::BufMut;
+    if buf.capacity() - buf.len() < reserve / 2 {
+        buf.reserve(reserve);
+    }
+    let spare = buf.chunk_mut();
+    // SAFETY: `spare` is writable capacity of `buf`, at least `spare.len()` bytes; recv writes
+    // at most that many and reports how many.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            spare.as_mut_ptr().cast(),
+            spare.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Ok(None),
+            _ => Err(e),
+        };
+    }
+    // SAFETY: the kernel initialised the first `n` bytes of the spare capacity.
+    unsafe { buf.advance_mut(n as usize) };
+    Ok(Some(n as usize))
+}
+
+/// What an idle keep-alive connection holds: it must have nothing to read. One non-blocking
+/// peek: stray bytes after a response (a broken upstream) or an EOF make it unusable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleState {
+    Clean,
+    /// Bytes arrived that belong to no request.
+    StrayBytes,
+    /// The peer closed, or the socket failed.
+    Closed,
+}
+
+pub fn idle_state(stream: &TcpStream) -> IdleState {
+    let mut byte = 0u8;
+    // SAFETY: valid fd owned by `stream`, one-byte buffer on the stack.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => IdleState::Closed,
+        n if n > 0 => IdleState::StrayBytes,
+        _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock => {
+            IdleState::Clean
+        }
+        _ => IdleState::Closed,
+    }
 }

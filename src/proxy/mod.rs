@@ -14,6 +14,7 @@ pub mod transfer;
 mod tunnel;
 mod wire;
 
+use access_log::{AccessContext, AccessRecord};
 use context::Registration;
 pub use context::{ConnectionSlot, View, WorkerCtx};
 use forward::Next;
@@ -55,9 +56,10 @@ enum ReadError {
     Closed,
     /// Quiet between requests for `IDLE_PARK_AFTER`, with `Duration` of idle timeout left.
     Park(Duration),
-    /// The head did not arrive in time: 408.
-    Timeout,
-    Invalid(RequestError),
+    /// The head did not arrive in time: 408. When its first byte came.
+    Timeout(Instant),
+    /// Refused by the parser; when its first byte came.
+    Invalid(RequestError, Instant),
 }
 
 /// Serves a client connection in its own task: a newly accepted one (`resumed` false) or one
@@ -145,14 +147,12 @@ async fn serve_connection(
             Ok(r) => r,
             Err(ReadError::Closed) => return None,
             Err(ReadError::Park(idle_left)) => return Some((conn.stream, idle_left)),
-            Err(ReadError::Timeout) => {
-                tracing::info!(client = %conn.peer, worker = ctx.worker_id, "request head timed out (408)");
-                respond_error(&mut conn, ctx, 408).await;
+            Err(ReadError::Timeout(started)) => {
+                reject(&mut conn, ctx, 408, "request head timed out", started).await;
                 return None;
             }
-            Err(ReadError::Invalid(e)) => {
-                tracing::info!(client = %conn.peer, worker = ctx.worker_id, status = e.status(), reason = e.reason(), "bad request");
-                if respond_error(&mut conn, ctx, e.status()).await {
+            Err(ReadError::Invalid(e, started)) => {
+                if reject(&mut conn, ctx, e.status(), e.reason(), started).await {
                     linger_close(&mut conn, ctx, &registration).await;
                 }
                 return None;
@@ -204,17 +204,27 @@ async fn read_request(
     let mut arrived = !conn.rbuf.is_empty();
     loop {
         if !conn.rbuf.is_empty() {
-            if let Some(head) =
-                parse_request(&mut conn.rbuf, &view.config.limits).map_err(ReadError::Invalid)?
-            {
+            let parsed = parse_request(&mut conn.rbuf, &view.config.limits.head);
+            if let Some(head) = parsed.map_err(|e| ReadError::Invalid(e, started))? {
                 return Ok((head, started));
             }
+        }
+        if arrived {
+            // Part of the head is in: a read that times out must keep it, for the log line.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let read =
+                read_more_or_give_up(&mut conn.stream, &mut conn.rbuf, CLIENT_READ_BUF, left);
+            match read.await {
+                Ok(Some(0)) | Err(_) => return Err(ReadError::Closed),
+                Ok(Some(_)) => {}
+                Ok(None) => return Err(ReadError::Timeout(started)),
+            }
+            continue;
         }
         let read = read_more_until(&mut conn.stream, &mut conn.rbuf, CLIENT_READ_BUF, deadline);
         match read.await {
             Ok(0) | Err(IoFail::Io(_)) => return Err(ReadError::Closed),
             Ok(_) => arrived = true,
-            Err(IoFail::Timeout) if arrived => return Err(ReadError::Timeout),
             // Nothing sent at all: close quietly, as nginx does for an idle connection.
             Err(IoFail::Timeout) => return Err(ReadError::Closed),
         }
@@ -238,13 +248,47 @@ async fn wait_for_next_request(
     }
 }
 
-/// Sends a proxy-made error response that ends the connection; returns whether it was sent.
-async fn respond_error(conn: &mut ClientConn, ctx: &WorkerCtx, status: u16) -> bool {
+/// Answers a request head the proxy refused (or that never completed) with `status`, which
+/// ends the connection, and logs and counts it like any request (nginx logs them too): the
+/// access line has the reason and what arrived of the request line. Returns whether the
+/// answer was sent.
+async fn reject(
+    conn: &mut ClientConn,
+    ctx: &WorkerCtx,
+    status: u16,
+    reason: &'static str,
+    started: Instant,
+) -> bool {
     conn.out.clear();
     status::write_error(&mut conn.out, status, false);
-    write_buf(&mut conn.stream, &mut conn.out, io_timeout(ctx))
+    let bytes_out = conn.out.len() as u64;
+    let sent = write_buf(&mut conn.stream, &mut conn.out, io_timeout(ctx))
         .await
-        .is_ok()
+        .is_ok();
+    let view = ctx.view();
+    let rec = AccessRecord {
+        status,
+        answered: sent,
+        bytes_in: conn.rbuf.len() as u64,
+        bytes_out,
+        reason: Some(reason),
+        ..AccessRecord::default()
+    };
+    let total = started.elapsed();
+    forward::record_metrics(ctx, &view, &rec, total);
+    if view.config.logging.access_log {
+        let (method, target) = access_log::request_line_parts(&conn.rbuf);
+        let access = AccessContext {
+            client: &conn.peer_ip,
+            method,
+            path: target,
+            backend_url: None,
+            worker: ctx.worker_id,
+            total,
+        };
+        access_log::emit(&access, &rec);
+    }
+    sent
 }
 
 fn io_timeout(ctx: &WorkerCtx) -> Duration {

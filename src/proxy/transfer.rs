@@ -3,7 +3,7 @@
 //! in memory. The same loop serves request bodies (client -> upstream) and response bodies
 //! (upstream -> client).
 
-use super::io::{read_more, write_buf, write_bytes, IoFail};
+use super::io::{BodyIo, IoFail};
 use super::splice::{self, SpliceError, SPLICE_MIN_BYTES};
 use crate::http::body::is_forwardable_trailer;
 use crate::http::head::ConnectionOptions;
@@ -49,8 +49,8 @@ pub enum SourceFault {
 }
 
 /// The source side of a transfer: a socket and the bytes already read from it.
-pub struct Source<'a> {
-    pub stream: &'a mut TcpStream,
+pub struct Source<'a, S> {
+    pub stream: &'a mut S,
     pub buf: &'a mut BytesMut,
     pub decoder: &'a mut BodyDecoder,
     /// The message head's bytes and what its `Connection` header said, for the trailers.
@@ -59,9 +59,9 @@ pub struct Source<'a> {
 
 /// Streams the rest of the body. `out` may already hold bytes to send first (the message head);
 /// everything is flushed on return. Returns the payload bytes moved.
-pub async fn transfer_body(
-    src: Source<'_>,
-    dst: &mut TcpStream,
+pub async fn transfer_body<S: BodyIo, D: BodyIo>(
+    src: Source<'_, S>,
+    dst: &mut D,
     out: &mut BytesMut,
     framing: OutFraming,
     io_timeout: Duration,
@@ -82,7 +82,7 @@ pub async fn transfer_body(
                 }
                 if let Some(large) = frame(out, framing, data) {
                     flush(dst, out, io_timeout, &mut sent_any).await?;
-                    write_bytes(dst, large, io_timeout)
+                    dst.write_bytes(large, io_timeout)
                         .await
                         .map_err(TransferError::Destination)?;
                     sent_any = true;
@@ -114,9 +114,10 @@ pub async fn transfer_body(
                     .flatten()
                     .filter(|&left| left >= SPLICE_MIN_BYTES)
                     .filter(|&left| max_bytes.is_none_or(|max| moved + left <= max));
-                if let Some(left) = splice_len {
+                let sockets = src.stream.spliceable().zip(dst.spliceable());
+                if let (Some(left), Some((from, to))) = (splice_len, sockets) {
                     // Boxed: its state (pipe, timers) is large and only big bodies need it.
-                    let splice = Box::pin(splice_rest(src.stream, dst, left, io_timeout, sent_any));
+                    let splice = Box::pin(splice_rest(from, to, left, io_timeout, sent_any));
                     if splice.await? {
                         src.decoder.finish_length();
                         moved += left;
@@ -124,7 +125,9 @@ pub async fn transfer_body(
                         continue;
                     }
                 }
-                let n = read_more(src.stream, src.buf, BODY_READ_BYTES, io_timeout)
+                let n = src
+                    .stream
+                    .read_more(src.buf, BODY_READ_BYTES, io_timeout)
                     .await
                     .map_err(|e| failed(SourceFault::Io(e), sent_any))?;
                 if n == 0 {
@@ -177,8 +180,8 @@ async fn splice_rest(
 }
 
 /// Writes the pending output, noting that the destination has now seen bytes.
-async fn flush(
-    dst: &mut TcpStream,
+async fn flush<D: BodyIo>(
+    dst: &mut D,
     out: &mut BytesMut,
     io_timeout: Duration,
     sent_any: &mut bool,
@@ -186,7 +189,7 @@ async fn flush(
     if out.is_empty() {
         return Ok(());
     }
-    write_buf(dst, out, io_timeout)
+    dst.write_buf(out, io_timeout)
         .await
         .map_err(TransferError::Destination)?;
     *sent_any = true;

@@ -6,24 +6,32 @@ use crate::http::{BodyKind, HeaderField, RequestHead, ResponseHead, Version};
 use bytes::BytesMut;
 use std::net::SocketAddr;
 
-/// Appends the upstream request head. `client_ip` is the peer address as text.
+/// Appends the upstream request head. `client_ip` is the peer address as text; `proto` the
+/// scheme the client used (`http`).
 pub fn write_request_head(
     out: &mut BytesMut,
     req: &RequestHead,
     client_ip: &str,
+    proto: &str,
     framing: OutFraming,
     backend: SocketAddr,
 ) {
     let raw = &req.raw[..];
     out.extend_from_slice(req.method());
     out.extend_from_slice(b" ");
-    out.extend_from_slice(req.target());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    push_fields(out, &req.headers, raw, framing);
-    if req.host.is_none() {
-        // HTTP/1.0 clients may omit Host; HTTP/1.1 upstreams require one.
-        push_header(out, b"Host", backend.to_string().as_bytes());
+    let path = req.path();
+    if path.first().is_none_or(|&b| b == b'?') {
+        // An absolute-form target without a path (`http://a.example?q`) goes in origin-form.
+        out.extend_from_slice(b"/");
     }
+    out.extend_from_slice(path);
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    match req.host() {
+        Some(host) => push_header(out, b"Host", host),
+        // HTTP/1.0 clients may omit Host; HTTP/1.1 upstreams require one.
+        None => push_header(out, b"Host", backend.to_string().as_bytes()),
+    }
+    push_fields(out, &req.headers, raw, framing);
     out.extend_from_slice(b"X-Forwarded-For: ");
     for prior in &req.forwarded_for {
         let v = prior.of(raw);
@@ -33,10 +41,13 @@ pub fn write_request_head(
         }
     }
     out.extend_from_slice(client_ip.as_bytes());
-    out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\n");
-    if let Some(host) = req.host {
-        push_header(out, b"X-Forwarded-Host", host.of(raw));
+    out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
+    out.extend_from_slice(proto.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if let Some(host) = req.host() {
+        push_header(out, b"X-Forwarded-Host", host);
     }
+    write_forwarded(out, req, client_ip, proto);
     if req.te_trailers {
         out.extend_from_slice(b"TE: trailers\r\n");
     }
@@ -48,6 +59,46 @@ pub fn write_request_head(
         (OutFraming::Chunked, _) => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         (_, BodyKind::Length(n)) => push_content_length(out, n),
         _ => {}
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `Forwarded` (RFC 7239): the client's elements, then the proxy's own, appended as
+/// `X-Forwarded-For` is (so its leftmost elements are the client's word, not the proxy's).
+fn write_forwarded(out: &mut BytesMut, req: &RequestHead, client_ip: &str, proto: &str) {
+    let raw = &req.raw[..];
+    out.extend_from_slice(b"Forwarded: ");
+    for prior in &req.forwarded {
+        let v = prior.of(raw);
+        if !v.is_empty() {
+            out.extend_from_slice(v);
+            out.extend_from_slice(b", ");
+        }
+    }
+    // An IPv6 address is a quoted "[...]" (RFC 7239 §6); a host with a port is quoted too (`:`
+    // is not a token character). Hosts were validated, so they hold no `"` or `\`.
+    if client_ip.contains(':') {
+        out.extend_from_slice(b"for=\"[");
+        out.extend_from_slice(client_ip.as_bytes());
+        out.extend_from_slice(b"]\"");
+    } else {
+        out.extend_from_slice(b"for=");
+        out.extend_from_slice(client_ip.as_bytes());
+    }
+    out.extend_from_slice(b";proto=");
+    out.extend_from_slice(proto.as_bytes());
+    if let Some(host) = req.host() {
+        let token = host
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        out.extend_from_slice(b";host=");
+        if token {
+            out.extend_from_slice(host);
+        } else {
+            out.extend_from_slice(b"\"");
+            out.extend_from_slice(host);
+            out.extend_from_slice(b"\"");
+        }
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -143,16 +194,15 @@ fn push_content_length(out: &mut BytesMut, n: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Limits;
-    use crate::http::{parse_request, parse_response};
+    use crate::http::{parse_request, parse_response, HeadLimits};
 
-    fn limits() -> Limits {
-        Limits {
+    fn limits() -> HeadLimits {
+        HeadLimits {
             max_request_line_bytes: 8192,
             max_header_bytes: 65536,
             max_headers: 100,
             max_body_bytes: None,
-            max_connections: 100,
+            allow_underscores: false,
         }
     }
 
@@ -175,6 +225,7 @@ mod tests {
             &mut out,
             &req,
             "127.0.0.1",
+            "http",
             OutFraming::Length,
             "127.0.0.1:9000".parse().unwrap(),
         );
@@ -182,6 +233,7 @@ mod tests {
             std::str::from_utf8(&out).unwrap(),
             "POST /p?q=1 HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\
              X-Forwarded-For: 10.0.0.1, 127.0.0.1\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: example.com\r\n\
+             Forwarded: for=127.0.0.1;proto=http;host=example.com\r\n\
              TE: trailers\r\nContent-Length: 3\r\n\r\n"
         );
     }
@@ -194,6 +246,7 @@ mod tests {
             &mut out,
             &req,
             "::1",
+            "http",
             OutFraming::None,
             "127.0.0.1:9000".parse().unwrap(),
         );
@@ -201,7 +254,62 @@ mod tests {
         assert!(
             text.starts_with("GET / HTTP/1.1\r\nHost: 127.0.0.1:9000\r\nX-Forwarded-For: ::1\r\n")
         );
+        assert!(text.contains("\r\nForwarded: for=\"[::1]\";proto=http\r\n"));
         assert!(!req.keep_alive);
+    }
+
+    #[test]
+    fn absolute_form_goes_upstream_in_origin_form_with_its_authority_as_host() {
+        let req = request(
+            "GET http://evil.example:8080?x=1 HTTP/1.1\r\nHost: good.example\r\n\
+             Forwarded: for=10.1.1.1\r\nX_Forwarded_Proto: https\r\n\r\n",
+        );
+        let mut out = BytesMut::new();
+        write_request_head(
+            &mut out,
+            &req,
+            "192.0.2.7",
+            "http",
+            OutFraming::None,
+            "127.0.0.1:9000".parse().unwrap(),
+        );
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "GET /?x=1 HTTP/1.1\r\nHost: evil.example:8080\r\nX-Forwarded-For: 192.0.2.7\r\n\
+             X-Forwarded-Proto: http\r\nX-Forwarded-Host: evil.example:8080\r\n\
+             Forwarded: for=10.1.1.1, for=192.0.2.7;proto=http;host=\"evil.example:8080\"\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn empty_responses_keep_their_zero_length() {
+        let get = request("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        for (raw, want) in [
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+                "Content-Length: 0\r\n",
+            ),
+            (
+                "HTTP/1.1 302 Found\r\nLocation: /x\r\nContent-Length: 0\r\n\r\n",
+                "Content-Length: 0\r\n",
+            ),
+        ] {
+            let resp = parse_response(&mut BytesMut::from(raw), false)
+                .unwrap()
+                .unwrap();
+            let framing = response_framing(&get, &resp);
+            assert_eq!(framing, OutFraming::Length, "{raw}");
+            let mut out = BytesMut::new();
+            write_response_head(&mut out, &get, &resp, framing, true);
+            assert!(std::str::from_utf8(&out).unwrap().contains(want), "{raw}");
+        }
+        let post = request("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
+        let mut out = BytesMut::new();
+        let addr = "127.0.0.1:9000".parse().unwrap();
+        write_request_head(&mut out, &post, "1.2.3.4", "http", OutFraming::Length, addr);
+        assert!(std::str::from_utf8(&out)
+            .unwrap()
+            .ends_with("Content-Length: 0\r\n\r\n"));
     }
 
     #[test]

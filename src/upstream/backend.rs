@@ -10,8 +10,14 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// Source of `Backend::id`.
+static NEXT_BACKEND_ID: AtomicU64 = AtomicU64::new(1);
+
 #[derive(Debug)]
 pub struct Backend {
+    /// Unique for the life of the process: a backend kept across reloads keeps it, a new one
+    /// (even at the same URL) gets a new one. Pooled connections are keyed by it.
+    pub id: u64,
     pub url: String,
     pub addr: SocketAddr,
     pub health_check_path: String,
@@ -32,6 +38,7 @@ pub struct Backend {
 impl Backend {
     pub fn new(b: &ResolvedBackend, workers: usize) -> Self {
         Backend {
+            id: NEXT_BACKEND_ID.fetch_add(1, Ordering::Relaxed),
             url: b.url.clone(),
             addr: b.addr,
             health_check_path: b.health_check_path.clone(),

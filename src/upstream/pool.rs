@@ -4,28 +4,25 @@
 
 use super::BackendSet;
 use crate::config::PoolSettings;
+use crate::proxy::io::{idle_state, IdleState};
 use bytes::BytesMut;
 use monoio::net::TcpStream;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Read buffer of a fresh upstream connection; it grows for large heads and bodies.
 const UPSTREAM_READ_BUF: usize = 16 * 1024;
-/// A connection idle longer than this is checked for a close by the upstream before reuse;
-/// a fresher one is trusted (and the request retried if it proves stale).
-const PEEK_AFTER_IDLE: Duration = Duration::from_secs(2);
 
 pub struct UpstreamConn {
     pub stream: TcpStream,
     pub rbuf: BytesMut,
-    pub backend: usize,
+    /// The backend's identity (`Backend::id`), never its position in a list: a reload may
+    /// renumber backends while requests of the old configuration are still in flight.
+    pub backend_id: u64,
     /// Taken from the pool rather than freshly connected.
     pub reused: bool,
-    /// Config generation whose backend numbering `backend` refers to.
-    pub generation: u64,
 }
 
 struct IdleConn {
@@ -33,83 +30,97 @@ struct IdleConn {
     since: Instant,
 }
 
+/// Backend ids are small sequential numbers: they hash to themselves.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 pub struct UpstreamPool {
-    idle: Vec<VecDeque<IdleConn>>,
+    idle: HashMap<u64, VecDeque<IdleConn>, BuildHasherDefault<IdHasher>>,
     settings: PoolSettings,
-    generation: u64,
 }
 
 impl UpstreamPool {
-    pub fn new(settings: PoolSettings, backends: usize, generation: u64) -> Self {
+    pub fn new(settings: PoolSettings) -> Self {
         UpstreamPool {
-            idle: (0..backends).map(|_| VecDeque::new()).collect(),
+            idle: HashMap::default(),
             settings,
-            generation,
         }
     }
 
-    /// After a reload: idle connections to backends still present move to their new index;
-    /// those to removed backends are closed.
-    pub fn rebuild(
-        &mut self,
-        old: &BackendSet,
-        new: &BackendSet,
-        settings: PoolSettings,
-        generation: u64,
-    ) {
-        let mut idle: Vec<VecDeque<IdleConn>> = (0..new.len()).map(|_| VecDeque::new()).collect();
-        for (old_index, queue) in self.idle.drain(..).enumerate() {
-            let Some(old_backend) = old.get(old_index) else {
-                continue;
-            };
-            if let Some(new_index) = new.iter().position(|b| Arc::ptr_eq(b, old_backend)) {
-                idle[new_index] = queue
-                    .into_iter()
-                    .map(|mut c| {
-                        c.conn.backend = new_index;
-                        c.conn.generation = generation;
-                        c
-                    })
-                    .collect();
-            }
-        }
-        self.idle = idle;
+    /// After a reload: idle connections to backends still present stay (they are keyed by
+    /// identity); those to removed backends are closed.
+    pub fn rebuild(&mut self, backends: &BackendSet, settings: PoolSettings) {
+        self.idle
+            .retain(|id, _| backends.iter().any(|b| b.id == *id));
         self.settings = settings;
-        self.generation = generation;
     }
 
     /// Closes every idle connection (shutdown).
     pub fn clear(&mut self) {
-        self.idle.iter_mut().for_each(VecDeque::clear);
+        self.idle.clear();
     }
 
-    /// The most recently idle live connection to `backend`, if any.
-    pub fn checkout(&mut self, backend: usize) -> Option<UpstreamConn> {
-        let queue = self.idle.get_mut(backend)?;
+    /// The most recently idle connection to the backend `backend_id` that is still clean: it
+    /// is peeked (one non-blocking syscall) however briefly it was idle, so an upstream that
+    /// sent bytes after its response (a broken server, a HEAD answered with a body) or closed
+    /// never hands them to the next request. Each one discarded is reported to `discarded`.
+    pub fn checkout(
+        &mut self,
+        backend_id: u64,
+        mut discarded: impl FnMut(IdleState),
+    ) -> Option<UpstreamConn> {
+        let queue = self.idle.get_mut(&backend_id)?;
         while let Some(IdleConn { mut conn, since }) = queue.pop_back() {
-            let idle_for = since.elapsed();
-            if idle_for >= self.settings.idle_timeout {
+            if since.elapsed() >= self.settings.idle_timeout {
                 // Everything older is expired too.
                 queue.clear();
                 return None;
             }
-            if idle_for < PEEK_AFTER_IDLE || still_open(&conn.stream) {
-                conn.reused = true;
-                return Some(conn);
+            match idle_state(&conn.stream) {
+                IdleState::Clean => {
+                    conn.reused = true;
+                    return Some(conn);
+                }
+                dirty => discarded(dirty),
             }
         }
         None
     }
 
-    /// Returns a connection whose last exchange ended cleanly.
-    pub fn checkin(&mut self, conn: UpstreamConn) {
+    /// Returns a connection whose last exchange ended cleanly; `Err` with what was wrong if it
+    /// cannot be kept. Bytes already read past the response (`rbuf`) disqualify it at no cost;
+    /// bytes still in the socket are caught by the peek at checkout. A body spliced to its exact
+    /// length read nothing past it, so it is peeked here too (such bodies are large: one
+    /// syscall is nothing next to them).
+    pub fn checkin(&mut self, conn: UpstreamConn, spliced: bool) -> Result<(), IdleState> {
         let max = self.settings.max_idle_per_backend;
-        let Some(queue) = self.idle.get_mut(conn.backend) else {
-            return;
-        };
-        if max == 0 || !conn.rbuf.is_empty() || conn.generation != self.generation {
-            return;
+        if !conn.rbuf.is_empty() {
+            return Err(IdleState::StrayBytes);
         }
+        if spliced {
+            match idle_state(&conn.stream) {
+                IdleState::Clean => {}
+                dirty => return Err(dirty),
+            }
+        }
+        if max == 0 {
+            return Ok(());
+        }
+        let queue = self.idle.entry(conn.backend_id).or_default();
         if queue.len() >= max {
             queue.pop_front();
         }
@@ -117,37 +128,23 @@ impl UpstreamPool {
             conn,
             since: Instant::now(),
         });
+        Ok(())
     }
 
     /// Closes connections idle longer than the timeout; run periodically by the worker.
     pub fn sweep(&mut self) {
         let timeout = self.settings.idle_timeout;
-        for queue in &mut self.idle {
+        for queue in self.idle.values_mut() {
             while queue.front().is_some_and(|c| c.since.elapsed() >= timeout) {
                 queue.pop_front();
             }
         }
+        self.idle.retain(|_, queue| !queue.is_empty());
     }
 
     pub fn idle_count(&self) -> usize {
-        self.idle.iter().map(VecDeque::len).sum()
+        self.idle.values().map(VecDeque::len).sum()
     }
-}
-
-/// An idle keep-alive connection must have nothing to read: EOF or stray bytes mean it is
-/// unusable. One non-blocking peek, done only for connections idle a while.
-fn still_open(stream: &TcpStream) -> bool {
-    let mut byte = 0u8;
-    // SAFETY: valid fd owned by `stream`, one-byte buffer on the stack.
-    let n = unsafe {
-        libc::recv(
-            stream.as_raw_fd(),
-            (&mut byte as *mut u8).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
 }
 
 #[derive(Debug)]
@@ -158,10 +155,9 @@ pub enum ConnectError {
 
 /// Opens a new connection to a backend within `timeout`.
 pub async fn connect(
-    backend: usize,
+    backend_id: u64,
     addr: SocketAddr,
     timeout: Duration,
-    generation: u64,
 ) -> Result<UpstreamConn, ConnectError> {
     let stream = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
         Ok(Ok(s)) => s,
@@ -173,8 +169,7 @@ pub async fn connect(
     Ok(UpstreamConn {
         stream,
         rbuf: BytesMut::with_capacity(UPSTREAM_READ_BUF),
-        backend,
+        backend_id,
         reused: false,
-        generation,
     })
 }
