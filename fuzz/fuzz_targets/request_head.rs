@@ -15,9 +15,8 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use ringproxy::config::Limits;
-use ringproxy::http::{parse_request, BodyKind, RequestError, RequestHead, Version};
-use ringproxy_fuzz::fields::{self, Codings, ContentLength};
+use ringproxy::http::{parse_request, BodyKind, HeadLimits, RequestError, RequestHead, Version};
+use ringproxy_fuzz::fields::{self, Codings, ContentLength, Target};
 use ringproxy_fuzz::{input, known};
 use std::sync::OnceLock;
 
@@ -51,16 +50,17 @@ fuzz_target!(|data: &[u8]| {
 });
 
 /// The parameter bytes over the limits of a minimal valid config, so that fields added to
-/// `Limits` later keep their configured defaults.
-fn limits_from(p: &[u8; 5]) -> Limits {
-    static BASE: OnceLock<Limits> = OnceLock::new();
+/// `HeadLimits` later keep their configured defaults.
+fn limits_from(p: &[u8; 5]) -> HeadLimits {
+    static BASE: OnceLock<HeadLimits> = OnceLock::new();
     let base = BASE.get_or_init(|| {
         let source = "[[backends]]\nurl = \"http://127.0.0.1:9\"\n";
         ringproxy::config::parse(std::path::Path::new("fuzz.toml"), source)
             .expect("the minimal config is valid")
             .limits
+            .head
     });
-    Limits {
+    HeadLimits {
         max_request_line_bytes: 64 + 8 * usize::from(p[0]),
         max_header_bytes: 256 + 16 * usize::from(p[1]),
         max_headers: 1 + 4 * usize::from(p[2]),
@@ -71,7 +71,7 @@ fn limits_from(p: &[u8; 5]) -> Limits {
 
 fn check_against_reference(
     raw: &[u8],
-    limits: &Limits,
+    limits: &HeadLimits,
     ours: &Result<Option<RequestHead>, RequestError>,
     buffered: usize,
 ) {
@@ -109,7 +109,7 @@ fn check_against_reference(
 /// buffering on would let one client hold memory without bound.
 fn check_unfinished(
     raw: &[u8],
-    limits: &Limits,
+    limits: &HeadLimits,
     ours: &Result<Option<RequestHead>, RequestError>,
     buffered: usize,
 ) {
@@ -158,7 +158,7 @@ struct Refusals {
     may: Vec<u16>,
 }
 
-fn refusals(req: &httparse::Request, len: usize, raw: &[u8], limits: &Limits) -> Refusals {
+fn refusals(req: &httparse::Request, len: usize, raw: &[u8], limits: &HeadLimits) -> Refusals {
     let mut out = Refusals {
         must: Vec::new(),
         may: Vec::new(),
@@ -181,14 +181,19 @@ fn refusals(req: &httparse::Request, len: usize, raw: &[u8], limits: &Limits) ->
         head > limits.max_header_bytes || headers.len() > limits.max_headers,
     );
     must(501, method == "CONNECT");
-    let target_ok = target.starts_with('/')
-        || target == "*"
-        || target.starts_with("http://")
-        || target.starts_with("https://");
-    must(400, !target_ok);
+    must(
+        400,
+        method != "CONNECT" && fields::target_form(method, target.as_bytes()) == Target::Invalid,
+    );
 
-    let hosts = fields::values_of(headers, "host").len();
-    must(400, if minor == 1 { hosts != 1 } else { hosts > 1 });
+    let hosts = fields::values_of(headers, "host");
+    must(400, if minor == 1 { hosts.len() != 1 } else { hosts.len() > 1 });
+    must(
+        400,
+        hosts
+            .iter()
+            .any(|h| !fields::is_host_and_port(fields::trim_ows(h))),
+    );
     let expects = fields::values_of(headers, "expect");
     must(
         400,
@@ -251,10 +256,14 @@ fn check_accepted(req: &httparse::Request, len: usize, raw: &[u8], head: &Reques
     let mut forwarded: Vec<(&[u8], &[u8])> = Vec::new();
     for h in headers.iter() {
         let name = h.name.as_bytes();
-        let kept = name.eq_ignore_ascii_case(b"host")
-            || !([
+        // Underscored names are dropped by default (nginx's `underscores_in_headers off`);
+        // Host and the forwarding fields are written by the proxy itself.
+        let kept = !name.contains(&b'_')
+            && !([
+                "host",
                 "te",
                 "expect",
+                "forwarded",
                 "x-forwarded-for",
                 "x-forwarded-proto",
                 "x-forwarded-host",
@@ -273,12 +282,24 @@ fn check_accepted(req: &httparse::Request, len: usize, raw: &[u8], head: &Reques
         .collect();
     assert_eq!(ours, forwarded, "forwarded header fields differ");
     assert!(ours.len() <= headers.len());
-    assert_eq!(
-        head.host.map(|s| s.of(&head.raw)),
-        fields::values_of(headers, "host").first().copied()
-    );
+    // An absolute-form target's authority replaces Host (RFC 9112 §3.2.2) and the target goes
+    // on in origin-form.
+    let target = req.path.unwrap().as_bytes();
+    let (host, path) = match fields::target_form(req.method.unwrap(), target) {
+        Target::Absolute { authority, rest } => (Some(authority), rest),
+        _ => (
+            fields::values_of(headers, "host")
+                .first()
+                .map(|h| fields::trim_ows(h)),
+            target,
+        ),
+    };
+    assert_eq!(head.host(), host, "host");
+    assert_eq!(head.path(), path, "path");
     let xff: Vec<&[u8]> = head.forwarded_for.iter().map(|s| s.of(&head.raw)).collect();
     assert_eq!(xff, fields::values_of(headers, "x-forwarded-for"));
+    let fwd: Vec<&[u8]> = head.forwarded.iter().map(|s| s.of(&head.raw)).collect();
+    assert_eq!(fwd, fields::values_of(headers, "forwarded"));
 
     let te = fields::values_of(headers, "transfer-encoding");
     let body = match (
@@ -286,9 +307,11 @@ fn check_accepted(req: &httparse::Request, len: usize, raw: &[u8], head: &Reques
         fields::content_length(fields::values_of(headers, "content-length")),
     ) {
         (Codings::Chunked, _) => BodyKind::Chunked,
-        (_, ContentLength::Valid(n)) if n > 0 => BodyKind::Length(n),
+        // `Content-Length: 0` stays a length (it goes upstream as one).
+        (_, ContentLength::Valid(n)) => BodyKind::Length(n),
         _ => BodyKind::Empty,
     };
+    let bodiless = matches!(body, BodyKind::Empty | BodyKind::Length(0));
     assert_eq!(head.body, body, "body framing");
 
     let (close, keep_alive) = fields::connection_options(&connection);
@@ -301,7 +324,8 @@ fn check_accepted(req: &httparse::Request, len: usize, raw: &[u8], head: &Reques
         }
     );
     let expects = !fields::values_of(headers, "expect").is_empty();
-    assert_eq!(head.expect_continue, expects && body != BodyKind::Empty);
+    // No 1xx to an HTTP/1.0 client (RFC 9110 §15.2).
+    assert_eq!(head.expect_continue, expects && !bodiless && minor == 1);
     let te_trailers = fields::values_of(headers, "te")
         .iter()
         .any(|v| fields::list_elements(v).any(|t| t.eq_ignore_ascii_case(b"trailers")));
@@ -317,6 +341,6 @@ fn check_accepted(req: &httparse::Request, len: usize, raw: &[u8], head: &Reques
         .into_iter()
         .find(|v| v.iter().any(|&b| b != b' ' && b != b'\t'))
         .filter(|v| !fields::list_elements(v).any(|p| p.eq_ignore_ascii_case(b"h2c")))
-        .filter(|_| minor == 1 && body == BodyKind::Empty && names_upgrade);
+        .filter(|_| minor == 1 && bodiless && names_upgrade);
     assert_eq!(head.upgrade.map(|s| s.of(&head.raw)), upgrade, "upgrade");
 }

@@ -107,7 +107,7 @@ fn rfc_framing(res: &httparse::Response, was_head: bool) -> Option<BodyKind> {
     }
     match fields::content_length(fields::values_of(res.headers, "content-length")) {
         ContentLength::Invalid => None,
-        ContentLength::Valid(0) => Some(BodyKind::Empty),
+        // `Content-Length: 0` stays a length: the client must be told the body is empty.
         ContentLength::Valid(n) => Some(BodyKind::Length(n)),
         ContentLength::Absent => Some(BodyKind::UntilClose),
     }
@@ -121,6 +121,8 @@ fn extra_refusals(res: &httparse::Response, len: usize, was_head: bool) -> Vec<&
     let te = fields::values_of(res.headers, "transfer-encoding");
     let rules = [
         ("status below 100", status < 100),
+        // 600-999 mean nothing (RFC 9110 §15): a broken response.
+        ("status above 599", status > 599),
         (
             "more than 128 header fields",
             res.headers.len() > MAX_HEADERS,
@@ -134,6 +136,16 @@ fn extra_refusals(res: &httparse::Response, len: usize, was_head: bool) -> Vec<&
         (
             "codings before chunked (gzip, chunked; chunked twice)",
             has_body && fields::codings(te.iter().copied()) == Codings::ChunkedAfterOthers,
+        ),
+        (
+            // HAProxy's rule: a coding the proxy cannot undo is a broken response.
+            "a final transfer coding other than chunked (gzip)",
+            has_body
+                && te
+                    .iter()
+                    .flat_map(|v| fields::list_elements(v))
+                    .last()
+                    .is_some_and(|c| !c.eq_ignore_ascii_case(b"chunked")),
         ),
         (
             "a Transfer-Encoding field with no coding, before chunked",

@@ -137,9 +137,118 @@ pub fn values_of<'b>(headers: &[httparse::Header<'b>], name: &str) -> Vec<&'b [u
         .collect()
 }
 
+/// `uri-host [ ":" port ]` of RFC 3986 §3.2.2-3.2.3 as a Host value (RFC 9110 §7.2): a
+/// reg-name (unreserved, sub-delims, pct-encoded; an IPv4 address is one too) that is not empty,
+/// or an IPv6 literal in brackets; a port of digits up to 65535 (possibly empty).
+pub fn is_host_and_port(value: &[u8]) -> bool {
+    let (host, port): (&[u8], &[u8]) = if value.starts_with(b"[") {
+        let Some(end) = value.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = std::str::from_utf8(&value[1..end]).unwrap_or("-");
+        if literal.parse::<std::net::Ipv6Addr>().is_err() {
+            return false;
+        }
+        match value[end + 1..].split_first() {
+            None => return true,
+            Some((b':', port)) => (b"x", port),
+            Some(_) => return false,
+        }
+    } else {
+        match value.iter().rposition(|&b| b == b':') {
+            Some(colon) => (&value[..colon], &value[colon + 1..]),
+            None => (value, b""),
+        }
+    };
+    let reg_name = !host.is_empty()
+        && host.iter().enumerate().all(|(i, &b)| match b {
+            b'%' => {
+                host.len() > i + 2
+                    && host[i + 1].is_ascii_hexdigit()
+                    && host[i + 2].is_ascii_hexdigit()
+            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => true,
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' => true,
+            _ => false,
+        });
+    let port_ok = port.len() <= 5
+        && port.iter().all(u8::is_ascii_digit)
+        && port
+            .iter()
+            .fold(0u32, |n, &d| n * 10 + u32::from(d - b'0'))
+            <= 65535;
+    reg_name && port_ok
+}
+
+/// The request-target forms of RFC 9112 §3.2 a reverse proxy takes: origin-form, `*` (OPTIONS
+/// only) and absolute-form with an `http`/`https` scheme (any case) and an authority without
+/// userinfo; no fragment anywhere (RFC 9110 §4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
+    Origin,
+    Asterisk,
+    Absolute { authority: &'a [u8], rest: &'a [u8] },
+    Invalid,
+}
+
+pub fn target_form<'a>(method: &str, target: &'a [u8]) -> Target<'a> {
+    if target.contains(&b'#') {
+        return Target::Invalid;
+    }
+    if target.starts_with(b"/") {
+        return Target::Origin;
+    }
+    if target == b"*" {
+        return if method == "OPTIONS" {
+            Target::Asterisk
+        } else {
+            Target::Invalid
+        };
+    }
+    let lower = target.to_ascii_lowercase();
+    let after = if lower.starts_with(b"http://") {
+        7
+    } else if lower.starts_with(b"https://") {
+        8
+    } else {
+        return Target::Invalid;
+    };
+    let rest = &target[after..];
+    let end = rest
+        .iter()
+        .position(|&b| b == b'/' || b == b'?')
+        .unwrap_or(rest.len());
+    let authority = &rest[..end];
+    if authority.contains(&b'@') || !is_host_and_port(authority) {
+        return Target::Invalid;
+    }
+    Target::Absolute {
+        authority,
+        rest: &rest[end..],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_and_targets() {
+        for good in [&b"a.example"[..], b"a:80", b"[::1]:8080", b"[::1]", b"1.2.3.4", b"a:", b"%41b"] {
+            assert!(is_host_and_port(good), "{good:?}");
+        }
+        for bad in [&b""[..], b"a b", b"a@b", b"a/b", b"a:99999", b"a:8x", b"[::1", b"[::g]", b"%4", b"a:1:2"] {
+            assert!(!is_host_and_port(bad), "{bad:?}");
+        }
+        assert_eq!(target_form("GET", b"*"), Target::Invalid);
+        assert_eq!(target_form("OPTIONS", b"*"), Target::Asterisk);
+        assert_eq!(
+            target_form("GET", b"HTTP://a?q"),
+            Target::Absolute { authority: b"a", rest: b"?q" }
+        );
+        assert_eq!(target_form("GET", b"http://u@a/"), Target::Invalid);
+        assert_eq!(target_form("GET", b"/a#b"), Target::Invalid);
+    }
 
     #[test]
     fn content_length_forms() {
