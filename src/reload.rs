@@ -50,7 +50,7 @@ pub fn reload(shared: &Shared) -> Result<ReloadReport, Vec<ConfigError>> {
             (*before != b.weight()).then(|| (b.url.clone(), *before, b.weight()))
         })
         .collect();
-    crate::logging::set_level(&next.logging.level);
+    crate::logging::reconfigure(&next.logging);
     let generation = shared.publish(next, backends);
     let report = ReloadReport {
         generation,

@@ -28,6 +28,7 @@ const DOCUMENTED: &[(&str, &str)] = &[
     ("ringproxy_upstream_pool_idle_connections", "gauge"),
     ("ringproxy_upstream_connections_opened_total", "counter"),
     ("ringproxy_upstream_connections_reused_total", "counter"),
+    ("ringproxy_log_lines_dropped_total", "counter"),
     ("ringproxy_backend_requests_total", "counter"),
     ("ringproxy_backend_connect_errors_total", "counter"),
     ("ringproxy_backend_timeouts_total", "counter"),

@@ -144,6 +144,12 @@ pub fn render(shared: &Shared) -> String {
         "Requests sent on a pooled upstream connection.",
         sum(&|w| read(&w.upstream_reused)),
     );
+    counter(
+        &mut out,
+        "ringproxy_log_lines_dropped_total",
+        "Log lines dropped: over logging.buffer_bytes while stdout lagged, or stdout failing.",
+        read(&crate::metrics::LOG_LINES_DROPPED),
+    );
 
     let now = now_ms();
     let backends = &snapshot.backends;

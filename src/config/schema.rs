@@ -190,6 +190,8 @@ pub struct LoggingConfig {
     pub level: String,
     pub format: LogFormat,
     pub access_log: bool,
+    /// Bytes of log lines queued for stdout at most; past it lines are dropped and counted.
+    pub buffer_bytes: i64,
 }
 
 impl Default for LoggingConfig {
@@ -198,6 +200,7 @@ impl Default for LoggingConfig {
             level: "info".into(),
             format: LogFormat::Json,
             access_log: true,
+            buffer_bytes: 4 << 20,
         }
     }
 }

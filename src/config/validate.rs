@@ -75,6 +75,9 @@ pub struct AdminSettings {
     pub token: Option<String>,
 }
 
+/// Bounds of `logging.buffer_bytes`: room for a few long lines at least, and a sane ceiling.
+pub const LOG_BUFFER_BYTES_RANGE: (i64, i64) = (64 << 10, 1 << 30);
+
 /// A config that passed validation, in the types the proxy uses.
 #[derive(Debug, Clone)]
 pub struct ValidConfig {
@@ -240,6 +243,8 @@ pub fn validate(c: Config) -> Result<ValidConfig, Vec<Problem>> {
             format!("not a valid level or filter: {:?}", c.logging.level),
         );
     }
+    let (min, max) = LOG_BUFFER_BYTES_RANGE;
+    ck.range("logging.buffer_bytes", c.logging.buffer_bytes, min, max);
 
     let t = &c.timeouts;
     let timeouts = Timeouts {
@@ -479,6 +484,26 @@ mod tests {
             parse(&format!("[upstream]\nretries = 4\n{}", one.repeat(2))),
             4
         );
+    }
+
+    #[test]
+    fn log_buffer_bytes_bounded() {
+        let with = |v: &str| {
+            format!("[logging]\nbuffer_bytes = {v}\n[[backends]]\nurl = \"http://127.0.0.1:1\"\n")
+        };
+        for bad in ["0", "-1", "65535", "1073741825"] {
+            let errs = problems(&with(bad));
+            assert!(
+                errs[0].starts_with("t.toml:2:1: logging.buffer_bytes: must be between 65536"),
+                "{bad}: {errs:?}"
+            );
+        }
+        assert!(problems(&with("65536")).is_empty());
+        let parsed = crate::config::parse(
+            Path::new("t.toml"),
+            "[[backends]]\nurl = \"http://127.0.0.1:1\"\n",
+        );
+        assert_eq!(parsed.unwrap().logging.buffer_bytes, 4 << 20);
     }
 
     #[test]
