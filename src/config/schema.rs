@@ -290,6 +290,8 @@ pub struct AdminConfig {
     pub port: i64,
     /// When set, every admin request needs `Authorization: Bearer <token>`.
     pub token: Option<String>,
+    /// Start even when `host` is not a loopback address and no `token` is set (default false).
+    pub allow_unauthenticated_remote: bool,
 }
 
 impl Default for AdminConfig {
@@ -299,6 +301,7 @@ impl Default for AdminConfig {
             host: "127.0.0.1".into(),
             port: 9901,
             token: None,
+            allow_unauthenticated_remote: false,
         }
     }
 }
