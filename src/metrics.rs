@@ -19,6 +19,10 @@ pub fn status_class(status: u16) -> Option<usize> {
 
 pub const CLASS_LABELS: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
+/// Log lines that never reached stdout: over `logging.buffer_bytes`, or stdout failing. Any
+/// thread may add to it (so `fetch_add`), only when a line is lost.
+pub static LOG_LINES_DROPPED: AtomicU64 = AtomicU64::new(0);
+
 /// Increment for single-writer counters: no locked read-modify-write needed.
 #[inline]
 pub fn bump(counter: &AtomicU64) {

@@ -25,6 +25,16 @@ pub fn reload(shared: &Shared) -> Result<ReloadReport, Vec<ConfigError>> {
     let current = shared.snapshot();
     let old = &current.config;
     let restart_required = keep_startup_settings(&mut next, old);
+    // The admin listener stays where it is: the file must not take away what guards it there.
+    if let Some(problem) = next.admin.exposure_problem() {
+        return Err(vec![ConfigError {
+            file: shared.config_path.clone(),
+            line: 0,
+            column: 0,
+            key: "admin.token".into(),
+            message: problem,
+        }]);
+    }
     let old_weights: Vec<(String, u32)> = current
         .backends
         .iter()
@@ -50,7 +60,7 @@ pub fn reload(shared: &Shared) -> Result<ReloadReport, Vec<ConfigError>> {
             (*before != b.weight()).then(|| (b.url.clone(), *before, b.weight()))
         })
         .collect();
-    crate::logging::set_level(&next.logging.level);
+    crate::logging::reconfigure(&next.logging);
     let generation = shared.publish(next, backends);
     let report = ReloadReport {
         generation,

@@ -2,8 +2,9 @@
 //! (drain, enable, weight, reload). It runs on threads of its own with blocking sockets: admin
 //! traffic is light and must never share a worker's event loop or the proxy's port. Each
 //! connection gets a short-lived thread, so one slow or silent client cannot hold up a metrics
-//! scrape or a health probe; their number is capped.
+//! scrape or a health probe; their number is capped. `guard` decides who may ask.
 
+mod guard;
 mod prometheus;
 mod routes;
 mod status;
@@ -60,6 +61,14 @@ pub fn spawn(shared: Arc<Shared>) -> std::io::Result<()> {
         )
     })?;
     tracing::info!(listen = %settings.listen, "admin listening");
+    if settings.exposed_without_token() {
+        tracing::warn!(
+            listen = %settings.listen,
+            "the admin API is reachable from other hosts without a token \
+             (admin.allow_unauthenticated_remote): anyone who reaches it can drain backends, \
+             change weights and reload; set admin.token"
+        );
+    }
     std::thread::Builder::new()
         .name("admin".into())
         .spawn(move || {
@@ -109,19 +118,16 @@ fn dispatch(stream: TcpStream, shared: &Arc<Shared>, serving: &Arc<AtomicUsize>)
 
 /// One request per connection: read it, answer it, close.
 fn serve(mut stream: TcpStream, shared: &Shared) {
-    let response = match read_request(&mut stream) {
-        Ok((method, path, authorization, body)) => {
+    let response = match (read_request(&mut stream), stream.local_addr()) {
+        (Ok(request), Ok(local)) => {
             let token = shared.snapshot().config.admin.token.clone();
-            if !authorized(token.as_deref(), authorization.as_deref()) {
-                Response::text(
-                    401,
-                    "401 Unauthorized: send Authorization: Bearer <token>\n",
-                )
-            } else {
-                routes::route(&method, &path, &body, shared)
+            match guard::admit(&request, token.as_deref(), local) {
+                Ok(()) => routes::route(&request.method, &request.path, &request.body, shared),
+                Err(refusal) => refusal,
             }
         }
-        Err(status) => Response::text(status, format!("{status} bad admin request\n")),
+        (Err(status), _) => Response::text(status, format!("{status} bad admin request\n")),
+        (_, Err(_)) => return,
     };
     answer(stream, &response);
 }
@@ -131,7 +137,7 @@ fn answer(mut stream: TcpStream, response: &Response) {
         format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n",
         response.status,
-        crate::http::status::reason_phrase_any(response.status),
+        reason_phrase(response.status),
         response.content_type,
         response.body.len(),
         if response.status == 401 { "WWW-Authenticate: Bearer\r\n" } else { "" },
@@ -140,27 +146,48 @@ fn answer(mut stream: TcpStream, response: &Response) {
     let _ = stream.write_all(response.body.as_bytes());
 }
 
-fn authorized(token: Option<&str>, header: Option<&str>) -> bool {
-    let Some(token) = token else { return true };
-    let Some(given) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
-        return false;
-    };
-    // Compare in constant time so the token cannot be guessed byte by byte.
-    given.len() == token.len()
-        && given
-            .bytes()
-            .zip(token.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+/// The admin's own statuses, then the shared table.
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        403 => "Forbidden",
+        415 => "Unsupported Media Type",
+        421 => "Misdirected Request",
+        _ => crate::http::status::reason_phrase_any(status),
+    }
 }
 
-type AdminRequest = (String, String, Option<String>, String);
+/// One admin request, with every header field as sent (the proxy's parser sets aside the
+/// hop-by-hop ones, which a guard must see too).
+pub struct AdminRequest {
+    pub method: String,
+    pub path: String,
+    headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl AdminRequest {
+    /// Values of every field named `name` (case-insensitive), in order.
+    pub fn headers_named(&self, name: &'static str) -> impl Iterator<Item = &str> {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The first field named `name`.
+    pub fn header(&self, name: &'static str) -> Option<&str> {
+        self.headers_named(name).next()
+    }
+}
+
+/// Header fields an admin request may have.
+const MAX_ADMIN_HEADERS: usize = 64;
 
 fn read_request(stream: &mut TcpStream) -> Result<AdminRequest, u16> {
     let limits = HeadLimits {
         max_request_line_bytes: 8192,
         max_header_bytes: 16 * 1024,
-        max_headers: 64,
+        max_headers: MAX_ADMIN_HEADERS,
         max_body_bytes: Some(MAX_ADMIN_BODY),
         allow_underscores: false,
     };
@@ -174,14 +201,20 @@ fn read_request(stream: &mut TcpStream) -> Result<AdminRequest, u16> {
             return Err(408);
         }
     };
-    let raw = &head.raw[..];
-    let header = |name: &str| {
-        head.headers
-            .iter()
-            .find(|h| h.name.of(raw).eq_ignore_ascii_case(name.as_bytes()))
-            .map(|h| String::from_utf8_lossy(h.value.of(raw)).into_owned())
-    };
-    let authorization = header("authorization");
+    // The head parsed already: parsed again here for every field, hop-by-hop ones included.
+    let mut fields = [httparse::EMPTY_HEADER; MAX_ADMIN_HEADERS];
+    let mut all = httparse::Request::new(&mut fields);
+    if !matches!(all.parse(&head.raw), Ok(httparse::Status::Complete(_))) {
+        return Err(400);
+    }
+    let headers = all
+        .headers
+        .iter()
+        .map(|h| {
+            let value = String::from_utf8_lossy(h.value).into_owned();
+            (h.name.to_string(), value)
+        })
+        .collect();
     let body = match head.body {
         BodyKind::Length(n) => {
             while (buf.len() as u64) < n {
@@ -195,9 +228,12 @@ fn read_request(stream: &mut TcpStream) -> Result<AdminRequest, u16> {
         // Admin clients send small bodies with a length; chunked is not worth supporting here.
         _ => return Err(411),
     };
-    let method = String::from_utf8_lossy(head.method()).into_owned();
-    let path = String::from_utf8_lossy(head.target()).into_owned();
-    Ok((method, path, authorization, body))
+    Ok(AdminRequest {
+        method: String::from_utf8_lossy(head.method()).into_owned(),
+        path: String::from_utf8_lossy(head.target()).into_owned(),
+        headers,
+        body,
+    })
 }
 
 fn read_some(stream: &mut TcpStream, buf: &mut bytes::BytesMut) -> bool {
@@ -208,19 +244,5 @@ fn read_some(stream: &mut TcpStream, buf: &mut bytes::BytesMut) -> bool {
             buf.extend_from_slice(&chunk[..n]);
             true
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::authorized;
-
-    #[test]
-    fn bearer_token_check() {
-        assert!(authorized(None, None));
-        assert!(authorized(Some("s3cret"), Some("Bearer s3cret")));
-        assert!(!authorized(Some("s3cret"), Some("Bearer s3cre")));
-        assert!(!authorized(Some("s3cret"), Some("s3cret")));
-        assert!(!authorized(Some("s3cret"), None));
     }
 }

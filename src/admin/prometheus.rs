@@ -159,6 +159,12 @@ pub fn render(shared: &Shared) -> String {
             "ringproxy_upstream_connections_discarded_total{{reason=\"{reason}\"}} {n}"
         );
     }
+    counter(
+        &mut out,
+        "ringproxy_log_lines_dropped_total",
+        "Log lines dropped: over logging.buffer_bytes while stdout lagged, or stdout failing.",
+        read(&crate::metrics::LOG_LINES_DROPPED),
+    );
 
     let now = now_ms();
     let backends = &snapshot.backends;

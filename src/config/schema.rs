@@ -190,6 +190,8 @@ pub struct LoggingConfig {
     pub level: String,
     pub format: LogFormat,
     pub access_log: bool,
+    /// Bytes of log lines queued for stdout at most; past it lines are dropped and counted.
+    pub buffer_bytes: i64,
 }
 
 impl Default for LoggingConfig {
@@ -198,6 +200,7 @@ impl Default for LoggingConfig {
             level: "info".into(),
             format: LogFormat::Json,
             access_log: true,
+            buffer_bytes: 4 << 20,
         }
     }
 }
@@ -295,6 +298,8 @@ pub struct AdminConfig {
     pub port: i64,
     /// When set, every admin request needs `Authorization: Bearer <token>`.
     pub token: Option<String>,
+    /// Start even when `host` is not a loopback address and no `token` is set (default false).
+    pub allow_unauthenticated_remote: bool,
 }
 
 impl Default for AdminConfig {
@@ -304,6 +309,7 @@ impl Default for AdminConfig {
             host: "127.0.0.1".into(),
             port: 9901,
             token: None,
+            allow_unauthenticated_remote: false,
         }
     }
 }

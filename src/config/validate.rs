@@ -73,7 +73,31 @@ pub struct AdminSettings {
     pub enabled: bool,
     pub listen: SocketAddr,
     pub token: Option<String>,
+    pub allow_unauthenticated_remote: bool,
 }
+
+impl AdminSettings {
+    /// Serving on an address other hosts can reach, with nothing but the network to guard it.
+    pub fn exposed_without_token(&self) -> bool {
+        self.enabled && !self.listen.ip().to_canonical().is_loopback() && self.token.is_none()
+    }
+
+    /// Why this admin setup must not run, if it must not: an unauthenticated listener beyond
+    /// loopback lets any host, and any web page a browser on the network opens, change backends.
+    pub fn exposure_problem(&self) -> Option<String> {
+        (self.exposed_without_token() && !self.allow_unauthenticated_remote).then(|| {
+            format!(
+                "the admin API on {} would be reachable from other hosts without a token \
+                 (and from any web page a browser there opens): set admin.token, listen on \
+                 127.0.0.1, or set admin.allow_unauthenticated_remote = true",
+                self.listen
+            )
+        })
+    }
+}
+
+/// Bounds of `logging.buffer_bytes`: room for a few long lines at least, and a sane ceiling.
+pub const LOG_BUFFER_BYTES_RANGE: (i64, i64) = (64 << 10, 1 << 30);
 
 /// A config that passed validation, in the types the proxy uses.
 #[derive(Debug, Clone)]
@@ -166,7 +190,11 @@ pub fn validate(c: Config) -> Result<ValidConfig, Vec<Problem>> {
             }
         },
         token: a.token.clone().filter(|t| !t.is_empty()),
+        allow_unauthenticated_remote: a.allow_unauthenticated_remote,
     };
+    if let Some(problem) = admin.exposure_problem() {
+        ck.fail("admin.host", problem);
+    }
     if admin.enabled && admin_port == port {
         ck.fail(
             "admin.port",
@@ -240,6 +268,8 @@ pub fn validate(c: Config) -> Result<ValidConfig, Vec<Problem>> {
             format!("not a valid level or filter: {:?}", c.logging.level),
         );
     }
+    let (min, max) = LOG_BUFFER_BYTES_RANGE;
+    ck.range("logging.buffer_bytes", c.logging.buffer_bytes, min, max);
 
     let t = &c.timeouts;
     let timeouts = Timeouts {
@@ -484,6 +514,48 @@ mod tests {
             parse(&format!("[upstream]\nretries = 4\n{}", one.repeat(2))),
             4
         );
+    }
+
+    #[test]
+    fn log_buffer_bytes_bounded() {
+        let with = |v: &str| {
+            format!("[logging]\nbuffer_bytes = {v}\n[[backends]]\nurl = \"http://127.0.0.1:1\"\n")
+        };
+        for bad in ["0", "-1", "65535", "1073741825"] {
+            let errs = problems(&with(bad));
+            assert!(
+                errs[0].starts_with("t.toml:2:1: logging.buffer_bytes: must be between 65536"),
+                "{bad}: {errs:?}"
+            );
+        }
+        assert!(problems(&with("65536")).is_empty());
+        let parsed = crate::config::parse(
+            Path::new("t.toml"),
+            "[[backends]]\nurl = \"http://127.0.0.1:1\"\n",
+        );
+        assert_eq!(parsed.unwrap().logging.buffer_bytes, 4 << 20);
+    }
+
+    #[test]
+    fn admin_beyond_loopback_needs_a_token_or_consent() {
+        let with =
+            |admin: &str| format!("[admin]\n{admin}\n[[backends]]\nurl = \"http://127.0.0.1:1\"\n");
+        for host in ["0.0.0.0", "::", "10.0.0.1"] {
+            let errs = problems(&with(&format!("port = 9901\nhost = \"{host}\"")));
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert!(errs[0].starts_with("t.toml:3:1: admin.host: "), "{errs:?}");
+            assert!(errs[0].contains("allow_unauthenticated_remote"), "{errs:?}");
+        }
+        for ok in [
+            "host = \"0.0.0.0\"\ntoken = \"t0ken\"",
+            "host = \"0.0.0.0\"\nallow_unauthenticated_remote = true",
+            "host = \"0.0.0.0\"\nenabled = false",
+            "host = \"127.0.0.2\"",
+            "host = \"::1\"",
+            "host = \"::ffff:127.0.0.1\"",
+        ] {
+            assert!(problems(&with(ok)).is_empty(), "{ok}");
+        }
     }
 
     #[test]

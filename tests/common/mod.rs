@@ -146,12 +146,22 @@ pub fn is_closed_error(err: &io::Error) -> bool {
 
 /// Resident set size of a process in KiB, from /proc/<pid>/status.
 pub fn rss_kib(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmRSS")
+}
+
+/// Peak resident set size of a process in KiB (`VmHWM`), so a brief peak cannot hide.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmHWM")
+}
+
+/// A `<field>: N kB` line of /proc/<pid>/status.
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS line in /proc status")
+        .unwrap_or_else(|| panic!("{field} line in /proc status"))
 }
 
 /// Asserts the upstream request carried exactly `len` body bytes in a legal framing:

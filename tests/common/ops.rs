@@ -3,7 +3,7 @@
 //! client with a Prometheus parser, a steady keep-alive load counting failures, signals, and a
 //! `NOTIFY_SOCKET` listener standing in for systemd.
 
-use super::http::{get_request, request_bytes, HttpConn, Message};
+use super::http::{get_request, HttpConn, Message};
 use super::proxy::{config_toml, Proxy};
 use super::{free_port, is_closed_error, pattern, IO_TIMEOUT};
 use std::collections::HashMap;
@@ -460,7 +460,8 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// `method path` with `body`, with the given `Authorization` header value (if any).
+    /// `method path` with `body`, with the given `Authorization` header value (if any), as a
+    /// script would send it: `Host` the admin's address, a JSON body type when there is a body.
     pub fn request_with_auth(
         &self,
         method: &str,
@@ -468,15 +469,30 @@ impl Admin {
         body: &str,
         authorization: Option<&str>,
     ) -> Message {
-        let mut headers = vec![("Connection", "close")];
+        let host = format!("127.0.0.1:{}", self.port);
+        let mut headers = vec![("Host", host.as_str())];
         if let Some(value) = authorization {
             headers.push(("Authorization", value));
         }
-        let request = request_bytes(method, path, &headers, body.as_bytes());
+        if !body.is_empty() {
+            headers.push(("Content-Type", "application/json"));
+        }
+        self.send_raw(&admin_request_bytes(
+            method,
+            path,
+            &headers,
+            body.as_bytes(),
+        ))
+    }
+
+    /// Sends `request` as it is on a new connection and reads the answer.
+    pub fn send_raw(&self, request: &[u8]) -> Message {
+        let method = String::from_utf8_lossy(request);
+        let method = method.split(' ').next().unwrap_or("GET");
         let mut conn = HttpConn::connect(self.port);
-        conn.send(&request);
+        conn.send(request);
         conn.read_response(method)
-            .unwrap_or_else(|e| panic!("admin {method} {path}: no response: {e}"))
+            .unwrap_or_else(|e| panic!("admin {method}: no response: {e}"))
     }
 
     /// `method path` with `body`, carrying the token when there is one.
@@ -524,6 +540,27 @@ impl Admin {
         );
         Metrics::parse(&response.text())
     }
+}
+
+/// An admin request with exactly these `headers` (no `Host` unless given) and `Connection:
+/// close`, and a Content-Length when there is a body or the method is POST.
+pub fn admin_request_bytes(
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Vec<u8> {
+    let mut out = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" {
+        out.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    out.push_str("\r\n");
+    let mut out = out.into_bytes();
+    out.extend_from_slice(body);
+    out
 }
 
 /// A response body as JSON.

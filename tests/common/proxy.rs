@@ -7,7 +7,7 @@ use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
@@ -162,6 +162,54 @@ impl Proxy {
         };
         proxy.wait_ready();
         proxy
+    }
+
+    /// Like `launch`, but stdout goes to a pipe read here only until the proxy says its workers
+    /// listen; the pipe is returned and nobody reads it after that, as a log consumer that
+    /// stalls (the pipe stays open while it is held). `stdout()` is empty for such a proxy.
+    pub fn launch_with_unread_stdout(port: u16, toml: &str) -> (Proxy, ChildStdout) {
+        let config = TempConfig::new(toml);
+        let stderr = File::create(config.dir.path().join("stderr.log")).expect("create stderr.log");
+        let mut child = Command::new(BIN)
+            .arg("-c")
+            .arg(&config.path)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
+        let pipe = child.stdout.take().expect("piped stdout");
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            let mut reader = std::io::BufReader::new(pipe);
+            let mut line = String::new();
+            while std::io::BufRead::read_line(&mut reader, &mut line).is_ok_and(|n| n > 0) {
+                if line.contains("all workers listening") {
+                    let _ = ready_tx.send(reader.into_inner());
+                    return;
+                }
+                line.clear();
+            }
+        });
+        let proxy = Proxy {
+            child,
+            port,
+            config,
+        };
+        let pipe = ready_rx.recv_timeout(IO_TIMEOUT).unwrap_or_else(|_| {
+            panic!(
+                "ringproxy did not log that it listens within {IO_TIMEOUT:?}:\n{}",
+                proxy.logs()
+            )
+        });
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        assert!(
+            TcpStream::connect_timeout(&addr, IO_TIMEOUT).is_ok(),
+            "ringproxy not accepting on {addr}:\n{}",
+            proxy.logs()
+        );
+        (proxy, pipe)
     }
 
     fn wait_ready(&mut self) {
