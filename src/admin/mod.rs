@@ -137,23 +137,13 @@ fn answer(mut stream: TcpStream, response: &Response) {
         format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n",
         response.status,
-        reason_phrase(response.status),
+        crate::http::status::reason_phrase(response.status),
         response.content_type,
         response.body.len(),
         if response.status == 401 { "WWW-Authenticate: Bearer\r\n" } else { "" },
     );
     let _ = stream.write_all(head.as_bytes());
     let _ = stream.write_all(response.body.as_bytes());
-}
-
-/// The admin's own statuses, then the shared table.
-fn reason_phrase(status: u16) -> &'static str {
-    match status {
-        403 => "Forbidden",
-        415 => "Unsupported Media Type",
-        421 => "Misdirected Request",
-        _ => crate::http::status::reason_phrase_any(status),
-    }
 }
 
 /// One admin request, with every header field as sent (the proxy's parser sets aside the

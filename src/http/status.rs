@@ -4,9 +4,27 @@ use bytes::BytesMut;
 
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
+/// The reason phrase of every status the proxy or its admin API sends itself.
 pub fn reason_phrase(status: u16) -> &'static str {
     match status {
+        100 => "Continue",
+        200 => "OK",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        411 => "Length Required",
+        415 => "Unsupported Media Type",
+        421 => "Misdirected Request",
+        422 => "Unprocessable Content",
+        429 => "Too Many Requests",
         408 => "Request Timeout",
         413 => "Content Too Large",
         414 => "URI Too Long",
@@ -18,20 +36,6 @@ pub fn reason_phrase(status: u16) -> &'static str {
         504 => "Gateway Timeout",
         505 => "HTTP Version Not Supported",
         _ => "Error",
-    }
-}
-
-/// Reason phrase for any status the proxy or its admin API sends.
-pub fn reason_phrase_any(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        409 => "Conflict",
-        411 => "Length Required",
-        422 => "Unprocessable Content",
-        _ => reason_phrase(status),
     }
 }
 
