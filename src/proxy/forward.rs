@@ -102,8 +102,9 @@ impl Failure {
     fn status(&self) -> Option<u16> {
         match self {
             Failure::NoBackendUp => Some(503),
-            Failure::Connect(ConnectError::Timeout) | Failure::UpstreamTimeout => Some(504),
-            Failure::Connect(ConnectError::Failed(_)) | Failure::Upstream(_) => Some(502),
+            Failure::Connect(e) => Some(e.status()),
+            Failure::UpstreamTimeout => Some(504),
+            Failure::Upstream(_) => Some(502),
             Failure::BadRequestBody(_) => Some(400),
             Failure::BodyTooLarge => Some(413),
             Failure::ClientBodyTimeout => Some(408),
@@ -116,10 +117,7 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failure::NoBackendUp => f.write_str("no backend is up"),
-            Failure::Connect(ConnectError::Timeout) => f.write_str("connect to upstream timed out"),
-            Failure::Connect(ConnectError::Failed(e)) => {
-                write!(f, "connect to upstream failed: {e}")
-            }
+            Failure::Connect(e) => write!(f, "{e}"),
             Failure::UpstreamTimeout => f.write_str("upstream response head timed out"),
             Failure::Upstream(why) | Failure::Aborted(why) => f.write_str(why),
             Failure::BadRequestBody(e) => write!(f, "bad request body: {}", e.reason()),
@@ -272,6 +270,13 @@ async fn forward(
                     Ok(up) => {
                         bump(&ctx.metrics.upstream_opened);
                         up
+                    }
+                    Err(e) if !e.is_backend_failure() => {
+                        // Out of descriptors here: shed (503). No failure counted against the
+                        // backend, its half-open trial (if this was it) given back.
+                        target.passive.release_trial();
+                        rec.backend_seen = None;
+                        return Err(Failure::Connect(e));
                     }
                     Err(e) => {
                         tracing::warn!(backend = %target.url, error = ?e, worker = ctx.worker_id, "upstream connect failed");

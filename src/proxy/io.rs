@@ -138,7 +138,8 @@ pub fn reset_on_close(stream: &TcpStream) {
 /// A second descriptor for the socket of `stream` (close-on-exec).
 pub fn dup_fd(stream: &TcpStream) -> std::io::Result<OwnedFd> {
     // SAFETY: `stream` keeps the descriptor open while it is borrowed here.
-    unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned()
+    let dup = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned();
+    crate::fd_budget::note(crate::fd_budget::FdOp::Dup, dup)
 }
 
 /// A second stream on the same socket, so that one task can wait on it (or write to it) while
