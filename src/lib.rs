@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod fd_budget;
 pub mod http;
 pub mod listener;
 pub mod logging;

@@ -34,6 +34,21 @@ pub fn add_gauge(gauge: &AtomicI64, delta: i64) {
     gauge.store(gauge.load(Ordering::Relaxed) + delta, Ordering::Relaxed);
 }
 
+/// Operations that found no descriptor, by `fd_budget::FdOp` (labels in its order).
+pub const FD_OP_LABELS: [&str; 6] = [
+    "accept",
+    "connect",
+    "health_check",
+    "pipe",
+    "pipe_budget",
+    "dup",
+];
+
+/// Counts of `FD_OP_LABELS`. Process-wide rather than per worker: the health thread counts
+/// here too, and the events are rare.
+pub static FD_EXHAUSTED: [AtomicU64; FD_OP_LABELS.len()] =
+    [const { AtomicU64::new(0) }; FD_OP_LABELS.len()];
+
 pub fn read(counter: &AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
 }

@@ -3,6 +3,7 @@
 //! handle signals: SIGHUP reloads, SIGTERM/SIGINT drain and stop (a second one stops at once).
 
 use crate::config::ValidConfig;
+use crate::fd_budget::{self, FdBudget};
 use crate::state::Shared;
 use crate::{admin, listener, worker};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -10,11 +11,6 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::mpsc;
-
-/// Descriptors kept aside for listeners, logs, health probes and the like.
-const RESERVED_FDS: usize = 256;
-/// Share of the usable descriptors client connections may take when the limit cannot be raised.
-const CLIENT_FD_SHARE: (usize, usize) = (3, 4);
 
 /// Runs until stopped by a signal; returns once every worker has drained.
 pub fn run(
@@ -28,8 +24,8 @@ pub fn run(
     let count = workers_override
         .or(config.workers)
         .unwrap_or_else(|| cores.len().max(1));
-    config.limits.max_connections =
-        fit_connections_to_fd_limit(config.limits.max_connections, count);
+    let budget = fit_connections_to_fd_limit(&config, count);
+    config.limits.max_connections = budget.max_connections;
     listener::ensure_address_free(config.listen).map_err(|e| with_context(e, config.listen))?;
     let listen = config.listen;
     let pin = config.pin_cores;
@@ -44,23 +40,33 @@ pub fn run(
         "starting ringproxy"
     );
 
-    crate::upstream::health::spawn(shared.clone())?;
-    admin::spawn(shared.clone())?;
-
     // Kept to wake the workers' accept loops on shutdown (shutdown(2) on a listener ends a
     // pending accept); duplicates, so they stay valid whatever the workers do.
     let mut wake_fds: Vec<RawFd> = Vec::with_capacity(count);
-    let (ready_tx, ready_rx) = mpsc::sync_channel(count);
-    let mut handles = Vec::with_capacity(count);
-    for id in 0..count {
+    // Listeners and spare descriptors before the health and admin threads open anything, so
+    // they hold low descriptor numbers: a spare freed when descriptors run out must be below
+    // the limit to be of use, even if the limit is lowered while running (prlimit).
+    let mut sockets = Vec::with_capacity(count);
+    for _ in 0..count {
         let socket = listener::bind_worker_socket(listen).map_err(|e| with_context(e, listen))?;
         // SAFETY: duplicating a descriptor we own.
         wake_fds.push(unsafe { libc::dup(socket.as_raw_fd()) });
+        sockets.push((socket, worker::open_spare()));
+    }
+
+    crate::upstream::health::spawn(shared.clone())?;
+    admin::spawn(shared.clone())?;
+
+    let (ready_tx, ready_rx) = mpsc::sync_channel(count);
+    let mut handles = Vec::with_capacity(count);
+    for (id, (socket, spare)) in sockets.into_iter().enumerate() {
         let spec = worker::WorkerSpec {
             id,
             core: (pin && !cores.is_empty()).then(|| cores[id % cores.len()]),
             listener: socket,
             shared: shared.clone(),
+            pipes: budget.pipes_per_worker,
+            spare,
         };
         handles.push(worker::spawn(spec, ready_tx.clone())?);
     }
@@ -132,53 +138,35 @@ pub fn notify_systemd(state: &[sd_notify::NotifyState]) {
     let _ = sd_notify::notify(false, state);
 }
 
-/// Makes room for every client connection plus one upstream connection each: raises the soft
-/// open-files limit, and the hard one too when privileged (like nginx's `worker_rlimit_nofile`,
-/// up to `fs.nr_open`). If the limit still falls short, client connections may use at most
-/// `CLIENT_FD_SHARE` of it, the rest staying for upstream connections (held only by requests in
-/// flight and the bounded idle pool), so the cap is hit before accept runs out of descriptors.
-fn fit_connections_to_fd_limit(max_connections: usize, workers: usize) -> usize {
-    let wanted = (max_connections * 2 * workers.max(1) + RESERVED_FDS) as libc::rlim_t;
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+/// Raises the open-files limit to what the configured connections need at worst, or lowers
+/// `max_connections` to what the limit holds, and logs the budget.
+fn fit_connections_to_fd_limit(config: &ValidConfig, workers: usize) -> FdBudget {
+    let demand = fd_budget::Demand {
+        workers,
+        backends: config.backends.len(),
+        max_idle_per_backend: config.pool.max_idle_per_backend,
     };
-    // SAFETY: plain syscalls on stack structs.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return max_connections;
-        }
-        if lim.rlim_max < wanted {
-            let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
-                .ok()
-                .and_then(|s| s.trim().parse::<libc::rlim_t>().ok())
-                .unwrap_or(lim.rlim_max);
-            let raised = libc::rlimit {
-                rlim_cur: wanted.min(ceiling),
-                rlim_max: wanted.min(ceiling),
-            };
-            if raised.rlim_max > lim.rlim_max && libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0
-            {
-                lim = raised;
-            }
-        }
-        if lim.rlim_cur < lim.rlim_max.min(wanted) {
-            lim.rlim_cur = lim.rlim_max.min(wanted);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-    let usable = (lim.rlim_cur as usize).saturating_sub(RESERVED_FDS);
-    let fits = usable * CLIENT_FD_SHARE.0 / CLIENT_FD_SHARE.1 / workers.max(1);
-    if fits < max_connections {
-        tracing::info!(
-            nofile = lim.rlim_cur,
-            configured = max_connections,
-            effective = fits.max(1),
+    let configured = config.limits.max_connections;
+    let budget = fd_budget::fit(configured, &demand);
+    tracing::info!(
+        nofile = budget.nofile,
+        workers,
+        per_connection = fd_budget::PER_CONNECTION,
+        pipes_per_worker = budget.pipes_per_worker,
+        pooled_per_worker = budget.pool_per_worker,
+        needed = budget.needed,
+        max_connections = budget.max_connections,
+        "open-files budget: per client connection its worst case (client, upstream, two duplicates), per worker splice pipes and idle pooled connections, and a reserve"
+    );
+    if budget.max_connections < configured {
+        tracing::warn!(
+            nofile = budget.nofile,
+            configured,
+            effective = budget.max_connections,
             "limits.max_connections lowered to fit the open-files limit (raise LimitNOFILE to allow more)"
         );
-        return fits.max(1);
     }
-    max_connections
+    budget
 }
 
 fn with_context(e: io::Error, addr: std::net::SocketAddr) -> io::Error {

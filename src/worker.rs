@@ -3,9 +3,12 @@
 //! On shutdown it stops accepting, closes idle connections, lets busy ones finish their
 //! request (bounded by the shutdown timeout), then returns.
 
+use crate::fd_budget::{self, FdOp};
 use crate::proxy::{run_parking_lot, spawn_connection, ConnectionSlot, WorkerCtx};
 use crate::state::Shared;
-use std::io;
+use std::cell::Cell;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::SyncSender;
@@ -14,8 +17,11 @@ use std::time::{Duration, Instant};
 
 /// How often idle pooled upstream connections are checked for expiry.
 const POOL_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
-/// Pause after a failed accept (e.g. EMFILE) so the loop does not spin on it.
+/// Pause after a failed accept (e.g. EMFILE) so the loop does not spin on it (io_uring fails an
+/// accept at once while out of descriptors, whether or not a client waits).
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+/// Waiting clients refused per pause while out of descriptors.
+const SHED_PER_PAUSE: usize = 64;
 /// Bound on writing the refusal to a connection over the cap.
 const REFUSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a draining worker checks whether its connections are done.
@@ -28,6 +34,11 @@ pub struct WorkerSpec {
     pub core: Option<core_affinity::CoreId>,
     pub listener: std::net::TcpListener,
     pub shared: Arc<Shared>,
+    /// Splice pipes this worker may hold (`FdBudget::pipes_per_worker`).
+    pub pipes: usize,
+    /// A descriptor held only to be closed when the process runs out of them, so that one
+    /// client can still be accepted and refused with 503 (rather than left in the backlog).
+    pub spare: Option<std::fs::File>,
 }
 
 /// Which I/O driver monoio's `FusionDriver` will pick on this machine.
@@ -55,6 +66,7 @@ pub fn spawn(
 
 fn run(spec: WorkerSpec, ready: &SyncSender<io::Result<()>>) -> io::Result<()> {
     let pinned = spec.core.is_some_and(core_affinity::set_for_current);
+    fd_budget::set_pipes_per_worker(spec.pipes);
     let mut runtime = build_runtime()?;
     runtime.block_on(async move {
         let listener = monoio::net::TcpListener::from_std(spec.listener)?;
@@ -71,7 +83,7 @@ fn run(spec: WorkerSpec, ready: &SyncSender<io::Result<()>>) -> io::Result<()> {
             "worker listening"
         );
         let _ = ready.send(Ok(()));
-        accept_until_draining(&listener, &ctx).await;
+        accept_until_draining(&listener, &ctx, spec.spare).await;
         drop(listener);
         drain(&ctx).await;
         Ok(())
@@ -111,7 +123,12 @@ fn build_runtime() -> io::Result<WorkerRuntime> {
     }
 }
 
-async fn accept_until_draining(listener: &monoio::net::TcpListener, ctx: &Rc<WorkerCtx>) {
+async fn accept_until_draining(
+    listener: &monoio::net::TcpListener,
+    ctx: &Rc<WorkerCtx>,
+    mut spare: Option<std::fs::File>,
+) {
+    let refusing = Rc::new(Cell::new(0));
     loop {
         let accepted = listener.accept().await;
         if ctx.shared.is_draining() {
@@ -121,11 +138,20 @@ async fn accept_until_draining(listener: &monoio::net::TcpListener, ctx: &Rc<Wor
             Ok((stream, _))
                 if ctx.active_connections() >= ctx.view().config.limits.max_connections =>
             {
-                monoio::spawn(refuse_connection(stream, ctx.clone()));
+                fd_budget::recovered(FdOp::Accept);
+                refuse_bounded(stream, ctx, &refusing);
             }
             Ok((stream, peer)) => {
+                fd_budget::recovered(FdOp::Accept);
                 let slot = ConnectionSlot::take(ctx);
                 spawn_connection(ctx.clone(), stream, peer, slot, false);
+            }
+            Err(e) if fd_budget::is_exhaustion(&e) => {
+                fd_budget::exhausted(FdOp::Accept, &e);
+                // Under io_uring this comes at once, whether a client waits or not: the clients
+                // waiting now are refused, then a pause (no spinning) before the next look.
+                shed_waiting_clients(listener, &mut spare);
+                monoio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
             }
             Err(e) => {
                 tracing::warn!(worker = ctx.worker_id, error = %e, "accept failed");
@@ -133,6 +159,65 @@ async fn accept_until_draining(listener: &monoio::net::TcpListener, ctx: &Rc<Wor
             }
         }
     }
+}
+
+/// A descriptor held only to be closed when the process runs out of them (`WorkerSpec::spare`).
+pub fn open_spare() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
+}
+
+/// Out of descriptors: refuses the clients waiting in the listener's backlog with 503, each on
+/// the spare descriptor (closed for it and taken back after), rather than leave them waiting
+/// for descriptors that may not come back soon. Synchronous and non-blocking throughout, so no
+/// other task of this worker can take the freed descriptor in between.
+fn shed_waiting_clients(listener: &monoio::net::TcpListener, spare: &mut Option<std::fs::File>) {
+    let fd = listener.as_raw_fd();
+    let mut refusal = bytes::BytesMut::new();
+    crate::http::status::write_error(&mut refusal, 503, false);
+    for _ in 0..SHED_PER_PAUSE {
+        if spare.take().is_none() {
+            *spare = open_spare();
+            return;
+        }
+        // SAFETY: the listener is open; no address is asked for. It is non-blocking
+        // (`listener::bind_worker_socket`): with no client waiting this is EAGAIN.
+        let client = unsafe {
+            libc::accept4(
+                fd,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            )
+        };
+        if client >= 0 {
+            // SAFETY: a fresh descriptor nothing else owns.
+            let mut stream = unsafe { std::net::TcpStream::from_raw_fd(client) };
+            let _ = stream.write(&refusal);
+            // What the client already sent is read off, so the close is a FIN, not a reset
+            // that could destroy the 503 before the client reads it.
+            let _ = stream.read(&mut [0u8; 4096]);
+        }
+        *spare = open_spare();
+        if client < 0 {
+            return;
+        }
+    }
+}
+
+/// Refuses a connection over the cap with 503, or, with `REFUSALS_IN_FLIGHT` already being
+/// answered (a flood), closes it at once: refusals must not hold descriptors without bound.
+fn refuse_bounded(stream: monoio::net::TcpStream, ctx: &WorkerCtx, refusing: &Rc<Cell<usize>>) {
+    crate::metrics::bump(&ctx.metrics.connections_refused_over_cap);
+    tracing::warn!(worker = ctx.worker_id, "connection limit reached; refusing");
+    if refusing.get() >= fd_budget::REFUSALS_IN_FLIGHT {
+        return;
+    }
+    refusing.set(refusing.get() + 1);
+    let refusing = refusing.clone();
+    monoio::spawn(async move {
+        refuse_connection(stream).await;
+        refusing.set(refusing.get() - 1);
+    });
 }
 
 /// Lets busy connections finish (each closes after its current response), closes idle ones,
@@ -165,9 +250,7 @@ async fn drain(ctx: &WorkerCtx) {
 
 /// Over the connection cap: answer 503 and close at once, rather than leave the client
 /// waiting in the backlog or let descriptors run out.
-async fn refuse_connection(mut stream: monoio::net::TcpStream, ctx: Rc<WorkerCtx>) {
-    crate::metrics::bump(&ctx.metrics.connections_refused_over_cap);
-    tracing::warn!(worker = ctx.worker_id, "connection limit reached; refusing");
+async fn refuse_connection(mut stream: monoio::net::TcpStream) {
     let mut out = bytes::BytesMut::new();
     crate::http::status::write_error(&mut out, 503, false);
     let _ = crate::proxy::io::write_buf(&mut stream, &mut out, REFUSE_WRITE_TIMEOUT).await;

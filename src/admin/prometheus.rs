@@ -1,7 +1,9 @@
 //! `GET /metrics` in the Prometheus text exposition format (version 0.0.4). Per-worker counters
 //! are summed here, on read.
 
-use crate::metrics::{read, HistogramTotals, WorkerMetrics, CLASS_LABELS, LATENCY_BUCKETS};
+use crate::metrics::{
+    read, HistogramTotals, WorkerMetrics, CLASS_LABELS, FD_EXHAUSTED, FD_OP_LABELS, LATENCY_BUCKETS,
+};
 use crate::state::Shared;
 use crate::upstream::passive::now_ms;
 use crate::upstream::Backend;
@@ -101,6 +103,19 @@ pub fn render(shared: &Shared) -> String {
         "Client connections refused over limits.max_connections.",
         sum(&|w| read(&w.connections_refused_over_cap)),
     );
+    family(
+        &mut out,
+        "ringproxy_fd_exhausted_total",
+        "counter",
+        "Operations that found no file descriptor (EMFILE/ENFILE, or the worker's splice pipes all in use), by what was shed or done without.",
+    );
+    for (op, n) in FD_OP_LABELS.iter().zip(&FD_EXHAUSTED) {
+        let _ = writeln!(
+            out,
+            "ringproxy_fd_exhausted_total{{op=\"{op}\"}} {}",
+            read(n)
+        );
+    }
     counter(
         &mut out,
         "ringproxy_retries_total",

@@ -141,8 +141,9 @@ impl Failure {
     fn status(&self) -> Option<u16> {
         match self {
             Failure::NoBackendUp => Some(503),
-            Failure::Connect(ConnectError::Timeout) | Failure::UpstreamTimeout => Some(504),
-            Failure::Connect(ConnectError::Failed(_)) | Failure::Upstream(_) => Some(502),
+            Failure::Connect(e) => Some(e.status()),
+            Failure::UpstreamTimeout => Some(504),
+            Failure::Upstream(_) => Some(502),
             Failure::BadRequestBody(_) => Some(400),
             Failure::BodyTooLarge => Some(413),
             Failure::ClientBodyTimeout => Some(408),
@@ -158,6 +159,7 @@ impl Failure {
             Failure::NoBackendUp => "no backend is up",
             Failure::Connect(ConnectError::Timeout) => "connect to upstream timed out",
             Failure::Connect(ConnectError::Failed(_)) => "connect to upstream failed",
+            Failure::Connect(ConnectError::NoDescriptor(_)) => "out of file descriptors",
             Failure::UpstreamTimeout => "upstream response head timed out",
             Failure::Upstream(why) | Failure::Aborted(why) => why,
             Failure::BadRequestBody(e) => e.reason(),
@@ -172,10 +174,7 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failure::NoBackendUp => f.write_str("no backend is up"),
-            Failure::Connect(ConnectError::Timeout) => f.write_str("connect to upstream timed out"),
-            Failure::Connect(ConnectError::Failed(e)) => {
-                write!(f, "connect to upstream failed: {e}")
-            }
+            Failure::Connect(e) => write!(f, "{e}"),
             Failure::UpstreamTimeout => f.write_str("upstream response head timed out"),
             Failure::Upstream(why) | Failure::Aborted(why) => f.write_str(why),
             Failure::BadRequestBody(e) => write!(f, "bad request body: {}", e.reason()),
@@ -202,6 +201,16 @@ impl Attempt {
             failure,
             retry: Retry::Never,
             blame,
+        }
+    }
+
+    /// A failure of this proxy (out of descriptors), not of the backend: not repeated, and not
+    /// logged against the backend.
+    fn never_local(failure: Failure) -> Attempt {
+        Attempt {
+            failure,
+            retry: Retry::Never,
+            blame: false,
         }
     }
 
@@ -389,6 +398,10 @@ async fn exchange(
             },
             Err(failed) => failed,
         };
+        if let Failure::Connect(ConnectError::NoDescriptor(_)) = attempt.failure {
+            // This proxy's failure: not the backend's 5xx, nor its access-log entry.
+            rec.backend_seen = None;
+        }
         match attempt.retry {
             Retry::Never => return Err(attempt.failure),
             Retry::FreshConnection if !fresh_used => {
@@ -425,6 +438,12 @@ async fn upstream_connection(
         Ok(up) => {
             bump(&ctx.metrics.upstream_opened);
             Ok(up)
+        }
+        Err(e) if !e.is_backend_failure() => {
+            // Out of descriptors here: shed (503). No failure counted against the backend, its
+            // half-open trial (if this was it) given back, no other backend tried.
+            target.passive.release_trial();
+            Err(Attempt::never_local(Failure::Connect(e)))
         }
         Err(e) => {
             tracing::warn!(backend = %target.url, error = ?e, worker = ctx.worker_id, "upstream connect failed");

@@ -171,7 +171,8 @@ pub fn reset_on_close(stream: &TcpStream) {
 /// A second descriptor for the socket of `stream` (close-on-exec).
 pub fn dup_fd(stream: &TcpStream) -> std::io::Result<OwnedFd> {
     // SAFETY: `stream` keeps the descriptor open while it is borrowed here.
-    unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned()
+    let dup = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned();
+    crate::fd_budget::note(crate::fd_budget::FdOp::Dup, dup)
 }
 
 /// A second stream on the socket `fd`, which the caller keeps open meanwhile (it is borrowed

@@ -7,8 +7,12 @@
 //! worker splices non-blocking itself and waits for readiness through its driver as usual.
 //! The sockets are switched to O_NONBLOCK only for the splice (monoio's io_uring reads expect
 //! blocking sockets) and switched back on every path out.
+//!
+//! Pipes are bounded per worker (HAProxy's `maxpipes`), open and spare together, and counted in
+//! the open-files budget: when all are in use, or the kernel has no descriptor, bodies are copied.
 
 use super::io::IoFail;
+use crate::fd_budget::{self, FdOp};
 use monoio::net::TcpStream;
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -20,12 +24,14 @@ use std::time::Duration;
 pub const SPLICE_MIN_BYTES: u64 = 128 * 1024;
 /// Pipe capacity asked for (the kernel's default unprivileged maximum is 1 MiB).
 const PIPE_BYTES: usize = 1024 * 1024;
-/// Idle pipes kept per worker for reuse.
+/// Idle pipes kept per worker for reuse (within its pipe budget).
 const PIPES_KEPT: usize = 16;
 
 thread_local! {
     /// Each worker thread's spare empty pipes (a pipe is two descriptors and a syscall to make).
     static SPARE_PIPES: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+    /// Pipes this worker has open, in use and spare: at most `fd_budget::pipes_per_worker()`.
+    static PIPES_OPEN: Cell<usize> = const { Cell::new(0) };
     /// Set once splice(2) turned out not to work here (a seccomp filter, a socket type without
     /// splice support): the worker copies from then on.
     static SPLICE_REFUSED: Cell<bool> = const { Cell::new(false) };
@@ -46,15 +52,29 @@ struct Pipe {
 }
 
 impl Pipe {
+    /// A spare pipe, or a new one within the worker's budget.
     fn take() -> io::Result<Pipe> {
         if let Some(pipe) = SPARE_PIPES.with(|p| p.borrow_mut().pop()) {
             return Ok(pipe);
         }
+        if PIPES_OPEN.get() >= fd_budget::pipes_per_worker() {
+            let e = io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "the worker's pipes are all in use",
+            );
+            fd_budget::exhausted(FdOp::PipeBudget, &e);
+            return Err(e);
+        }
         let mut fds = [0; 2];
         // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let made = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        let made = if made < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        };
+        fd_budget::note(FdOp::Pipe, made)?;
+        PIPES_OPEN.set(PIPES_OPEN.get() + 1);
         // SAFETY: fresh descriptors nothing else owns.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         // SAFETY: plain fcntl on an owned descriptor; on failure the default size stays.
@@ -75,6 +95,13 @@ impl Pipe {
                 spare.push(self);
             }
         });
+    }
+}
+
+impl Drop for Pipe {
+    /// Closing the pipe (its `OwnedFd`s) gives its two descriptors back to the budget.
+    fn drop(&mut self) {
+        PIPES_OPEN.set(PIPES_OPEN.get().saturating_sub(1));
     }
 }
 

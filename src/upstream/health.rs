@@ -3,10 +3,14 @@
 //! tracker (HAProxy's semantics) and are published as the backend's `up` atomic, which every
 //! worker reads on each pick. This thread is the only writer of active-check results.
 //!
+//! A probe that cannot get a socket (the process is out of descriptors) is skipped, not failed:
+//! the shortage is logged once when it starts and when it ends, and no backend changes state.
+//!
 //! Startup: a backend starts up (HAProxy's default `init-state up`) and is probed at once; until it
 //! has passed one check a single failure takes it down, so a dead backend gets no flood first.
 
 use super::Backend;
+use crate::fd_budget::{self, FdOp};
 use crate::state::Shared;
 use bytes::BytesMut;
 use monoio::io::AsyncWriteRentExt;
@@ -82,6 +86,9 @@ pub enum ProbeResult {
     Refused,
     Timeout,
     Failed(String),
+    /// Not sent: this process had no descriptor for the socket. Says nothing about the backend,
+    /// so it is neither a failure nor a success.
+    Skipped,
 }
 
 impl fmt::Display for ProbeResult {
@@ -91,6 +98,7 @@ impl fmt::Display for ProbeResult {
             ProbeResult::Refused => f.write_str("connection refused"),
             ProbeResult::Timeout => f.write_str("timeout"),
             ProbeResult::Failed(why) => f.write_str(why),
+            ProbeResult::Skipped => f.write_str("skipped: no file descriptor"),
         }
     }
 }
@@ -152,6 +160,11 @@ async fn check_forever(shared: Arc<Shared>, backend: Arc<Backend>) {
         }
         let started = Instant::now();
         let result = probe(&backend, settings.timeout).await;
+        if result == ProbeResult::Skipped {
+            // A shortage here, not a verdict on the backend: its state stays as it is.
+            monoio::time::sleep(settings.interval.saturating_sub(started.elapsed())).await;
+            continue;
+        }
         let ok = matches!(result, ProbeResult::Status(s) if settings.expects(s));
         backend.set_last_check(&result, ok);
         match tracker.record(ok, settings.success_threshold, settings.failure_threshold) {
@@ -178,9 +191,11 @@ pub async fn probe(backend: &Backend, timeout: Duration) -> ProbeResult {
 }
 
 async fn probe_unbounded(backend: &Backend) -> ProbeResult {
-    let mut stream = match TcpStream::connect_addr(backend.addr).await {
+    let connected = TcpStream::connect_addr(backend.addr).await;
+    let mut stream = match fd_budget::note(FdOp::HealthCheck, connected) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return ProbeResult::Refused,
+        Err(e) if fd_budget::is_exhaustion(&e) => return ProbeResult::Skipped,
         Err(e) => return ProbeResult::Failed(format!("connect: {e}")),
     };
     let request = format!(

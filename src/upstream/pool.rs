@@ -5,6 +5,7 @@
 use super::BackendSet;
 use crate::config::PoolSettings;
 use crate::proxy::io::{idle_state, IdleState};
+use crate::fd_budget::{self, FdOp};
 use bytes::BytesMut;
 use monoio::net::TcpStream;
 use std::collections::{HashMap, VecDeque};
@@ -151,6 +152,39 @@ impl UpstreamPool {
 pub enum ConnectError {
     Failed(std::io::Error),
     Timeout,
+    /// No descriptor for the socket (EMFILE/ENFILE): this process is short, the backend is not
+    /// at fault and another backend would fare no better.
+    NoDescriptor(std::io::Error),
+}
+
+impl ConnectError {
+    /// Whether the failure tells something about the backend: only those count for passive
+    /// health and the backend's connect-error counters, and only those move on to another one.
+    pub fn is_backend_failure(&self) -> bool {
+        !matches!(self, ConnectError::NoDescriptor(_))
+    }
+
+    /// The client's status: 504 for a timeout, 503 (with `Retry-After`) when the proxy itself is
+    /// out of descriptors, as for any overload it sheds; 502 when the backend could not be reached.
+    pub fn status(&self) -> u16 {
+        match self {
+            ConnectError::Timeout => 504,
+            ConnectError::NoDescriptor(_) => 503,
+            ConnectError::Failed(_) => 502,
+        }
+    }
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Timeout => f.write_str("connect to upstream timed out"),
+            ConnectError::Failed(e) => write!(f, "connect to upstream failed: {e}"),
+            ConnectError::NoDescriptor(e) => {
+                write!(f, "no descriptor for an upstream connection: {e}")
+            }
+        }
+    }
 }
 
 /// Opens a new connection to a backend within `timeout`.
@@ -159,8 +193,10 @@ pub async fn connect(
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<UpstreamConn, ConnectError> {
-    let stream = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
+    let connecting = monoio::time::timeout(timeout, TcpStream::connect_addr(addr));
+    let stream = match connecting.await.map(|r| fd_budget::note(FdOp::Connect, r)) {
         Ok(Ok(s)) => s,
+        Ok(Err(e)) if fd_budget::is_exhaustion(&e) => return Err(ConnectError::NoDescriptor(e)),
         Ok(Err(e)) => return Err(ConnectError::Failed(e)),
         Err(_) => return Err(ConnectError::Timeout),
     };

@@ -146,6 +146,17 @@ impl Proxy {
     /// Writes `toml`, runs `ringproxy -c <file> args...` with `env`, waits until `port` accepts
     /// and the proxy has logged that its workers listen.
     pub fn launch(port: u16, toml: &str, args: &[&str], env: &[(&str, &str)]) -> Proxy {
+        Proxy::launch_with(port, toml, args, env, |_| {})
+    }
+
+    /// As `launch`, with `configure` applied to the command before it is spawned.
+    pub fn launch_with(
+        port: u16,
+        toml: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        configure: impl FnOnce(&mut Command),
+    ) -> Proxy {
         let config = TempConfig::new(toml);
         let mut command = Command::new(BIN);
         command
@@ -154,6 +165,7 @@ impl Proxy {
             .args(args)
             .env_remove("RUST_LOG")
             .envs(env.iter().copied());
+        configure(&mut command);
         let child = spawn_logged(&mut command, config.dir.path());
         let mut proxy = Proxy {
             child,
