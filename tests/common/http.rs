@@ -184,29 +184,12 @@ impl HttpConn {
     /// returned as they are, so callers can assert on them.
     pub fn read_response(&mut self, method: &str) -> io::Result<Message> {
         let head = self.read_head_required()?;
-        let status = head.status();
-        let framing = if method.eq_ignore_ascii_case("HEAD")
-            || (100..200).contains(&status)
-            || status == 204
-            || status == 304
-        {
-            Framing::Empty
-        } else if let Some(te) = head.get("transfer-encoding") {
-            let last = te.rsplit(',').next().unwrap_or("").trim();
-            if last.eq_ignore_ascii_case("chunked") {
-                Framing::Chunked
-            } else {
-                Framing::Close
-            }
-        } else if let Some(len) = head.get("content-length") {
-            Framing::Length(parse_length(len)?)
-        } else {
-            Framing::Close
-        };
+        let framing = response_framing(&head, method)?;
         self.read_body(head, framing)
     }
 
-    fn read_body(&mut self, head: Head, framing: Framing) -> io::Result<Message> {
+    /// Reads the body that follows `head` as `framing` says (`Close`: until the peer closes).
+    pub fn read_body(&mut self, head: Head, framing: Framing) -> io::Result<Message> {
         let mut body = Vec::new();
         let mut trailers = Vec::new();
         match framing {
@@ -246,6 +229,12 @@ impl HttpConn {
         let response = self.roundtrip(&get_request(path));
         assert_eq!(response.status(), 200, "GET {path}: {response:?}");
         response
+    }
+
+    /// Bytes already received and not yet read (a message's end leaves nothing here unless
+    /// more was sent behind it).
+    pub fn buffered(&self) -> &[u8] {
+        self.reader.buffer()
     }
 
     /// Everything until the peer closes.
@@ -301,6 +290,33 @@ impl Read for HttpConn {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.reader.read(buf)
     }
+}
+
+/// How the body of a response to `method` is delimited, by RFC 9112 §6.3: none for HEAD, 1xx,
+/// 204 and 304 whatever the fields say; chunked when Transfer-Encoding ends in chunked (other
+/// codings: until close); else Content-Length; else until the server closes.
+pub fn response_framing(head: &Head, method: &str) -> io::Result<Framing> {
+    let status = head.status();
+    Ok(
+        if method.eq_ignore_ascii_case("HEAD")
+            || (100..200).contains(&status)
+            || status == 204
+            || status == 304
+        {
+            Framing::Empty
+        } else if let Some(te) = head.get("transfer-encoding") {
+            let last = te.rsplit(',').next().unwrap_or("").trim();
+            if last.eq_ignore_ascii_case("chunked") {
+                Framing::Chunked
+            } else {
+                Framing::Close
+            }
+        } else if let Some(len) = head.get("content-length") {
+            Framing::Length(parse_length(len)?)
+        } else {
+            Framing::Close
+        },
+    )
 }
 
 fn invalid(msg: String) -> io::Error {

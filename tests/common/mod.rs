@@ -12,7 +12,7 @@ pub mod smuggling;
 #[allow(unused_imports)]
 pub use backend::{chunked_response_bytes, response_bytes, Backend, Recorded, Reply};
 #[allow(unused_imports)]
-pub use http::{get_request, request_bytes, Framing, Head, HttpConn, Message};
+pub use http::{get_request, request_bytes, response_framing, Framing, Head, HttpConn, Message};
 #[allow(unused_imports)]
 pub use proxy::{
     config_toml, run_to_exit, Proxy, RunOutcome, TempConfig, DRIVERS, FAST_HEALTH_CHECKS,
