@@ -39,7 +39,7 @@
 mod common;
 
 use common::{is_closed_error, response_framing, Backend, Framing, Head, HttpConn, Message};
-use common::{response_bytes, Proxy, Reply};
+use common::{response_bytes, Proxy, Reply, DRIVERS};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
@@ -725,10 +725,14 @@ fn rule_of(problem: &str) -> String {
 
 #[test]
 fn every_cell_is_delimited_through_the_proxy() {
-    let backend = scripted_backend();
-    // A hang must show as a bounded read failing, never as the proxy's idle timeout closing.
-    let proxy = Proxy::start(&[backend.port], "[timeouts]\nidle_timeout_seconds = 60\n");
-    assert_matrix_passes(proxy.port, &backend, "through ringproxy");
+    for (driver, env) in DRIVERS {
+        // A backend per run: the upstream side of each cell is checked from what it recorded.
+        let backend = scripted_backend();
+        // A hang must show as a bounded read failing, never as the proxy's idle timeout closing.
+        let extra = "[timeouts]\nidle_timeout_seconds = 60\n";
+        let proxy = Proxy::start_with_env(backend.port, extra, env);
+        assert_matrix_passes(proxy.port, &backend, &format!("through ringproxy ({driver})"));
+    }
 }
 
 /// The same matrix straight against the scripted backend: proves the backend and the reader
