@@ -731,7 +731,11 @@ fn every_cell_is_delimited_through_the_proxy() {
         // A hang must show as a bounded read failing, never as the proxy's idle timeout closing.
         let extra = "[timeouts]\nidle_timeout_seconds = 60\n";
         let proxy = Proxy::start_with_env(backend.port, extra, env);
-        assert_matrix_passes(proxy.port, &backend, &format!("through ringproxy ({driver})"));
+        assert_matrix_passes(
+            proxy.port,
+            &backend,
+            &format!("through ringproxy ({driver})"),
+        );
     }
 }
 

@@ -246,8 +246,14 @@ fn is_tchar(b: u8) -> bool {
 /// proxy itself vouches for in the head: an upstream that merges trailers into the header
 /// section would otherwise take a client's `X-Forwarded-For` trailer for the proxy's. Nor those
 /// the message's `Connection` header named (`connection` over the head's bytes `raw`), which
-/// are hop-by-hop wherever they appear (RFC 9110 §7.6.1).
-pub fn is_forwardable_trailer(line: &[u8], connection: &ConnectionOptions, raw: &[u8]) -> bool {
+/// are hop-by-hop wherever they appear (RFC 9110 §7.6.1). Nor, with `drop_underscored` (a
+/// client's request, as its header fields), names containing `_`.
+pub fn is_forwardable_trailer(
+    line: &[u8],
+    connection: &ConnectionOptions,
+    raw: &[u8],
+    drop_underscored: bool,
+) -> bool {
     const NOT_AS_TRAILERS: [&[u8]; 6] = [
         b"host",
         b"trailer",
@@ -257,9 +263,11 @@ pub fn is_forwardable_trailer(line: &[u8], connection: &ConnectionOptions, raw: 
         b"x-forwarded-host",
     ];
     let name = line.split(|&b| b == b':').next().unwrap_or_default();
-    !is_hop_by_hop(name)
-        && !NOT_AS_TRAILERS.iter().any(|n| n.eq_ignore_ascii_case(name))
-        && !connection.names(raw, name)
+    let underscored = drop_underscored && name.contains(&b'_');
+    !(underscored
+        || is_hop_by_hop(name)
+        || NOT_AS_TRAILERS.iter().any(|n| n.eq_ignore_ascii_case(name))
+        || connection.names(raw, name))
 }
 
 /// `name: value` with a token name and no control bytes.
@@ -361,7 +369,8 @@ mod tests {
         let raw = b"Connection: x-hop, close";
         let mut connection = ConnectionOptions::default();
         connection.add(raw, &raw[12..]);
-        let forwardable = |line: &str| is_forwardable_trailer(line.as_bytes(), &connection, raw);
+        let forwardable =
+            |line: &str| is_forwardable_trailer(line.as_bytes(), &connection, raw, true);
         for kept in [
             "X-Sum: 1",
             "Server-Timing: x",
@@ -385,6 +394,7 @@ mod tests {
             "X-Forwarded-Host: evil",
             "X-Hop: named in Connection",
             "Close: named in Connection",
+            "X_Forwarded_Proto: https",
         ] {
             assert!(!forwardable(dropped), "{dropped}");
         }

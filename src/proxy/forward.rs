@@ -663,6 +663,7 @@ async fn send_streaming_body(
         buf: rbuf,
         decoder,
         head: (&req.raw, &req.connection),
+        drop_underscored: !view.config.limits.head.allow_underscores,
     };
     let max = view.config.limits.head.max_body_bytes;
     let mut transfer = Box::pin(transfer_body(
@@ -746,6 +747,7 @@ where
         buf: up_rbuf,
         decoder: &mut decoder,
         head: (&resp.raw, &resp.connection),
+        drop_underscored: false,
     };
     let mut relay = std::pin::pin!(transfer_body(
         source,
@@ -830,6 +832,7 @@ async fn relay_response(
         buf: &mut up.rbuf,
         decoder: &mut decoder,
         head: (&resp.raw, &resp.connection),
+        drop_underscored: false,
     };
     let io_timeout = view.config.timeouts.io;
     let moved = transfer_body(

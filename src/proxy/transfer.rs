@@ -55,6 +55,8 @@ pub struct Source<'a, S> {
     pub decoder: &'a mut BodyDecoder,
     /// The message head's bytes and what its `Connection` header said, for the trailers.
     pub head: (&'a [u8], &'a ConnectionOptions),
+    /// Trailer names containing `_` are dropped (a client's, unless allowed: as its headers).
+    pub drop_underscored: bool,
 }
 
 /// Streams the rest of the body. `out` may already hold bytes to send first (the message head);
@@ -96,7 +98,8 @@ pub async fn transfer_body<S: BodyIo, D: BodyIo>(
                 // close-delimited body has no place for them, so they are dropped, as RFC 9110
                 // §6.5.1 allows).
                 let (raw, connection) = src.head;
-                if framing == OutFraming::Chunked && is_forwardable_trailer(&field, connection, raw)
+                if framing == OutFraming::Chunked
+                    && is_forwardable_trailer(&field, connection, raw, src.drop_underscored)
                 {
                     if !trailer_started {
                         out.extend_from_slice(b"0\r\n");

@@ -20,7 +20,11 @@ pub fn write_request_head(
     out.extend_from_slice(req.method());
     out.extend_from_slice(b" ");
     let path = req.path();
-    if path.first().is_none_or(|&b| b == b'?') {
+    if path.is_empty() && req.method() == b"OPTIONS" {
+        // `OPTIONS http://a.example` asks about the server as a whole: the last proxy sends
+        // it on as `OPTIONS *` (RFC 9112 §3.2.4).
+        out.extend_from_slice(b"*");
+    } else if path.first().is_none_or(|&b| b == b'?') {
         // An absolute-form target without a path (`http://a.example?q`) goes in origin-form.
         out.extend_from_slice(b"/");
     }
@@ -279,6 +283,43 @@ mod tests {
              X-Forwarded-Proto: http\r\nX-Forwarded-Host: evil.example:8080\r\n\
              Forwarded: for=10.1.1.1, for=192.0.2.7;proto=http;host=\"evil.example:8080\"\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn options_for_the_whole_server_goes_on_as_asterisk() {
+        let addr = "127.0.0.1:9000".parse().unwrap();
+        for (raw, line) in [
+            (
+                "OPTIONS http://a.example HTTP/1.1\r\nHost: a\r\n\r\n",
+                "OPTIONS * HTTP/1.1\r\n",
+            ),
+            (
+                "OPTIONS http://a.example?x HTTP/1.1\r\nHost: a\r\n\r\n",
+                "OPTIONS /?x HTTP/1.1\r\n",
+            ),
+            (
+                "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+                "OPTIONS * HTTP/1.1\r\n",
+            ),
+            (
+                "GET http://a.example HTTP/1.1\r\nHost: a\r\n\r\n",
+                "GET / HTTP/1.1\r\n",
+            ),
+        ] {
+            let mut out = BytesMut::new();
+            write_request_head(
+                &mut out,
+                &request(raw),
+                "1.2.3.4",
+                "http",
+                OutFraming::None,
+                addr,
+            );
+            assert!(
+                std::str::from_utf8(&out).unwrap().starts_with(line),
+                "{raw}"
+            );
+        }
     }
 
     #[test]

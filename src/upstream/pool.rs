@@ -4,8 +4,8 @@
 
 use super::BackendSet;
 use crate::config::PoolSettings;
-use crate::proxy::io::{idle_state, IdleState};
 use crate::fd_budget::{self, FdOp};
+use crate::proxy::io::{idle_state, IdleState};
 use bytes::BytesMut;
 use monoio::net::TcpStream;
 use std::collections::{HashMap, VecDeque};

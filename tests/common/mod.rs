@@ -15,7 +15,7 @@ pub use backend::{chunked_response_bytes, response_bytes, Backend, Recorded, Rep
 pub use http::{get_request, request_bytes, response_framing, Framing, Head, HttpConn, Message};
 #[allow(unused_imports)]
 pub use proxy::{
-    config_toml, run_to_exit, Proxy, RunOutcome, TempConfig, DRIVERS, FAST_HEALTH_CHECKS,
+    config_toml, log_field, run_to_exit, Proxy, RunOutcome, TempConfig, DRIVERS, FAST_HEALTH_CHECKS,
 };
 
 use sha2::{Digest, Sha256};

@@ -642,6 +642,8 @@ impl Metrics {
 #[derive(Clone, Debug)]
 pub struct Outcome {
     pub client: usize,
+    /// The request's path, unique per request (`/load/<client>/<n>`).
+    pub path: String,
     pub at: Instant,
     pub result: Result<String, String>,
 }
@@ -687,9 +689,11 @@ fn load_client(port: u16, client: usize, pause: Duration, stop: &AtomicBool) -> 
     let mut i = 0;
     while !stop.load(Ordering::SeqCst) && started.elapsed() < LOAD_LIMIT {
         i += 1;
-        let result = one_load_request(port, &mut conn, &format!("/load/{client}/{i}"));
+        let path = format!("/load/{client}/{i}");
+        let result = one_load_request(port, &mut conn, &path);
         outcomes.push(Outcome {
             client,
+            path,
             at: Instant::now(),
             result,
         });

@@ -5,7 +5,7 @@ use super::http::HttpConn;
 use super::{free_port, rss_kib, IO_TIMEOUT};
 use std::ffi::OsStr;
 use std::fs::{self, File};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::thread;
@@ -13,6 +13,12 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ringproxy");
+
+/// The binary the tests run: `RINGPROXY_BIN` if set (to run the suite against another build,
+/// e.g. to show a new test fails on the code before a fix), else the one cargo built.
+pub fn bin() -> String {
+    std::env::var("RINGPROXY_BIN").unwrap_or_else(|_| BIN.to_string())
+}
 
 /// Active health checks every 0.2 s, one probe to go down or up: for tests of up/down.
 pub const FAST_HEALTH_CHECKS: &str = "[health_checks]\nenabled = true\ninterval_seconds = 0.2\n\
@@ -87,7 +93,7 @@ pub fn run_to_exit<S: AsRef<OsStr>>(
     cwd: Option<&Path>,
 ) -> RunOutcome {
     let out_dir = tempfile::tempdir().expect("tempdir");
-    let mut command = Command::new(BIN);
+    let mut command = Command::new(bin());
     command
         .args(args)
         .env_remove("RUST_LOG")
@@ -121,6 +127,8 @@ pub const DRIVERS: [(&str, &[(&str, &str)]); 2] = [
 /// A running proxy; killed and reaped when dropped.
 pub struct Proxy {
     child: Child,
+    /// The address it listens on (127.0.0.1 unless started with `launch_on`).
+    pub ip: IpAddr,
     pub port: u16,
     pub config: TempConfig,
 }
@@ -157,8 +165,37 @@ impl Proxy {
         env: &[(&str, &str)],
         configure: impl FnOnce(&mut Command),
     ) -> Proxy {
+        Proxy::launch_full(
+            IpAddr::from([127, 0, 0, 1]),
+            port,
+            toml,
+            args,
+            env,
+            configure,
+        )
+    }
+
+    /// As `launch`, for a config whose `[server] host` is `ip` (e.g. `::1`).
+    pub fn launch_on(
+        ip: IpAddr,
+        port: u16,
+        toml: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Proxy {
+        Proxy::launch_full(ip, port, toml, args, env, |_| {})
+    }
+
+    fn launch_full(
+        ip: IpAddr,
+        port: u16,
+        toml: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        configure: impl FnOnce(&mut Command),
+    ) -> Proxy {
         let config = TempConfig::new(toml);
-        let mut command = Command::new(BIN);
+        let mut command = Command::new(bin());
         command
             .arg("-c")
             .arg(&config.path)
@@ -169,6 +206,7 @@ impl Proxy {
         let child = spawn_logged(&mut command, config.dir.path());
         let mut proxy = Proxy {
             child,
+            ip,
             port,
             config,
         };
@@ -182,7 +220,7 @@ impl Proxy {
     pub fn launch_with_unread_stdout(port: u16, toml: &str) -> (Proxy, ChildStdout) {
         let config = TempConfig::new(toml);
         let stderr = File::create(config.dir.path().join("stderr.log")).expect("create stderr.log");
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(bin())
             .arg("-c")
             .arg(&config.path)
             .env_remove("RUST_LOG")
@@ -190,7 +228,7 @@ impl Proxy {
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
-            .unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin()));
         let pipe = child.stdout.take().expect("piped stdout");
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         thread::spawn(move || {
@@ -206,6 +244,7 @@ impl Proxy {
         });
         let proxy = Proxy {
             child,
+            ip: IpAddr::from([127, 0, 0, 1]),
             port,
             config,
         };
@@ -225,7 +264,7 @@ impl Proxy {
     }
 
     fn wait_ready(&mut self) {
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let addr = SocketAddr::from((self.ip, self.port));
         let deadline = Instant::now() + IO_TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -325,6 +364,12 @@ impl Drop for Proxy {
     }
 }
 
+/// The value of `key` (e.g. `"path="`) in a text-format log line, up to the next space.
+pub fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let start = line.find(&format!(" {key}"))? + key.len() + 1;
+    line[start..].split(' ').next()
+}
+
 /// Spawns with stdin closed and stdout/stderr going to `stdout.log`/`stderr.log` in `dir`.
 fn spawn_logged(command: &mut Command, dir: &Path) -> Child {
     let stdout = File::create(dir.join("stdout.log")).expect("create stdout.log");
@@ -334,7 +379,7 @@ fn spawn_logged(command: &mut Command, dir: &Path) -> Child {
         .stdout(stdout)
         .stderr(stderr)
         .spawn()
-        .unwrap_or_else(|e| panic!("spawn {BIN}: {e}"))
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin()))
 }
 
 fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
