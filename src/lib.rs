@@ -1,19 +1,22 @@
 //! ringproxy: a thread-per-core io_uring HTTP/1.1 reverse proxy and load balancer.
 //!
-//! Follow a request: `main.rs` -> `server::run` (workers, listeners) -> `worker` (one monoio
-//! runtime per core, accept loop) -> `proxy::serve_connection` (request phases) ->
-//! `upstream` (balancer, pool) and `http` (framing).
+//! Follow a request: `main.rs` -> `server::run` (workers, listeners, health and admin threads,
+//! signals) -> `worker` (one monoio runtime per core, accept loop) -> `proxy` (a connection's
+//! requests, each through its phases: route, admit, exchange, relay, log) -> `upstream`
+//! (groups, balancer, pool, health), `http` (framing) and `net` (sockets). Arrows point that
+//! way only; `config` is data every layer may read, and `state` what all threads share.
+//!
+//! Public: what the binary (`main.rs`) and the fuzz targets use.
 
-pub mod admin;
+mod admin;
 pub mod config;
-pub mod fd_budget;
 pub mod http;
-pub mod listener;
 pub mod logging;
-pub mod metrics;
-pub mod proxy;
-pub mod reload;
+mod metrics;
+mod net;
+mod proxy;
+mod reload;
 pub mod server;
-pub mod state;
-pub mod upstream;
-pub mod worker;
+mod state;
+mod upstream;
+mod worker;

@@ -3,9 +3,11 @@
 //! handle signals: SIGHUP reloads, SIGTERM/SIGINT drain and stop (a second one stops at once).
 
 use crate::config::ValidConfig;
-use crate::fd_budget::{self, FdBudget};
+use crate::net::fd_budget::{self, FdBudget};
+use crate::net::listener;
+use crate::net::stream::Scheme;
 use crate::state::Shared;
-use crate::{admin, listener, worker};
+use crate::{admin, worker};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -19,7 +21,7 @@ pub fn run(
     workers_override: Option<usize>,
 ) -> io::Result<()> {
     // Handlers first: a SIGHUP or SIGTERM that arrives while starting is queued, not fatal.
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    let signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let count = workers_override
         .or(config.workers)
@@ -34,39 +36,31 @@ pub fn run(
     tracing::info!(
         %listen,
         workers = count,
-        driver = worker::driver_name(),
+        driver = crate::net::driver_name(),
         backends = snapshot.backends.len(),
         version = env!("CARGO_PKG_VERSION"),
         "starting ringproxy"
     );
 
-    // Kept to wake the workers' accept loops on shutdown (shutdown(2) on a listener ends a
-    // pending accept); duplicates, so they stay valid whatever the workers do.
-    let mut wake_fds: Vec<RawFd> = Vec::with_capacity(count);
     // Listeners and spare descriptors before the health and admin threads open anything, so
     // they hold low descriptor numbers: a spare freed when descriptors run out must be below
     // the limit to be of use, even if the limit is lowered while running (prlimit).
-    let mut sockets = Vec::with_capacity(count);
-    for _ in 0..count {
-        let socket = listener::bind_worker_socket(listen).map_err(|e| with_context(e, listen))?;
-        // SAFETY: duplicating a descriptor we own.
-        wake_fds.push(unsafe { libc::dup(socket.as_raw_fd()) });
-        sockets.push((socket, worker::open_spare()));
-    }
+    let bound = bind_listeners(listen, count)?;
+    let wake_fds: Vec<RawFd> = bound.iter().map(|b| b.wake_fd).collect();
 
     crate::upstream::health::spawn(shared.clone())?;
     admin::spawn(shared.clone())?;
 
     let (ready_tx, ready_rx) = mpsc::sync_channel(count);
     let mut handles = Vec::with_capacity(count);
-    for (id, (socket, spare)) in sockets.into_iter().enumerate() {
+    for (id, b) in bound.into_iter().enumerate() {
         let spec = worker::WorkerSpec {
             id,
             core: (pin && !cores.is_empty()).then(|| cores[id % cores.len()]),
-            listener: socket,
+            listener: b.listener,
             shared: shared.clone(),
             pipes: budget.pipes_per_worker,
-            spare,
+            spare: b.spare,
         };
         handles.push(worker::spawn(spec, ready_tx.clone())?);
     }
@@ -78,11 +72,55 @@ pub fn run(
     tracing::info!(%listen, "ready: all workers listening");
     notify_systemd(&[sd_notify::NotifyState::Ready]);
 
+    serve_signals(signals, &shared, handles, &wake_fds);
+    for fd in wake_fds {
+        // SAFETY: closing our own duplicates.
+        unsafe { libc::close(fd) };
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// One worker's listening socket, a duplicate of it kept to wake its accept loop on shutdown
+/// (shutdown(2) on a listener ends a pending accept), and its spare descriptor.
+struct Bound {
+    listener: listener::Listener,
+    wake_fd: RawFd,
+    spare: Option<std::fs::File>,
+}
+
+fn bind_listeners(listen: std::net::SocketAddr, count: usize) -> io::Result<Vec<Bound>> {
+    (0..count)
+        .map(|_| {
+            let socket =
+                listener::bind_worker_socket(listen).map_err(|e| with_context(e, listen))?;
+            // SAFETY: duplicating a descriptor we own.
+            let wake_fd = unsafe { libc::dup(socket.as_raw_fd()) };
+            Ok(Bound {
+                listener: listener::Listener {
+                    socket,
+                    scheme: Scheme::Http,
+                },
+                wake_fd,
+                spare: worker::open_spare(),
+            })
+        })
+        .collect()
+}
+
+/// Until stopped: SIGHUP reloads; the first SIGTERM/SIGINT drains (wakes the accept loops and
+/// waits for the workers in another thread), a second one exits at once.
+fn serve_signals(
+    mut signals: signal_hook::iterator::Signals,
+    shared: &Shared,
+    mut handles: Vec<std::thread::JoinHandle<()>>,
+    wake_fds: &[RawFd],
+) {
     let signal_handle = signals.handle();
     let mut waiter = None;
     for sig in signals.forever() {
         match sig {
-            SIGHUP => reload(&shared),
+            SIGHUP => reload(shared),
             _ if shared.is_draining() => {
                 tracing::warn!(signal = sig, "second stop signal: exiting now");
                 std::process::exit(1);
@@ -93,7 +131,7 @@ pub fn run(
                 shared
                     .draining
                     .store(true, std::sync::atomic::Ordering::SeqCst);
-                for &fd in &wake_fds {
+                for &fd in wake_fds {
                     // SAFETY: our own duplicate of a listening socket.
                     unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
                 }
@@ -111,12 +149,6 @@ pub fn run(
     if let Some(w) = waiter {
         let _ = w.join();
     }
-    for fd in wake_fds {
-        // SAFETY: closing our own duplicates.
-        unsafe { libc::close(fd) };
-    }
-    tracing::info!("stopped");
-    Ok(())
 }
 
 fn reload(shared: &Shared) {

@@ -3,9 +3,11 @@
 //! Workers notice a new snapshot by its generation number, a read-only atomic, and keep their
 //! own handle to it, so the request path writes nothing shared.
 
+use crate::config::HealthSettings;
 use crate::config::ValidConfig;
 use crate::metrics::WorkerMetrics;
 use crate::upstream::backend::{Backend, BackendSet};
+use crate::upstream::health::Checked;
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -75,6 +77,23 @@ impl Shared {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// The health thread checks every backend of the snapshot in force, with the global settings.
+impl Checked for Shared {
+    fn generation(&self) -> u64 {
+        Shared::generation(self)
+    }
+
+    fn targets(&self) -> Vec<(Arc<Backend>, HealthSettings)> {
+        let snapshot = self.snapshot();
+        let settings = &snapshot.config.health;
+        snapshot
+            .backends
+            .iter()
+            .map(|b| (b.clone(), settings.clone()))
+            .collect()
     }
 }
 

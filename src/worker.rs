@@ -3,7 +3,9 @@
 //! On shutdown it stops accepting, closes idle connections, lets busy ones finish their
 //! request (bounded by the shutdown timeout), then returns.
 
-use crate::fd_budget::{self, FdOp};
+use crate::net::fd_budget::{self, FdOp};
+use crate::net::listener::Listener;
+use crate::net::stream::{ClientStream, Scheme};
 use crate::proxy::{run_parking_lot, spawn_connection, ConnectionSlot, WorkerCtx};
 use crate::state::Shared;
 use std::cell::Cell;
@@ -32,22 +34,13 @@ const URING_ENTRIES: u32 = 4096;
 pub struct WorkerSpec {
     pub id: usize,
     pub core: Option<core_affinity::CoreId>,
-    pub listener: std::net::TcpListener,
+    pub listener: Listener,
     pub shared: Arc<Shared>,
     /// Splice pipes this worker may hold (`FdBudget::pipes_per_worker`).
     pub pipes: usize,
     /// A descriptor held only to be closed when the process runs out of them, so that one
     /// client can still be accepted and refused with 503 (rather than left in the backlog).
     pub spare: Option<std::fs::File>,
-}
-
-/// Which I/O driver monoio's `FusionDriver` will pick on this machine.
-pub fn driver_name() -> &'static str {
-    if monoio::utils::detect_uring() {
-        "io_uring"
-    } else {
-        "epoll"
-    }
 }
 
 /// Starts the worker thread; it reports on `ready` once it accepts connections (or why it can't).
@@ -69,7 +62,8 @@ fn run(spec: WorkerSpec, ready: &SyncSender<io::Result<()>>) -> io::Result<()> {
     fd_budget::set_pipes_per_worker(spec.pipes);
     let mut runtime = build_runtime()?;
     runtime.block_on(async move {
-        let listener = monoio::net::TcpListener::from_std(spec.listener)?;
+        let scheme = spec.listener.scheme;
+        let listener = monoio::net::TcpListener::from_std(spec.listener.socket)?;
         let ctx = Rc::new(WorkerCtx::new(spec.id, spec.shared)?);
         let core = spec.core.filter(|_| pinned).map_or(-1, |c| c.id as i64);
         ctx.metrics.core.store(core, Ordering::Relaxed);
@@ -77,13 +71,13 @@ fn run(spec: WorkerSpec, ready: &SyncSender<io::Result<()>>) -> io::Result<()> {
         monoio::spawn(run_parking_lot(ctx.clone()));
         tracing::info!(
             worker = spec.id,
-            driver = driver_name(),
+            driver = crate::net::driver_name(),
             core = spec.core.map(|c| c.id as i64).unwrap_or(-1),
             pinned,
             "worker listening"
         );
         let _ = ready.send(Ok(()));
-        accept_until_draining(&listener, &ctx, spec.spare).await;
+        accept_until_draining(&listener, scheme, &ctx, spec.spare).await;
         drop(listener);
         drain(&ctx).await;
         Ok(())
@@ -125,6 +119,7 @@ fn build_runtime() -> io::Result<WorkerRuntime> {
 
 async fn accept_until_draining(
     listener: &monoio::net::TcpListener,
+    scheme: Scheme,
     ctx: &Rc<WorkerCtx>,
     mut spare: Option<std::fs::File>,
 ) {
@@ -144,6 +139,9 @@ async fn accept_until_draining(
             Ok((stream, peer)) => {
                 fd_budget::recovered(FdOp::Accept);
                 let slot = ConnectionSlot::take(ctx);
+                let stream = match scheme {
+                    Scheme::Http => ClientStream::Plain(stream),
+                };
                 spawn_connection(ctx.clone(), stream, peer, slot, false);
             }
             Err(e) if fd_budget::is_exhaustion(&e) => {
@@ -253,7 +251,7 @@ async fn drain(ctx: &WorkerCtx) {
 async fn refuse_connection(mut stream: monoio::net::TcpStream) {
     let mut out = bytes::BytesMut::new();
     crate::http::status::write_error(&mut out, 503, false);
-    let _ = crate::proxy::io::write_buf(&mut stream, &mut out, REFUSE_WRITE_TIMEOUT).await;
+    let _ = crate::net::io::write_buf(&mut stream, &mut out, REFUSE_WRITE_TIMEOUT).await;
 }
 
 async fn sweep_pool(ctx: Rc<WorkerCtx>) {

@@ -179,7 +179,6 @@ fn read_request(stream: &mut TcpStream) -> Result<AdminRequest, u16> {
         max_header_bytes: 16 * 1024,
         max_headers: MAX_ADMIN_HEADERS,
         max_body_bytes: Some(MAX_ADMIN_BODY),
-        allow_underscores: false,
     };
     let deadline = Instant::now() + ADMIN_IO_TIMEOUT;
     let mut buf = bytes::BytesMut::with_capacity(1024);

@@ -31,7 +31,7 @@ pub fn render(shared: &Shared) -> Value {
         "draining": shared.is_draining(),
         "listen": snapshot.config.listen.to_string(),
         "strategy": snapshot.config.strategy,
-        "driver": crate::worker::driver_name(),
+        "driver": crate::net::driver_name(),
         "workers": workers,
         "backends": backends,
     })
@@ -40,7 +40,7 @@ pub fn render(shared: &Shared) -> Value {
 fn worker(id: usize, m: &WorkerMetrics) -> Value {
     json!({
         "id": id,
-        "driver": crate::worker::driver_name(),
+        "driver": crate::net::driver_name(),
         "core": m.core.load(Ordering::Relaxed),
         "requests": m.requests_total(),
         "active_connections": m.active_connections.load(Ordering::Relaxed),

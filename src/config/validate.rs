@@ -3,7 +3,6 @@
 
 use super::schema::*;
 use crate::http::HeadLimits;
-pub use crate::upstream::passive::PassiveSettings;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
@@ -23,6 +22,15 @@ pub struct ResolvedBackend {
     pub health_check_path: String,
 }
 
+/// Passive health: how real traffic ejects a backend (`[passive_health]`).
+#[derive(Debug, Clone, Copy)]
+pub struct PassiveSettings {
+    pub enabled: bool,
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
+    pub eject_on_5xx: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct Timeouts {
     pub connect: Duration,
@@ -37,6 +45,8 @@ pub struct Limits {
     /// What a request head may be; the framing layer's own limits.
     pub head: HeadLimits,
     pub max_connections: usize,
+    /// Forward request header fields whose name contains `_`.
+    pub allow_underscores: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -322,8 +332,8 @@ pub fn validate(c: Config) -> Result<ValidConfig, Vec<Problem>> {
                 0 => None,
                 n => Some(n as u64),
             },
-            allow_underscores: l.allow_underscores_in_headers,
         },
+        allow_underscores: l.allow_underscores_in_headers,
         max_connections: ck.range("limits.max_connections", l.max_connections, 1, 1 << 24) as usize,
     };
 

@@ -1,7 +1,6 @@
 //! Body framing: how a message's body ends, and a decoder that takes body data off the front of a
 //! read buffer without copying (each piece is a `Bytes` split from it). Used for both directions.
 
-use super::head::{is_hop_by_hop, ConnectionOptions};
 use bytes::{Buf, Bytes, BytesMut};
 
 /// Longest chunk-size line (size + extensions) accepted.
@@ -16,6 +15,19 @@ pub enum BodyKind {
     Chunked,
     /// Response body that ends when the upstream closes the connection.
     UntilClose,
+}
+
+/// How the outgoing side of a transfer delimits the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutFraming {
+    /// No body is sent (HEAD, 204, 304, or an empty request body).
+    None,
+    /// Content-Length was sent: the bytes go as they are.
+    Length,
+    /// Re-framed as chunked.
+    Chunked,
+    /// HTTP/1.0 client: bytes as they are, end marked by closing the connection.
+    Close,
 }
 
 impl BodyKind {
@@ -240,36 +252,6 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// Whether a (valid) trailer field line is passed on. Not the fields that frame, route or
-/// describe the connection, which belong in a head (RFC 9110 §6.5.1); a recipient must not act
-/// on them in trailers, so forwarding them could only confuse the next hop. Nor the fields the
-/// proxy itself vouches for in the head: an upstream that merges trailers into the header
-/// section would otherwise take a client's `X-Forwarded-For` trailer for the proxy's. Nor those
-/// the message's `Connection` header named (`connection` over the head's bytes `raw`), which
-/// are hop-by-hop wherever they appear (RFC 9110 §7.6.1). Nor, with `drop_underscored` (a
-/// client's request, as its header fields), names containing `_`.
-pub fn is_forwardable_trailer(
-    line: &[u8],
-    connection: &ConnectionOptions,
-    raw: &[u8],
-    drop_underscored: bool,
-) -> bool {
-    const NOT_AS_TRAILERS: [&[u8]; 6] = [
-        b"host",
-        b"trailer",
-        b"forwarded",
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
-    ];
-    let name = line.split(|&b| b == b':').next().unwrap_or_default();
-    let underscored = drop_underscored && name.contains(&b'_');
-    !(underscored
-        || is_hop_by_hop(name)
-        || NOT_AS_TRAILERS.iter().any(|n| n.eq_ignore_ascii_case(name))
-        || connection.names(raw, name))
-}
-
 /// `name: value` with a token name and no control bytes.
 fn is_valid_trailer(line: &[u8]) -> bool {
     let Some(colon) = line.iter().position(|&b| b == b':') else {
@@ -362,42 +344,6 @@ mod tests {
             ]
         );
         assert_eq!(&buf[..], b"NEXT");
-    }
-
-    #[test]
-    fn framing_routing_connection_and_forwarding_fields_are_not_forwarded_as_trailers() {
-        let raw = b"Connection: x-hop, close";
-        let mut connection = ConnectionOptions::default();
-        connection.add(raw, &raw[12..]);
-        let forwardable =
-            |line: &str| is_forwardable_trailer(line.as_bytes(), &connection, raw, true);
-        for kept in [
-            "X-Sum: 1",
-            "Server-Timing: x",
-            "grpc-status: 0",
-            "Digest: sha-256=x",
-        ] {
-            assert!(forwardable(kept), "{kept}");
-        }
-        for dropped in [
-            "Content-Length: 5",
-            "transfer-encoding: chunked",
-            "Host: evil",
-            "Connection: close",
-            "Keep-Alive: 5",
-            "TE: trailers",
-            "Trailer: X",
-            "Upgrade: h2c",
-            "X-Forwarded-For: 10.0.0.1",
-            "forwarded: for=10.0.0.1",
-            "X-Forwarded-Proto: https",
-            "X-Forwarded-Host: evil",
-            "X-Hop: named in Connection",
-            "Close: named in Connection",
-            "X_Forwarded_Proto: https",
-        ] {
-            assert!(!forwardable(dropped), "{dropped}");
-        }
     }
 
     #[test]

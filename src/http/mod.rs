@@ -12,7 +12,7 @@ pub mod response;
 pub mod status;
 pub mod target;
 
-pub use body::{BodyDecoder, BodyError, BodyKind, Decoded};
-pub use head::{HeaderField, Span, Version};
+pub use body::{BodyDecoder, BodyError, BodyKind, Decoded, OutFraming};
+pub use head::{ConnectionOptions, HeaderField, Span, Version};
 pub use request::{parse_request, HeadLimits, RequestError, RequestHead};
 pub use response::{parse_response, ResponseError, ResponseHead};

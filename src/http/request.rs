@@ -18,10 +18,6 @@ pub struct HeadLimits {
     pub max_headers: usize,
     /// A larger Content-Length is refused up front (413); `None` = unlimited.
     pub max_body_bytes: Option<u64>,
-    /// Keep header fields whose name contains `_` (nginx's `underscores_in_headers`). Off by
-    /// default: CGI-style servers fold `_` and `-` together, so `X_Forwarded_Proto` from a client
-    /// would reach an app as the proxy's own `X-Forwarded-Proto`.
-    pub allow_underscores: bool,
 }
 
 #[derive(Debug)]
@@ -34,14 +30,11 @@ pub struct RequestHead {
     /// with `?`, for an absolute-form target without a path: the writer puts `/` in front.
     pub path: Span,
     pub version: Version,
-    /// End-to-end headers forwarded as they came (Host is written apart, from `host`).
+    /// The end-to-end header fields, as they came (all but Host, which is `host`). What the
+    /// proxy forwards of them, adds and rewrites is `proxy::forwarding`'s business.
     pub headers: HeaderList,
     /// The authority of an absolute-form target, else the Host field (validated).
     pub host: Option<Span>,
-    /// Incoming X-Forwarded-For values, in order; the proxy appends the client address.
-    pub forwarded_for: Vec<Span>,
-    /// Incoming Forwarded values (RFC 7239), in order; the proxy appends its own element.
-    pub forwarded: Vec<Span>,
     pub body: BodyKind,
     /// The client wants the connection kept after this exchange.
     pub keep_alive: bool,
@@ -157,6 +150,22 @@ fn parse_into<'b>(
         }
         Err(_) => return Err(RequestError::BadRequest("malformed request head")),
     };
+    let mut head = request_line(buf, &req)?;
+    let fields = sort_fields(buf, req.headers, &mut head)?;
+    check_hosts_and_connection(&mut head, &fields)?;
+    head.body = body_framing(&fields, head.version)?;
+    if let (BodyKind::Length(n), Some(max)) = (head.body, limits.max_body_bytes) {
+        if n > max {
+            return Err(RequestError::PayloadTooLarge);
+        }
+    }
+    settle_expect_and_upgrade(buf, &mut head, &fields.connection);
+    head.connection = fields.connection;
+    Ok(Some((len, head)))
+}
+
+/// The request line: method, target form (RFC 9112 §3.2), version.
+fn request_line(buf: &[u8], req: &httparse::Request<'_, '_>) -> Result<RequestHead, RequestError> {
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(RequestError::BadRequest("malformed request line"));
     };
@@ -180,8 +189,7 @@ fn parse_into<'b>(
         ),
         Err(why) => return Err(RequestError::BadRequest(why)),
     };
-
-    let mut head = RequestHead {
+    Ok(RequestHead {
         raw: Bytes::new(),
         method: Span::within(buf, method.as_bytes()),
         target: target_span,
@@ -189,32 +197,44 @@ fn parse_into<'b>(
         version,
         headers: HeaderList::new(),
         host: authority,
-        forwarded_for: Vec::new(),
-        forwarded: Vec::new(),
         body: BodyKind::Empty,
         keep_alive: version == Version::Http11,
         expect_continue: false,
         te_trailers: false,
         upgrade: None,
         connection: ConnectionOptions::default(),
-    };
+    })
+}
 
-    let conn = ConnectionOptions::of(buf, req.headers);
-    let mut content_length = ContentLength::default();
-    let mut coding = TransferCoding::default();
-    let mut hosts = 0;
-    for h in req.headers.iter() {
+/// What the header fields said about framing and the connection.
+struct FieldFacts {
+    connection: ConnectionOptions,
+    content_length: ContentLength,
+    coding: TransferCoding,
+    hosts: usize,
+}
+
+/// Sorts the fields: Host (validated), framing, TE, Expect and Upgrade are taken in; the
+/// connection's own fields are dropped; the rest are the message's, kept in order.
+fn sort_fields(
+    buf: &[u8],
+    fields: &[httparse::Header<'_>],
+    head: &mut RequestHead,
+) -> Result<FieldFacts, RequestError> {
+    let mut facts = FieldFacts {
+        connection: ConnectionOptions::of(buf, fields),
+        content_length: ContentLength::default(),
+        coding: TransferCoding::default(),
+        hosts: 0,
+    };
+    for h in fields {
         let name = h.name.as_bytes();
-        if !limits.allow_underscores && name.contains(&b'_') {
-            // Dropped, as nginx does by default (see `HeadLimits::allow_underscores`).
-            continue;
-        }
         let field = HeaderField {
             name: Span::within(buf, name),
             value: Span::within(buf, h.value),
         };
         if name.eq_ignore_ascii_case(b"host") {
-            hosts += 1;
+            facts.hosts += 1;
             let value = trim_ows(h.value);
             if !target::is_valid_host(value) {
                 return Err(RequestError::BadRequest("invalid Host"));
@@ -222,91 +242,88 @@ fn parse_into<'b>(
             // An absolute-form target's authority wins (RFC 9112 §3.2.2).
             head.host.get_or_insert(Span::within(buf, value));
         } else if name.eq_ignore_ascii_case(b"content-length") {
-            content_length.add(buf, h.value);
+            facts.content_length.add(buf, h.value);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             if tokens(h.value).next().is_none() {
                 // Lists may have empty elements, but a request whose only coding field is
                 // empty is ambiguous framing: refuse rather than guess.
                 return Err(RequestError::BadRequest("empty Transfer-Encoding"));
             }
-            coding.add(h.value);
+            facts.coding.add(h.value);
         } else if name.eq_ignore_ascii_case(b"te") {
             head.te_trailers |= tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"trailers"));
         } else if name.eq_ignore_ascii_case(b"expect") {
             // The proxy answers 100 itself; other expectations are refused as RFC 9110 §10.1.1 allows.
-            if trim_ows(h.value).eq_ignore_ascii_case(b"100-continue") {
-                head.expect_continue = true;
-            } else {
+            if !trim_ows(h.value).eq_ignore_ascii_case(b"100-continue") {
                 return Err(RequestError::BadRequest("unsupported Expect"));
             }
+            head.expect_continue = true;
         } else if name.eq_ignore_ascii_case(b"upgrade") {
             if head.upgrade.is_none() && !trim_ows(h.value).is_empty() {
                 head.upgrade = Some(field.value);
             }
-        } else if name.eq_ignore_ascii_case(b"x-forwarded-for") {
-            head.forwarded_for.push(field.value);
-        } else if name.eq_ignore_ascii_case(b"forwarded") {
-            head.forwarded.push(field.value);
-        } else if name.eq_ignore_ascii_case(b"x-forwarded-proto")
-            || name.eq_ignore_ascii_case(b"x-forwarded-host")
-            || is_hop_by_hop(name)
-            || conn.names(buf, name)
-        {
-            // Dropped: hop-by-hop, or regenerated by the proxy.
-        } else {
+        } else if !(is_hop_by_hop(name) || facts.connection.names(buf, name)) {
+            // Hop-by-hop fields are this connection's, not the message's (RFC 9110 §7.6.1).
             head.headers.push(field);
         }
     }
+    Ok(facts)
+}
 
-    match version {
-        Version::Http11 if hosts != 1 => {
-            return Err(RequestError::BadRequest(
-                "HTTP/1.1 request needs exactly one Host",
-            ))
+/// Exactly one Host for HTTP/1.1 (at most one for 1.0); whether the client keeps the connection.
+fn check_hosts_and_connection(
+    head: &mut RequestHead,
+    fields: &FieldFacts,
+) -> Result<(), RequestError> {
+    let conn = &fields.connection;
+    match head.version {
+        Version::Http11 if fields.hosts != 1 => Err(RequestError::BadRequest(
+            "HTTP/1.1 request needs exactly one Host",
+        )),
+        Version::Http10 if fields.hosts > 1 => Err(RequestError::BadRequest("more than one Host")),
+        Version::Http11 => {
+            head.keep_alive = !conn.close;
+            Ok(())
         }
-        Version::Http10 if hosts > 1 => return Err(RequestError::BadRequest("more than one Host")),
-        Version::Http11 => head.keep_alive = !conn.close,
-        Version::Http10 => head.keep_alive = conn.keep_alive && !conn.close,
+        Version::Http10 => {
+            head.keep_alive = conn.keep_alive && !conn.close;
+            Ok(())
+        }
     }
+}
 
-    let length = content_length
+/// How the request body is delimited (RFC 9112 §6), stricter where parsers could disagree.
+fn body_framing(fields: &FieldFacts, version: Version) -> Result<BodyKind, RequestError> {
+    let length = fields
+        .content_length
         .get()
         .map_err(|_| RequestError::BadRequest("invalid Content-Length"))?;
-    head.body = match (coding, length) {
-        (TransferCoding::Absent, None) => BodyKind::Empty,
+    match (fields.coding, length) {
+        (TransferCoding::Absent, None) => Ok(BodyKind::Empty),
         // `Content-Length: 0` stays a length: it goes upstream as such (servers that need a
         // length for a POST answer 411 without one).
-        (TransferCoding::Absent, Some(n)) => BodyKind::Length(n),
+        (TransferCoding::Absent, Some(n)) => Ok(BodyKind::Length(n)),
         // RFC 9112 §6.1 would allow TE to win; both present is a smuggling signature, so refuse.
-        (_, Some(_)) => {
-            return Err(RequestError::BadRequest(
-                "both Content-Length and Transfer-Encoding",
-            ))
-        }
-        _ if version == Version::Http10 => {
-            return Err(RequestError::BadRequest(
-                "Transfer-Encoding in an HTTP/1.0 request",
-            ))
-        }
-        (TransferCoding::Chunked, None) => BodyKind::Chunked,
-        (TransferCoding::ChunkedAfterOthers, None) => {
-            return Err(RequestError::NotImplemented(
-                "transfer codings other than chunked",
-            ))
-        }
-        (TransferCoding::NotChunked | TransferCoding::OnlyEmpty, None) => {
-            return Err(RequestError::BadRequest(
-                "Transfer-Encoding must end in chunked",
-            ))
-        }
-    };
-    if let (BodyKind::Length(n), Some(max)) = (head.body, limits.max_body_bytes) {
-        if n > max {
-            return Err(RequestError::PayloadTooLarge);
-        }
+        (_, Some(_)) => Err(RequestError::BadRequest(
+            "both Content-Length and Transfer-Encoding",
+        )),
+        _ if version == Version::Http10 => Err(RequestError::BadRequest(
+            "Transfer-Encoding in an HTTP/1.0 request",
+        )),
+        (TransferCoding::Chunked, None) => Ok(BodyKind::Chunked),
+        (TransferCoding::ChunkedAfterOthers, None) => Err(RequestError::NotImplemented(
+            "transfer codings other than chunked",
+        )),
+        (TransferCoding::NotChunked | TransferCoding::OnlyEmpty, None) => Err(
+            RequestError::BadRequest("Transfer-Encoding must end in chunked"),
+        ),
     }
-    // No 1xx to an HTTP/1.0 client (RFC 9110 §15.2), and nothing to continue without a body.
-    if head.body.is_bodiless() || version == Version::Http10 {
+}
+
+/// `Expect: 100-continue` only where there is a body and the client speaks HTTP/1.1 (no 1xx to
+/// an HTTP/1.0 client, RFC 9110 §15.2); `Upgrade` only where it may be passed on.
+fn settle_expect_and_upgrade(buf: &[u8], head: &mut RequestHead, conn: &ConnectionOptions) {
+    if head.body.is_bodiless() || head.version == Version::Http10 {
         head.expect_continue = false;
     }
     // h2c is never passed on: it would tunnel HTTP/2 to the upstream past every rule the proxy
@@ -314,15 +331,13 @@ fn parse_into<'b>(
     let h2c = head
         .upgrade
         .is_some_and(|u| tokens(u.of(buf)).any(|t| t.eq_ignore_ascii_case(b"h2c")));
-    let upgradable = version == Version::Http11
+    let upgradable = head.version == Version::Http11
         && head.body.is_bodiless()
         && conn.names(buf, b"upgrade")
         && !h2c;
     if !upgradable {
         head.upgrade = None;
     }
-    head.connection = conn;
-    Ok(Some((len, head)))
 }
 
 /// Length of the request line (leading empty lines excluded), or of all of `buf` if unfinished.
@@ -375,7 +390,6 @@ mod tests {
             max_header_bytes: 256,
             max_headers: 4,
             max_body_bytes: Some(1000),
-            allow_underscores: false,
         }
     }
 

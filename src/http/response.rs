@@ -137,28 +137,11 @@ fn parse_into<'b>(
     let body = if request_was_head || is_bodiless_status(status) {
         BodyKind::Empty
     } else {
-        match (coding, length) {
-            (TransferCoding::Chunked, cl) => {
-                // RFC 9112 §6.3: TE wins over CL, and such a connection must not be reused.
-                reusable &= cl.is_none();
-                BodyKind::Chunked
-            }
-            // A coding the proxy cannot undo (`gzip, chunked`, or `gzip` alone until close): an
-            // HTTP/1.0 client cannot be sent any transfer coding, and passing one on would have
-            // the client take coded bytes for the content. Refused, as HAProxy does.
-            (TransferCoding::ChunkedAfterOthers | TransferCoding::NotChunked, _) => {
-                return Err(ResponseError::Malformed(
-                    "transfer codings other than chunked",
-                ))
-            }
-            // Present with no coding at all: read until close (§6.3).
-            (TransferCoding::OnlyEmpty, _) => BodyKind::UntilClose,
-            // `Content-Length: 0` stays a length, so the client is told the body is empty.
-            (TransferCoding::Absent, Some(n)) => BodyKind::Length(n),
-            (TransferCoding::Absent, None) => BodyKind::UntilClose,
-        }
+        body_framing(coding, length)?
     };
-    if body == BodyKind::UntilClose {
+    // RFC 9112 §6.3: with Transfer-Encoding, Content-Length is ignored and the connection must
+    // not be reused; a body until close ends the connection anyway.
+    if body == BodyKind::UntilClose || (body == BodyKind::Chunked && length.is_some()) {
         reusable = false;
     }
     Ok(Some((
@@ -178,4 +161,23 @@ fn parse_into<'b>(
             connection: conn,
         },
     )))
+}
+
+/// How a response body that the status allows is delimited (RFC 9112 §6.3).
+fn body_framing(coding: TransferCoding, length: Option<u64>) -> Result<BodyKind, ResponseError> {
+    match (coding, length) {
+        // TE wins over CL (the caller keeps such a connection out of the pool).
+        (TransferCoding::Chunked, _) => Ok(BodyKind::Chunked),
+        // A coding the proxy cannot undo (`gzip, chunked`, or `gzip` alone until close): an
+        // HTTP/1.0 client cannot be sent any transfer coding, and passing one on would have
+        // the client take coded bytes for the content. Refused, as HAProxy does.
+        (TransferCoding::ChunkedAfterOthers | TransferCoding::NotChunked, _) => Err(
+            ResponseError::Malformed("transfer codings other than chunked"),
+        ),
+        // Present with no coding at all: read until close.
+        (TransferCoding::OnlyEmpty, _) => Ok(BodyKind::UntilClose),
+        // `Content-Length: 0` stays a length, so the client is told the body is empty.
+        (TransferCoding::Absent, Some(n)) => Ok(BodyKind::Length(n)),
+        (TransferCoding::Absent, None) => Ok(BodyKind::UntilClose),
+    }
 }

@@ -2,6 +2,7 @@
 //! log writer so a slow stdout never stalls a worker. Requests the proxy refused before
 //! forwarding (400, 408, 413, 414, 431, 501, 505) get a line too, with the reason.
 
+use crate::upstream::Backend;
 use std::borrow::Cow;
 use std::time::Duration;
 
@@ -11,12 +12,11 @@ pub const MAX_LOGGED_TARGET: usize = 2048;
 /// Appended to a target cut at `MAX_LOGGED_TARGET`.
 const TRUNCATED_MARK: &str = "...[truncated]";
 
-pub struct AccessRecord {
+/// What one request came to, filled in by its phases for the log phase.
+pub struct AccessRecord<'v> {
     pub status: u16,
-    /// The backend the request is on now (in-flight accounting).
-    pub backend: Option<usize>,
-    /// The last backend the request went to, for the log.
-    pub backend_seen: Option<usize>,
+    /// The last backend the request went to (of the configuration it runs on).
+    pub backend: Option<&'v Backend>,
     /// A status was sent (false for client gone or reset mid-response).
     pub answered: bool,
     pub upstream_time: Option<Duration>,
@@ -26,12 +26,11 @@ pub struct AccessRecord {
     pub reason: Option<&'static str>,
 }
 
-impl Default for AccessRecord {
+impl Default for AccessRecord<'_> {
     fn default() -> Self {
         AccessRecord {
             status: 0,
             backend: None,
-            backend_seen: None,
             answered: true,
             upstream_time: None,
             bytes_in: 0,
@@ -51,7 +50,7 @@ pub struct AccessContext<'a> {
     pub total: Duration,
 }
 
-pub fn emit(ctx: &AccessContext<'_>, rec: &AccessRecord) {
+pub fn emit(ctx: &AccessContext<'_>, rec: &AccessRecord<'_>) {
     tracing::info!(
         target: "access",
         client = ctx.client,

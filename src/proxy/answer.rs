@@ -5,10 +5,11 @@
 //! such answers. Without watching, the proxy would sit in a blocked write until `io_timeout`,
 //! or see the write fail, and the client would get a 502 instead of the server's answer.
 
-use super::forward::Failure;
-use super::io::{dup_stream, read_more_until, recv_now, IoFail};
+use super::error::Failure;
 use super::transfer::TransferError;
 use crate::http::{parse_response, RequestHead, ResponseHead};
+use crate::net::io::{dup_stream, read_more_until, recv_now, IoFail};
+use crate::net::stream::UpstreamStream;
 use crate::upstream::UpstreamConn;
 use bytes::BytesMut;
 use monoio::net::TcpStream;
@@ -90,7 +91,12 @@ pub enum BodySent {
 pub struct Watcher(Option<TcpStream>);
 
 impl Watcher {
-    pub fn new(upstream: &TcpStream) -> Watcher {
+    pub fn new(upstream: &UpstreamStream) -> Watcher {
+        let Some(upstream) = upstream.tcp() else {
+            // A stream with a layer over the socket (TLS) cannot be watched from a second
+            // descriptor: the body is then just sent.
+            return Watcher(None);
+        };
         match dup_stream(upstream) {
             Ok(watcher) => Watcher(Some(watcher)),
             Err(e) => {

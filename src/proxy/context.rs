@@ -1,10 +1,12 @@
 //! What one worker owns for proxying: its view of the current config snapshot, its balancer
-//! cursor and connection pool (plain `RefCell`s: one thread, never borrowed across an await),
-//! its metrics, its count of client connections, the registry of the busy ones and the lot of
-//! the parked ones (both used to close idle connections on shutdown).
+//! cursor and connection pool (each in a `RefCell` of its own: one thread, never borrowed across
+//! an await, and the balancer and pool follow the view lazily, so no borrow of one ever needs
+//! another), its metrics, its count of client connections, the registry of the busy ones and the
+//! lot of the parked ones (both used to close idle connections on shutdown).
 
 use super::parking::ParkingLot;
-use crate::metrics::WorkerMetrics;
+use crate::metrics::{bump, WorkerMetrics};
+use crate::net::io::IdleState;
 use crate::state::{Shared, Snapshot};
 use crate::upstream::{Balancer, UpstreamPool};
 use slab::Slab;
@@ -18,17 +20,19 @@ use std::sync::Arc;
 /// changes the rules under a request in flight.
 pub type View = Rc<Arc<Snapshot>>;
 
-struct Local {
-    view: View,
-    balancer: Balancer,
-    pool: UpstreamPool,
+/// Worker-local state built for one config generation, rebuilt when the view moves on.
+struct ForGeneration<T> {
+    generation: u64,
+    value: T,
 }
 
 pub struct WorkerCtx {
     pub worker_id: usize,
     pub shared: Arc<Shared>,
     pub metrics: Arc<WorkerMetrics>,
-    local: RefCell<Local>,
+    view: RefCell<View>,
+    balancer: RefCell<ForGeneration<Balancer>>,
+    pool: RefCell<ForGeneration<UpstreamPool>>,
     /// Connections with a task: descriptor, and whether it waits idle for its next request.
     /// A slab rather than a heap object per connection, which would scatter small long-lived
     /// allocations among request buffers and keep freed memory from going back to the OS.
@@ -63,17 +67,22 @@ impl Drop for Registration<'_> {
 impl WorkerCtx {
     pub fn new(worker_id: usize, shared: Arc<Shared>) -> std::io::Result<Self> {
         let snapshot = shared.snapshot();
-        let config = &snapshot.config;
-        let local = Local {
-            balancer: Balancer::new(config.strategy, snapshot.backends.len()),
-            pool: UpstreamPool::new(config.pool.clone()),
-            view: Rc::new(snapshot),
-        };
+        let generation = snapshot.generation;
+        let balancer = Balancer::new(snapshot.config.strategy, snapshot.backends.len());
+        let pool = UpstreamPool::new(snapshot.config.pool.clone());
         Ok(WorkerCtx {
             worker_id,
             metrics: shared.workers[worker_id].clone(),
             shared,
-            local: RefCell::new(local),
+            view: RefCell::new(Rc::new(snapshot)),
+            balancer: RefCell::new(ForGeneration {
+                generation,
+                value: balancer,
+            }),
+            pool: RefCell::new(ForGeneration {
+                generation,
+                value: pool,
+            }),
             connections: RefCell::new(Slab::new()),
             active: Cell::new(0),
             parking: RefCell::new(ParkingLot::new()?),
@@ -100,22 +109,49 @@ impl WorkerCtx {
     /// The current snapshot; switches to a newer one first if a reload published it.
     pub fn view(&self) -> View {
         let generation = self.shared.generation();
-        let mut local = self.local.borrow_mut();
-        if local.view.generation != generation {
-            let next = self.shared.snapshot();
-            local.balancer = Balancer::new(next.config.strategy, next.backends.len());
-            local.pool.rebuild(&next.backends, next.config.pool.clone());
-            local.view = Rc::new(next);
+        let mut view = self.view.borrow_mut();
+        if view.generation != generation {
+            *view = Rc::new(self.shared.snapshot());
         }
-        local.view.clone()
+        view.clone()
     }
 
+    /// The balancer, for the generation of the current view.
     pub fn balancer(&self) -> RefMut<'_, Balancer> {
-        RefMut::map(self.local.borrow_mut(), |l| &mut l.balancer)
+        let mut balancer = self.balancer.borrow_mut();
+        let view = self.view.borrow();
+        if balancer.generation != view.generation {
+            balancer.value = Balancer::new(view.config.strategy, view.backends.len());
+            balancer.generation = view.generation;
+        }
+        RefMut::map(balancer, |b| &mut b.value)
     }
 
+    /// The upstream pool, for the generation of the current view: connections to backends a
+    /// reload removed are closed, the others kept (keyed by backend identity).
     pub fn pool(&self) -> RefMut<'_, UpstreamPool> {
-        RefMut::map(self.local.borrow_mut(), |l| &mut l.pool)
+        let mut pool = self.pool.borrow_mut();
+        let view = self.view.borrow();
+        if pool.generation != view.generation {
+            pool.value.rebuild(&view.backends, view.config.pool.clone());
+            pool.generation = view.generation;
+        }
+        RefMut::map(pool, |p| &mut p.value)
+    }
+
+    /// An idle upstream connection was found unusable: counted, and a broken upstream logged.
+    pub fn note_discarded(&self, backend: &str, state: IdleState) {
+        match state {
+            IdleState::StrayBytes => {
+                bump(&self.metrics.upstream_discarded_stray);
+                tracing::warn!(
+                    backend,
+                    worker = self.worker_id,
+                    "upstream sent bytes after its response; connection closed, not reused"
+                );
+            }
+            IdleState::Closed | IdleState::Clean => bump(&self.metrics.upstream_discarded_closed),
+        }
     }
 
     pub fn register(&self, fd: RawFd) -> Registration<'_> {

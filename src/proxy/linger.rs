@@ -6,8 +6,8 @@
 //! discards what still comes for a bounded time, then closes.
 
 use super::context::Registration;
-use super::io::{half_close, read_more};
 use super::{ClientConn, WorkerCtx};
+use crate::net::io::{read_more, HalfClose};
 use std::time::{Duration, Instant};
 
 /// Longest silence from the client while lingering (nginx's `lingering_timeout`).
@@ -20,7 +20,7 @@ const LINGER_READ_BYTES: usize = 64 * 1024;
 /// Half-closes the connection and discards the client's input until it closes its side, stays
 /// silent for `LINGER_READ_TIMEOUT`, `LINGER_TOTAL` passes, or the proxy shuts down.
 pub async fn linger_close(conn: &mut ClientConn, ctx: &WorkerCtx, registration: &Registration<'_>) {
-    half_close(&conn.stream);
+    conn.stream.half_close();
     // Marked idle so a shutdown of the proxy ends the wait (its pending read sees EOF).
     registration.set_idle(true);
     let until = Instant::now() + LINGER_TOTAL;

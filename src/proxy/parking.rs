@@ -6,7 +6,7 @@
 //! what keeps 10,000 idle clients as cheap as in nginx, which frees everything but its
 //! connection struct between requests; a task and a posted read per idle connection cost ~4 KiB.
 
-use super::io::dup_fd;
+use crate::net::io::dup_fd;
 use monoio::net::TcpStream;
 use slab::Slab;
 use std::collections::VecDeque;

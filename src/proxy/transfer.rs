@@ -3,11 +3,10 @@
 //! in memory. The same loop serves request bodies (client -> upstream) and response bodies
 //! (upstream -> client).
 
-use super::io::{BodyIo, IoFail};
-use super::splice::{self, SpliceError, SPLICE_MIN_BYTES};
-use crate::http::body::is_forwardable_trailer;
-use crate::http::head::ConnectionOptions;
-use crate::http::{BodyDecoder, BodyError, Decoded};
+use super::forwarding::TrailerPolicy;
+use crate::http::{BodyDecoder, BodyError, Decoded, OutFraming};
+use crate::net::io::{BodyIo, IoFail};
+use crate::net::splice::{self, SpliceError, SPLICE_MIN_BYTES};
 use bytes::{Bytes, BytesMut};
 use monoio::net::TcpStream;
 use std::time::Duration;
@@ -17,19 +16,6 @@ const BODY_READ_BYTES: usize = 64 * 1024;
 /// Pieces up to this size are copied into the pending output so that head, small bodies and
 /// chunk framing leave in one write; larger ones are written as they are, without a copy.
 const COALESCE_MAX: usize = 16 * 1024;
-
-/// How the outgoing side delimits the body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutFraming {
-    /// No body is sent (HEAD, 204, 304, or an empty request body).
-    None,
-    /// Content-Length was sent: the bytes go as they are.
-    Length,
-    /// Re-framed as chunked.
-    Chunked,
-    /// HTTP/1.0 client: bytes as they are, end marked by closing the connection.
-    Close,
-}
 
 #[derive(Debug)]
 pub enum TransferError {
@@ -48,111 +34,165 @@ pub enum SourceFault {
     Framing(BodyError),
 }
 
+impl std::fmt::Display for SourceFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourceFault::Io(e) => write!(f, "{e}"),
+            SourceFault::Framing(e) => f.write_str(e.reason()),
+        }
+    }
+}
+
 /// The source side of a transfer: a socket and the bytes already read from it.
 pub struct Source<'a, S> {
     pub stream: &'a mut S,
     pub buf: &'a mut BytesMut,
     pub decoder: &'a mut BodyDecoder,
-    /// The message head's bytes and what its `Connection` header said, for the trailers.
-    pub head: (&'a [u8], &'a ConnectionOptions),
-    /// Trailer names containing `_` are dropped (a client's, unless allowed: as its headers).
-    pub drop_underscored: bool,
+    /// Which of its trailer fields pass.
+    pub trailers: TrailerPolicy<'a>,
 }
 
-/// Streams the rest of the body. `out` may already hold bytes to send first (the message head);
-/// everything is flushed on return. Returns the payload bytes moved.
+/// The outgoing side: a socket, the pending output (which may hold the head already), and how
+/// the body is delimited on it.
+pub struct Sink<'a, D> {
+    pub stream: &'a mut D,
+    pub out: &'a mut BytesMut,
+    pub framing: OutFraming,
+}
+
+/// One body on its way: what has moved so far.
+struct Progress {
+    moved: u64,
+    /// Some byte (head or body) reached the destination.
+    sent_any: bool,
+    /// The last-chunk went out ahead of the first trailer field passed on.
+    trailer_started: bool,
+}
+
+/// Streams the rest of the body. The sink's output may hold bytes to send first (the message
+/// head); everything is flushed on return. Returns the payload bytes moved.
 pub async fn transfer_body<S: BodyIo, D: BodyIo>(
-    src: Source<'_, S>,
-    dst: &mut D,
-    out: &mut BytesMut,
-    framing: OutFraming,
+    mut src: Source<'_, S>,
+    mut dst: Sink<'_, D>,
     io_timeout: Duration,
     max_bytes: Option<u64>,
 ) -> Result<u64, TransferError> {
-    let mut moved = 0u64;
-    let mut sent_any = false;
-    // The last-chunk went out ahead of the first trailer field passed on.
-    let mut trailer_started = false;
-    let failed = |fault, sent_any| TransferError::Source { fault, sent_any };
+    let mut p = Progress {
+        moved: 0,
+        sent_any: false,
+        trailer_started: false,
+    };
     loop {
         let step = src.decoder.decode(src.buf);
-        match step.map_err(|e| failed(SourceFault::Framing(e), sent_any))? {
+        match step.map_err(|e| p.source_failed(SourceFault::Framing(e)))? {
             Decoded::Data(data) => {
-                moved += data.len() as u64;
-                if max_bytes.is_some_and(|max| moved > max) {
+                p.moved += data.len() as u64;
+                if max_bytes.is_some_and(|max| p.moved > max) {
                     return Err(TransferError::TooLarge);
                 }
-                if let Some(large) = frame(out, framing, data) {
-                    flush(dst, out, io_timeout, &mut sent_any).await?;
-                    dst.write_bytes(large, io_timeout)
-                        .await
-                        .map_err(TransferError::Destination)?;
-                    sent_any = true;
-                    if framing == OutFraming::Chunked {
-                        out.extend_from_slice(b"\r\n");
-                    }
-                }
+                send_data(&mut dst, data, io_timeout, &mut p).await?;
             }
             Decoded::Trailer(field) => {
                 // Passed on only where the outgoing body is chunked too (an HTTP/1.0 client's
                 // close-delimited body has no place for them, so they are dropped, as RFC 9110
                 // §6.5.1 allows).
-                let (raw, connection) = src.head;
-                if framing == OutFraming::Chunked
-                    && is_forwardable_trailer(&field, connection, raw, src.drop_underscored)
-                {
-                    if !trailer_started {
-                        out.extend_from_slice(b"0\r\n");
-                        trailer_started = true;
+                if dst.framing == OutFraming::Chunked && src.trailers.passes(&field) {
+                    if !p.trailer_started {
+                        dst.out.extend_from_slice(b"0\r\n");
+                        p.trailer_started = true;
                     }
-                    out.extend_from_slice(&field);
-                    out.extend_from_slice(b"\r\n");
+                    dst.out.extend_from_slice(&field);
+                    dst.out.extend_from_slice(b"\r\n");
                 }
             }
             Decoded::NeedMore => {
                 // Send what we have before waiting, so the destination sees progress.
-                flush(dst, out, io_timeout, &mut sent_any).await?;
-                let splice_len = (framing == OutFraming::Length)
-                    .then(|| src.decoder.length_remaining())
-                    .flatten()
-                    .filter(|&left| left >= SPLICE_MIN_BYTES)
-                    .filter(|&left| max_bytes.is_none_or(|max| moved + left <= max));
-                let sockets = src.stream.spliceable().zip(dst.spliceable());
-                if let (Some(left), Some((from, to))) = (splice_len, sockets) {
-                    // Boxed: its state (pipe, timers) is large and only big bodies need it.
-                    let splice = Box::pin(splice_rest(from, to, left, io_timeout, sent_any));
-                    if splice.await? {
-                        src.decoder.finish_length();
-                        moved += left;
-                        sent_any = true;
-                        continue;
-                    }
-                }
-                let n = src
-                    .stream
-                    .read_more(src.buf, BODY_READ_BYTES, io_timeout)
-                    .await
-                    .map_err(|e| failed(SourceFault::Io(e), sent_any))?;
-                if n == 0 {
-                    src.decoder
-                        .finish_at_eof()
-                        .map_err(|e| failed(SourceFault::Framing(e), sent_any))?;
-                }
+                flush(&mut dst, io_timeout, &mut p).await?;
+                refill(&mut src, &mut dst, io_timeout, max_bytes, &mut p).await?;
             }
             Decoded::Done => {
-                if framing == OutFraming::Chunked {
-                    let end: &[u8] = if trailer_started {
+                if dst.framing == OutFraming::Chunked {
+                    let end: &[u8] = if p.trailer_started {
                         b"\r\n"
                     } else {
                         b"0\r\n\r\n"
                     };
-                    out.extend_from_slice(end);
+                    dst.out.extend_from_slice(end);
                 }
-                flush(dst, out, io_timeout, &mut sent_any).await?;
-                return Ok(moved);
+                flush(&mut dst, io_timeout, &mut p).await?;
+                return Ok(p.moved);
             }
         }
     }
+}
+
+impl Progress {
+    fn source_failed(&self, fault: SourceFault) -> TransferError {
+        TransferError::Source {
+            fault,
+            sent_any: self.sent_any,
+        }
+    }
+}
+
+/// Frames one piece of payload into the pending output, or writes a large one as it is.
+async fn send_data<D: BodyIo>(
+    dst: &mut Sink<'_, D>,
+    data: Bytes,
+    io_timeout: Duration,
+    p: &mut Progress,
+) -> Result<(), TransferError> {
+    let Some(large) = frame(dst.out, dst.framing, data) else {
+        return Ok(());
+    };
+    flush(dst, io_timeout, p).await?;
+    dst.stream
+        .write_bytes(large, io_timeout)
+        .await
+        .map_err(TransferError::Destination)?;
+    p.sent_any = true;
+    if dst.framing == OutFraming::Chunked {
+        dst.out.extend_from_slice(b"\r\n");
+    }
+    Ok(())
+}
+
+/// More of the body from the source: the rest of a large Content-Length body straight through
+/// a pipe where both sockets allow it, else one read into the buffer.
+async fn refill<S: BodyIo, D: BodyIo>(
+    src: &mut Source<'_, S>,
+    dst: &mut Sink<'_, D>,
+    io_timeout: Duration,
+    max_bytes: Option<u64>,
+    p: &mut Progress,
+) -> Result<(), TransferError> {
+    let splice_len = (dst.framing == OutFraming::Length)
+        .then(|| src.decoder.length_remaining())
+        .flatten()
+        .filter(|&left| left >= SPLICE_MIN_BYTES)
+        .filter(|&left| max_bytes.is_none_or(|max| p.moved + left <= max));
+    let sockets = src.stream.spliceable().zip(dst.stream.spliceable());
+    if let (Some(left), Some((from, to))) = (splice_len, sockets) {
+        // Boxed: its state (pipe, timers) is large and only big bodies need it.
+        let splice = Box::pin(splice_rest(from, to, left, io_timeout, p.sent_any));
+        if splice.await? {
+            src.decoder.finish_length();
+            p.moved += left;
+            p.sent_any = true;
+            return Ok(());
+        }
+    }
+    let n = src
+        .stream
+        .read_more(src.buf, BODY_READ_BYTES, io_timeout)
+        .await
+        .map_err(|e| p.source_failed(SourceFault::Io(e)))?;
+    if n == 0 {
+        src.decoder
+            .finish_at_eof()
+            .map_err(|e| p.source_failed(SourceFault::Framing(e)))?;
+    }
+    Ok(())
 }
 
 /// Splices the last `left` bytes of a Content-Length body. `Ok(false)`: splicing could not
@@ -184,18 +224,18 @@ async fn splice_rest(
 
 /// Writes the pending output, noting that the destination has now seen bytes.
 async fn flush<D: BodyIo>(
-    dst: &mut D,
-    out: &mut BytesMut,
+    dst: &mut Sink<'_, D>,
     io_timeout: Duration,
-    sent_any: &mut bool,
+    p: &mut Progress,
 ) -> Result<(), TransferError> {
-    if out.is_empty() {
+    if dst.out.is_empty() {
         return Ok(());
     }
-    dst.write_buf(out, io_timeout)
+    dst.stream
+        .write_buf(dst.out, io_timeout)
         .await
         .map_err(TransferError::Destination)?;
-    *sent_any = true;
+    p.sent_any = true;
     Ok(())
 }
 

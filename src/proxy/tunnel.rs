@@ -4,13 +4,14 @@
 //! moved either way for `idle` (HAProxy's tunnel mode; nginx needs the `Upgrade` recipe in its
 //! config for the same).
 
-use super::io::{dup_stream, half_close, read_more_or_give_up, write_buf};
-use super::wire::write_switching_head;
+use super::forwarding::write_switching_head;
 use super::ClientConn;
 use crate::http::ResponseHead;
+use crate::net::io::{dup_stream, read_more_or_give_up, write_buf, HalfClose};
+use crate::net::stream::{ClientStream, UpstreamStream};
 use crate::upstream::UpstreamConn;
 use bytes::BytesMut;
-use monoio::net::TcpStream;
+use monoio::io::{AsyncWriteRent, CancelableAsyncReadRent};
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
@@ -70,19 +71,24 @@ enum Ended {
 
 /// Moves bytes both ways between `client` and `upstream` until the tunnel ends.
 async fn tunnel(
-    client: &mut TcpStream,
-    upstream: &mut TcpStream,
+    client: &mut ClientStream,
+    upstream: &mut UpstreamStream,
     idle: Duration,
 ) -> (Moved, Ended) {
     // Each direction reads one socket and writes the other; second descriptors let both
     // directions run at once without sharing a stream.
-    let (mut client_dup, mut upstream_dup) = match (dup_stream(client), dup_stream(upstream)) {
-        (Ok(c), Ok(u)) => (c, u),
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::warn!(error = %e, "cannot set up a tunnel");
-            return (Moved::default(), Ended::Failed);
-        }
+    let (Some(client_tcp), Some(upstream_tcp)) = (client.tcp(), upstream.tcp()) else {
+        tracing::warn!("cannot set up a tunnel over a stream that is not plain TCP");
+        return (Moved::default(), Ended::Failed);
     };
+    let (mut client_dup, mut upstream_dup) =
+        match (dup_stream(client_tcp), dup_stream(upstream_tcp)) {
+            (Ok(c), Ok(u)) => (c, u),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "cannot set up a tunnel");
+                return (Moved::default(), Ended::Failed);
+            }
+        };
     let last_moved = Cell::new(Instant::now());
     let (to_upstream, to_client) = (Cell::new(0), Cell::new(0));
     let mut up = std::pin::pin!(pump(client, upstream, idle, &last_moved, &to_upstream));
@@ -112,9 +118,9 @@ async fn tunnel(
 
 /// One direction: read from `from`, write to `to`, until `from` closes (then half-close `to`),
 /// either fails, or the whole tunnel has been quiet for `idle`.
-async fn pump(
-    from: &mut TcpStream,
-    to: &mut TcpStream,
+async fn pump<R: CancelableAsyncReadRent, W: AsyncWriteRent + HalfClose>(
+    from: &mut R,
+    to: &mut W,
     idle: Duration,
     last_moved: &Cell<Instant>,
     moved: &Cell<u64>,
@@ -125,7 +131,7 @@ async fn pump(
         // raced the timeout must not be lost.
         match read_more_or_give_up(from, &mut buf, TUNNEL_READ, idle).await {
             Ok(Some(0)) => {
-                half_close(to);
+                to.half_close();
                 return Ended::Closed;
             }
             Ok(Some(n)) => {

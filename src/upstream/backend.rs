@@ -2,10 +2,10 @@
 //! are atomics: workers read them on every pick without a lock; the health thread (and later the
 //! admin API) writes them.
 
-use super::health::ProbeResult;
 use super::passive::{Circuit, PassiveHealth};
 use crate::config::ResolvedBackend;
-use crate::metrics::BackendStats;
+use crate::metrics::{add_gauge, BackendStats};
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -118,6 +118,49 @@ impl Backend {
 
     pub fn set_weight(&self, weight: u32) {
         self.weight.store(weight, Ordering::Relaxed);
+    }
+}
+
+/// A request in flight to a backend: counted in this worker's in-flight gauge for it (which
+/// `least_conn` reads) from `Backend::start_request` until dropped, on every path.
+pub struct InFlight<'a> {
+    stats: &'a BackendStats,
+}
+
+impl Backend {
+    pub fn start_request(&self, worker: usize) -> InFlight<'_> {
+        let stats = self.stats(worker);
+        add_gauge(&stats.in_flight, 1);
+        InFlight { stats }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        add_gauge(&self.stats.in_flight, -1);
+    }
+}
+
+/// What one active health probe saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeResult {
+    Status(u16),
+    Refused,
+    Timeout,
+    Failed(String),
+    /// No probe was sent: this process had no descriptor for it. Not a verdict on the backend.
+    Skipped,
+}
+
+impl fmt::Display for ProbeResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProbeResult::Status(s) => write!(f, "status {s}"),
+            ProbeResult::Refused => f.write_str("connection refused"),
+            ProbeResult::Timeout => f.write_str("timeout"),
+            ProbeResult::Failed(why) => f.write_str(why),
+            ProbeResult::Skipped => f.write_str("skipped: no file descriptor"),
+        }
     }
 }
 

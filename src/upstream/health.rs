@@ -9,13 +9,16 @@
 //! Startup: a backend starts up (HAProxy's default `init-state up`) and is probed at once; until it
 //! has passed one check a single failure takes it down, so a dead backend gets no flood first.
 
+use super::backend::ProbeResult;
 use super::Backend;
-use crate::fd_budget::{self, FdOp};
-use crate::state::Shared;
+use crate::config::HealthSettings;
+use crate::net::fd_budget::{self, FdOp};
 use bytes::BytesMut;
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
-use std::fmt;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -79,37 +82,28 @@ impl HealthTracker {
     }
 }
 
-/// What one probe saw.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProbeResult {
-    Status(u16),
-    Refused,
-    Timeout,
-    Failed(String),
-    /// Not sent: this process had no descriptor for the socket. Says nothing about the backend,
-    /// so it is neither a failure nor a success.
-    Skipped,
-}
-
-impl fmt::Display for ProbeResult {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ProbeResult::Status(s) => write!(f, "status {s}"),
-            ProbeResult::Refused => f.write_str("connection refused"),
-            ProbeResult::Timeout => f.write_str("timeout"),
-            ProbeResult::Failed(why) => f.write_str(why),
-            ProbeResult::Skipped => f.write_str("skipped: no file descriptor"),
-        }
-    }
-}
-
 /// How often the health thread looks for a reloaded backend set.
 const SUPERVISE_INTERVAL: Duration = Duration::from_millis(200);
 /// While checks are disabled, how often a checker looks whether a reload enabled them.
 const DISABLED_RECHECK: Duration = Duration::from_secs(1);
 
+/// What the health thread checks, as the configuration in force has it: every backend with the
+/// health settings that apply to it. The process state implements it, so this module needs
+/// nothing above it.
+pub trait Checked: Send + Sync + 'static {
+    /// The configuration generation: when it changes, `targets` may have changed.
+    fn generation(&self) -> u64;
+    /// Every backend to check, with its settings.
+    fn targets(&self) -> Vec<(Arc<Backend>, HealthSettings)>;
+}
+
+/// The backends being checked, by id, with their current settings; shared by the checker tasks
+/// of the health thread (one thread: plain `Rc<RefCell>`). A backend gone from it stops its
+/// checker.
+type Watched = Rc<RefCell<HashMap<u64, HealthSettings>>>;
+
 /// Starts the health thread. It follows reloads: new backends get a checker, removed ones lose it.
-pub fn spawn(shared: Arc<Shared>) -> std::io::Result<()> {
+pub fn spawn(checked: Arc<dyn Checked>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("health".into())
         .spawn(move || {
@@ -117,25 +111,27 @@ pub fn spawn(shared: Arc<Shared>) -> std::io::Result<()> {
                 .enable_timer()
                 .build();
             match runtime {
-                Ok(mut rt) => rt.block_on(supervise(shared)),
+                Ok(mut rt) => rt.block_on(supervise(checked)),
                 Err(e) => tracing::error!(error = %e, "health checks cannot start: no runtime"),
             }
         })?;
     Ok(())
 }
 
-async fn supervise(shared: Arc<Shared>) {
+async fn supervise(checked: Arc<dyn Checked>) {
     let mut seen_generation = 0;
-    let mut watched: Vec<Arc<Backend>> = Vec::new();
+    let watched: Watched = Rc::default();
     loop {
-        if shared.generation() != seen_generation {
-            let snapshot = shared.snapshot();
-            seen_generation = snapshot.generation;
-            watched.retain(|w| snapshot.backends.iter().any(|b| Arc::ptr_eq(w, b)));
-            for backend in snapshot.backends.iter() {
-                if !watched.iter().any(|w| Arc::ptr_eq(w, backend)) {
-                    watched.push(backend.clone());
-                    monoio::spawn(check_forever(shared.clone(), backend.clone()));
+        let generation = checked.generation();
+        if generation != seen_generation {
+            seen_generation = generation;
+            let targets = checked.targets();
+            let mut current = watched.borrow_mut();
+            current.retain(|id, _| targets.iter().any(|(b, _)| b.id == *id));
+            for (backend, settings) in targets {
+                let new = current.insert(backend.id, settings).is_none();
+                if new {
+                    monoio::spawn(check_forever(watched.clone(), backend));
                 }
             }
         }
@@ -143,14 +139,12 @@ async fn supervise(shared: Arc<Shared>) {
     }
 }
 
-async fn check_forever(shared: Arc<Shared>, backend: Arc<Backend>) {
+async fn check_forever(watched: Watched, backend: Arc<Backend>) {
     let mut tracker = HealthTracker::default();
     loop {
-        let snapshot = shared.snapshot();
-        if !snapshot.backends.iter().any(|b| Arc::ptr_eq(b, &backend)) {
+        let Some(settings) = watched.borrow().get(&backend.id).cloned() else {
             return; // removed by a reload
-        }
-        let settings = &snapshot.config.health;
+        };
         if !settings.enabled {
             // No probes; a backend is not held down by checks that no longer run.
             backend.set_up(true);
@@ -213,7 +207,7 @@ async fn probe_unbounded(backend: &Backend) -> ProbeResult {
             _ => return ProbeResult::Failed("malformed response".into()),
         }
         // The caller's timeout bounds the whole probe; this one only has to be finite.
-        match crate::proxy::io::read_more(&mut stream, &mut buf, 1024, PROBE_READ_BOUND).await {
+        match crate::net::io::read_more(&mut stream, &mut buf, 1024, PROBE_READ_BOUND).await {
             Ok(0) => return ProbeResult::Failed("closed before a response".into()),
             Ok(_) => {}
             Err(e) => return ProbeResult::Failed(format!("read: {e:?}")),

@@ -1,13 +1,16 @@
-//! Everything about backends: their shared state (`backend.rs`), how one is chosen
-//! (`balance.rs`), the per-worker keep-alive connection pool (`pool.rs`), active health checks
-//! (`health.rs`) and passive ejection on real traffic (`passive.rs`).
+//! Everything about backends: their shared state (`backend.rs`), how one is chosen (`balance.rs`
+//! the algorithm, `group.rs` with health and the passive circuit, and the feedback of each
+//! request), the per-worker keep-alive connection pool (`pool.rs`), active health checks
+//! (`health.rs`) and passive ejection on real traffic (`passive.rs`). Nothing here knows the
+//! proxy's request handling; it knows the config only as data.
 
 pub mod backend;
 pub mod balance;
+pub mod group;
 pub mod health;
 pub mod passive;
 pub mod pool;
 
-pub use backend::{Backend, BackendSet};
+pub use backend::{Backend, BackendSet, InFlight};
 pub use balance::Balancer;
 pub use pool::{connect, ConnectError, UpstreamConn, UpstreamPool};

@@ -3,23 +3,16 @@
 //! half-open: one trial request (claimed by whichever worker gets there first) decides.
 //! Atomics only, so every core sees an ejection at once without a lock.
 
+pub use crate::config::PassiveSettings;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Milliseconds since the process started; the time base of the shared health atomics.
 pub fn now_ms() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     // +1 so that 0 can mean "never" in the atomics.
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct PassiveSettings {
-    pub enabled: bool,
-    pub max_fails: u32,
-    pub fail_timeout: Duration,
-    pub eject_on_5xx: bool,
 }
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
@@ -119,6 +112,7 @@ impl PassiveHealth {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn settings() -> PassiveSettings {
         PassiveSettings {

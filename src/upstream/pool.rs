@@ -4,8 +4,9 @@
 
 use super::BackendSet;
 use crate::config::PoolSettings;
-use crate::fd_budget::{self, FdOp};
-use crate::proxy::io::{idle_state, IdleState};
+use crate::net::fd_budget::{self, FdOp};
+use crate::net::io::{idle_state, IdleState};
+use crate::net::stream::UpstreamStream;
 use bytes::BytesMut;
 use monoio::net::TcpStream;
 use std::collections::{HashMap, VecDeque};
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 const UPSTREAM_READ_BUF: usize = 16 * 1024;
 
 pub struct UpstreamConn {
-    pub stream: TcpStream,
+    pub stream: UpstreamStream,
     pub rbuf: BytesMut,
     /// The backend's identity (`Backend::id`), never its position in a list: a reload may
     /// renumber backends while requests of the old configuration are still in flight.
@@ -91,7 +92,7 @@ impl UpstreamPool {
                 queue.clear();
                 return None;
             }
-            match idle_state(&conn.stream) {
+            match idle_state(conn.stream.socket_fd()) {
                 IdleState::Clean => {
                     conn.reused = true;
                     return Some(conn);
@@ -113,7 +114,7 @@ impl UpstreamPool {
             return Err(IdleState::StrayBytes);
         }
         if spliced {
-            match idle_state(&conn.stream) {
+            match idle_state(conn.stream.socket_fd()) {
                 IdleState::Clean => {}
                 dirty => return Err(dirty),
             }
@@ -203,7 +204,7 @@ pub async fn connect(
     // Heads and small bodies go out in one write; Nagle would only add latency.
     let _ = stream.set_nodelay(true);
     Ok(UpstreamConn {
-        stream,
+        stream: UpstreamStream::Plain(stream),
         rbuf: BytesMut::with_capacity(UPSTREAM_READ_BUF),
         backend_id,
         reused: false,

@@ -19,6 +19,12 @@ pub fn ensure_address_free(addr: SocketAddr) -> io::Result<()> {
     probe.bind(&addr.into())
 }
 
+/// One worker's listening socket, and the scheme clients reach it with.
+pub struct Listener {
+    pub socket: std::net::TcpListener,
+    pub scheme: super::stream::Scheme,
+}
+
 /// One worker's listening socket.
 pub fn bind_worker_socket(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;

@@ -11,8 +11,8 @@
 //! Pipes are bounded per worker (HAProxy's `maxpipes`), open and spare together, and counted in
 //! the open-files budget: when all are in use, or the kernel has no descriptor, bodies are copied.
 
+use super::fd_budget::{self, FdOp};
 use super::io::IoFail;
-use crate::fd_budget::{self, FdOp};
 use monoio::net::TcpStream;
 use std::cell::{Cell, RefCell};
 use std::io;

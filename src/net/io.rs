@@ -9,10 +9,20 @@ use monoio::net::TcpStream;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+/// How a bounded read or write failed.
 #[derive(Debug)]
 pub enum IoFail {
     Io(std::io::Error),
     Timeout,
+}
+
+impl std::fmt::Display for IoFail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IoFail::Io(e) => write!(f, "{e}"),
+            IoFail::Timeout => f.write_str("timed out"),
+        }
+    }
 }
 
 /// Takes `buf` for a read that appends: grown to at least `reserve / 2` spare bytes (never 0,
@@ -28,8 +38,8 @@ fn spare_tail(buf: &mut BytesMut, reserve: usize) -> SliceMut<BytesMut> {
 
 /// Reads more bytes after the existing content of `buf`, growing it by at least `reserve` spare
 /// bytes first. `Ok(0)` is EOF. On timeout the buffer is lost (the connection is finished anyway).
-pub async fn read_more(
-    stream: &mut TcpStream,
+pub async fn read_more<S: AsyncReadRent>(
+    stream: &mut S,
     buf: &mut BytesMut,
     reserve: usize,
     timeout: Duration,
@@ -47,8 +57,8 @@ pub async fn read_more(
 /// Waits up to `timeout` for more bytes without ever losing any: on timeout the read is cancelled
 /// and its outcome collected, so bytes that raced the cancel are kept (a plain timed-out read
 /// drops its buffer, fine only when the connection is closed next). `Ok(None)`: nothing came.
-pub async fn read_more_or_give_up(
-    stream: &mut TcpStream,
+pub async fn read_more_or_give_up<S: CancelableAsyncReadRent>(
+    stream: &mut S,
     buf: &mut BytesMut,
     reserve: usize,
     timeout: Duration,
@@ -72,8 +82,8 @@ pub async fn read_more_or_give_up(
 }
 
 /// Reads with a deadline instead of a duration; an expired deadline is a timeout.
-pub async fn read_more_until(
-    stream: &mut TcpStream,
+pub async fn read_more_until<S: AsyncReadRent>(
+    stream: &mut S,
     buf: &mut BytesMut,
     reserve: usize,
     deadline: Instant,
@@ -87,8 +97,8 @@ pub async fn read_more_until(
 
 /// Writes all of `buf`, then empties it for reuse. On failure, also says whether any byte of
 /// it was written (`Err((fail, false))`: the peer demonstrably got nothing of it).
-pub async fn write_buf_tracked(
-    stream: &mut TcpStream,
+pub async fn write_buf_tracked<S: AsyncWriteRent>(
+    stream: &mut S,
     buf: &mut BytesMut,
     timeout: Duration,
 ) -> Result<(), (IoFail, bool)> {
@@ -119,8 +129,8 @@ pub async fn write_buf_tracked(
 }
 
 /// Writes all of `buf`, then empties it for reuse.
-pub async fn write_buf(
-    stream: &mut TcpStream,
+pub async fn write_buf<S: AsyncWriteRent>(
+    stream: &mut S,
     buf: &mut BytesMut,
     timeout: Duration,
 ) -> Result<(), IoFail> {
@@ -138,8 +148,8 @@ pub async fn write_buf(
 }
 
 /// Writes a frozen slice (body data split off a read buffer) without copying it.
-pub async fn write_bytes(
-    stream: &mut TcpStream,
+pub async fn write_bytes<S: AsyncWriteRent>(
+    stream: &mut S,
     data: Bytes,
     timeout: Duration,
 ) -> Result<(), IoFail> {
@@ -151,15 +161,15 @@ pub async fn write_bytes(
 
 /// Makes the coming close send a RST instead of a FIN, so a peer that got a truncated body
 /// sees an error rather than what could pass for a complete close-delimited message.
-pub fn reset_on_close(stream: &TcpStream) {
+pub fn reset_on_close(fd: std::os::fd::RawFd) {
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,
     };
-    // SAFETY: valid fd owned by `stream`; the option value is a plain struct of the right size.
+    // SAFETY: setsockopt(2) with a plain struct of the right size; a bad fd only makes it fail.
     unsafe {
         libc::setsockopt(
-            stream.as_raw_fd(),
+            fd,
             libc::SOL_SOCKET,
             libc::SO_LINGER,
             (&linger as *const libc::linger).cast(),
@@ -172,14 +182,15 @@ pub fn reset_on_close(stream: &TcpStream) {
 pub fn dup_fd(stream: &TcpStream) -> std::io::Result<OwnedFd> {
     // SAFETY: `stream` keeps the descriptor open while it is borrowed here.
     let dup = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned();
-    crate::fd_budget::note(crate::fd_budget::FdOp::Dup, dup)
+    super::fd_budget::note(super::fd_budget::FdOp::Dup, dup)
 }
 
 /// A second stream on the socket `fd`, which the caller keeps open meanwhile (it is borrowed
 /// by an operation in progress, hence the raw descriptor).
 pub fn dup_raw_fd(fd: std::os::fd::RawFd) -> std::io::Result<TcpStream> {
     // SAFETY: the caller's stream owns `fd` and outlives this call.
-    let owned = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
+    let dup = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned();
+    let owned = super::fd_budget::note(super::fd_budget::FdOp::Dup, dup)?;
     TcpStream::from_std(std::net::TcpStream::from(owned))
 }
 
@@ -187,6 +198,17 @@ pub fn dup_raw_fd(fd: std::os::fd::RawFd) -> std::io::Result<TcpStream> {
 /// the first is busy in another operation.
 pub fn dup_stream(stream: &TcpStream) -> std::io::Result<TcpStream> {
     TcpStream::from_std(std::net::TcpStream::from(dup_fd(stream)?))
+}
+
+/// Stopping to send (a FIN after what is queued) while reading goes on.
+pub trait HalfClose {
+    fn half_close(&self);
+}
+
+impl HalfClose for TcpStream {
+    fn half_close(&self) {
+        half_close(self);
+    }
 }
 
 /// Stops sending on the socket (a FIN after what is queued) while it stays open for reading.
@@ -212,7 +234,20 @@ pub trait BodyIo {
     fn spliceable(&self) -> Option<&TcpStream>;
 }
 
-impl BodyIo for TcpStream {
+/// A stream the body transfer may use with io_uring reads and writes (the client's or the
+/// upstream's, plain or not), with the plain socket under it where there is one to splice.
+pub trait Socket: CancelableAsyncReadRent + AsyncWriteRent {
+    /// The plain TCP socket, for what only works on one (splice, a second descriptor).
+    fn tcp(&self) -> Option<&TcpStream>;
+}
+
+impl Socket for TcpStream {
+    fn tcp(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
+}
+
+impl<S: Socket> BodyIo for S {
     async fn read_more(
         &mut self,
         buf: &mut BytesMut,
@@ -228,7 +263,7 @@ impl BodyIo for TcpStream {
         write_bytes(self, data, timeout).await
     }
     fn spliceable(&self) -> Option<&TcpStream> {
-        Some(self)
+        self.tcp()
     }
 }
 
@@ -363,12 +398,12 @@ pub enum IdleState {
     Closed,
 }
 
-pub fn idle_state(stream: &TcpStream) -> IdleState {
+pub fn idle_state(fd: std::os::fd::RawFd) -> IdleState {
     let mut byte = 0u8;
-    // SAFETY: valid fd owned by `stream`, one-byte buffer on the stack.
+    // SAFETY: recv(2) into a one-byte stack buffer; a closed or foreign fd only makes it fail.
     let n = unsafe {
         libc::recv(
-            stream.as_raw_fd(),
+            fd,
             (&mut byte as *mut u8).cast(),
             1,
             libc::MSG_PEEK | libc::MSG_DONTWAIT,

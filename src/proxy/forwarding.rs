@@ -1,18 +1,54 @@
-//! Writes the heads the proxy sends: the request to the upstream (HTTP/1.1, hop-by-hop removed,
-//! X-Forwarded-* added) and the response to the client (re-framed for the client's version).
+//! What the proxy adds to, removes from and rewrites in what it forwards, in one place: the
+//! request head it sends upstream (Host from an absolute-form target's authority,
+//! `X-Forwarded-For/-Proto/-Host` and `Forwarded`, underscored names), the response head it sends
+//! the client (framing for the client's version, `Connection`), and which trailer fields pass.
+//! The listener's scheme is an input: `X-Forwarded-Proto` says what the client used.
 
-use super::transfer::OutFraming;
-use crate::http::{BodyKind, HeaderField, RequestHead, ResponseHead, Version};
+use crate::http::Version;
+use crate::http::{
+    BodyKind, ConnectionOptions, HeaderField, OutFraming, RequestHead, ResponseHead,
+};
+use crate::net::stream::Scheme;
 use bytes::BytesMut;
 use std::net::SocketAddr;
 
-/// Appends the upstream request head. `client_ip` is the peer address as text; `proto` the
-/// scheme the client used (`http`).
+/// Who the request came from and how, for the forwarding fields.
+pub struct ForwardedFor<'a> {
+    /// The client's address as text (an IPv6 address without brackets).
+    pub client_ip: &'a str,
+    pub scheme: Scheme,
+    /// Forward request fields whose name contains `_` (`[limits] allow_underscores_in_headers`).
+    pub allow_underscores: bool,
+}
+
+/// The request fields the proxy itself answers for: dropped from what the client sent, then
+/// written by the proxy (`X-Forwarded-For` and `Forwarded` with the client's values first).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Vouched {
+    ForwardedFor,
+    Forwarded,
+    /// `X-Forwarded-Proto`, `X-Forwarded-Host`: replaced.
+    Replaced,
+}
+
+fn vouched(name: &[u8]) -> Option<Vouched> {
+    // Lengths first: most fields are ruled out without a comparison.
+    match name.len() {
+        15 if name.eq_ignore_ascii_case(b"x-forwarded-for") => Some(Vouched::ForwardedFor),
+        9 if name.eq_ignore_ascii_case(b"forwarded") => Some(Vouched::Forwarded),
+        16 if name.eq_ignore_ascii_case(b"x-forwarded-host") => Some(Vouched::Replaced),
+        17 if name.eq_ignore_ascii_case(b"x-forwarded-proto") => Some(Vouched::Replaced),
+        _ => None,
+    }
+}
+
+/// Appends the upstream request head: the request line in origin-form, `Host` first, the
+/// client's end-to-end fields, then what the proxy vouches for, and the body's framing.
+/// `backend` is the upstream's address (the Host of an HTTP/1.0 request that sent none).
 pub fn write_request_head(
     out: &mut BytesMut,
     req: &RequestHead,
-    client_ip: &str,
-    proto: &str,
+    from: &ForwardedFor<'_>,
     framing: OutFraming,
     backend: SocketAddr,
 ) {
@@ -35,23 +71,21 @@ pub fn write_request_head(
         // HTTP/1.0 clients may omit Host; HTTP/1.1 upstreams require one.
         None => push_header(out, b"Host", backend.to_string().as_bytes()),
     }
-    push_fields(out, &req.headers, raw, framing);
-    out.extend_from_slice(b"X-Forwarded-For: ");
-    for prior in &req.forwarded_for {
-        let v = prior.of(raw);
-        if !v.is_empty() {
-            out.extend_from_slice(v);
-            out.extend_from_slice(b", ");
+    let mut vouched_seen = false;
+    for h in &req.headers {
+        let name = h.name.of(raw);
+        if vouched(name).is_some() {
+            vouched_seen = true;
+        } else if name.contains(&b'_') && !from.allow_underscores {
+            // Dropped, as nginx does by default: CGI-style servers fold `_` and `-` together,
+            // so `X_Forwarded_Proto` would reach an app as the proxy's `X-Forwarded-Proto`.
+        } else if framing != OutFraming::Chunked && name.eq_ignore_ascii_case(b"trailer") {
+            // It announces trailer fields, which only a chunked body carries.
+        } else {
+            push_header(out, name, h.value.of(raw));
         }
     }
-    out.extend_from_slice(client_ip.as_bytes());
-    out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
-    out.extend_from_slice(proto.as_bytes());
-    out.extend_from_slice(b"\r\n");
-    if let Some(host) = req.host() {
-        push_header(out, b"X-Forwarded-Host", host);
-    }
-    write_forwarded(out, req, client_ip, proto);
+    write_vouched(out, req, from, vouched_seen);
     if req.te_trailers {
         out.extend_from_slice(b"TE: trailers\r\n");
     }
@@ -67,31 +101,53 @@ pub fn write_request_head(
     out.extend_from_slice(b"\r\n");
 }
 
-/// `Forwarded` (RFC 7239): the client's elements, then the proxy's own, appended as
-/// `X-Forwarded-For` is (so its leftmost elements are the client's word, not the proxy's).
-fn write_forwarded(out: &mut BytesMut, req: &RequestHead, client_ip: &str, proto: &str) {
+/// The fields the proxy vouches for: `X-Forwarded-For` and `Forwarded` with the client's values
+/// first (`prior_seen`: the client sent some of them), `X-Forwarded-Proto` and `-Host` replaced.
+fn write_vouched(out: &mut BytesMut, req: &RequestHead, from: &ForwardedFor<'_>, prior_seen: bool) {
     let raw = &req.raw[..];
-    out.extend_from_slice(b"Forwarded: ");
-    for prior in &req.forwarded {
-        let v = prior.of(raw);
-        if !v.is_empty() {
-            out.extend_from_slice(v);
-            out.extend_from_slice(b", ");
-        }
+    let prior = |kind: Vouched| {
+        req.headers
+            .iter()
+            .filter(move |h| prior_seen && vouched(h.name.of(raw)) == Some(kind))
+            .map(|h| h.value.of(raw))
+            .filter(|v| !v.is_empty())
+    };
+    // X-Forwarded-For is appended to, so its leftmost entries are the client's own word.
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    for v in prior(Vouched::ForwardedFor) {
+        out.extend_from_slice(v);
+        out.extend_from_slice(b", ");
     }
-    // An IPv6 address is a quoted "[...]" (RFC 7239 §6); a host with a port is quoted too (`:`
-    // is not a token character). Hosts were validated, so they hold no `"` or `\`.
-    if client_ip.contains(':') {
+    out.extend_from_slice(from.client_ip.as_bytes());
+    out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
+    out.extend_from_slice(from.scheme.as_str().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if let Some(host) = req.host() {
+        push_header(out, b"X-Forwarded-Host", host);
+    }
+    out.extend_from_slice(b"Forwarded: ");
+    for v in prior(Vouched::Forwarded) {
+        out.extend_from_slice(v);
+        out.extend_from_slice(b", ");
+    }
+    write_forwarded_element(out, from, req.host());
+}
+
+/// The proxy's own `Forwarded` element (RFC 7239) and the line end: `for=<client>;proto=<scheme>`
+/// and `;host=<host>`. An IPv6 address is a quoted `"[...]"` (RFC 7239 §6); a host that is not a
+/// token (one with a port: `:`) is quoted. Hosts were validated, so they hold no `"` or `\`.
+fn write_forwarded_element(out: &mut BytesMut, from: &ForwardedFor<'_>, host: Option<&[u8]>) {
+    if from.client_ip.contains(':') {
         out.extend_from_slice(b"for=\"[");
-        out.extend_from_slice(client_ip.as_bytes());
+        out.extend_from_slice(from.client_ip.as_bytes());
         out.extend_from_slice(b"]\"");
     } else {
         out.extend_from_slice(b"for=");
-        out.extend_from_slice(client_ip.as_bytes());
+        out.extend_from_slice(from.client_ip.as_bytes());
     }
     out.extend_from_slice(b";proto=");
-    out.extend_from_slice(proto.as_bytes());
-    if let Some(host) = req.host() {
+    out.extend_from_slice(from.scheme.as_str().as_bytes());
+    if let Some(host) = host {
         let token = host
             .iter()
             .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
@@ -171,6 +227,53 @@ pub fn write_switching_head(out: &mut BytesMut, resp: &ResponseHead) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Which trailer fields of a body pass (those of a chunked body going out chunked).
+pub struct TrailerPolicy<'a> {
+    /// The message head's bytes, and what its `Connection` said.
+    pub raw: &'a [u8],
+    pub connection: &'a ConnectionOptions,
+    /// Drop names containing `_`: a client's request, as for its header fields.
+    pub drop_underscored: bool,
+}
+
+impl<'a> TrailerPolicy<'a> {
+    /// A client's request: underscored names dropped unless allowed, as its header fields.
+    pub fn of_request(req: &'a RequestHead, allow_underscores: bool) -> Self {
+        TrailerPolicy {
+            raw: &req.raw,
+            connection: &req.connection,
+            drop_underscored: !allow_underscores,
+        }
+    }
+
+    /// An upstream's response.
+    pub fn of_response(resp: &'a ResponseHead) -> Self {
+        TrailerPolicy {
+            raw: &resp.raw,
+            connection: &resp.connection,
+            drop_underscored: false,
+        }
+    }
+
+    /// Whether a (valid) trailer field line is passed on. Not the fields that frame, route or
+    /// describe the connection, which belong in a head (RFC 9110 §6.5.1); a recipient must not
+    /// act on them in trailers, so forwarding them could only confuse the next hop. Nor the
+    /// fields the proxy itself vouches for in the head: an upstream that merges trailers into
+    /// the header section would otherwise take a client's `X-Forwarded-For` trailer for the
+    /// proxy's. Nor those the message's `Connection` named, which are hop-by-hop wherever they
+    /// appear (RFC 9110 §7.6.1). Nor underscored names where the head's are dropped.
+    pub fn passes(&self, line: &[u8]) -> bool {
+        const NOT_AS_TRAILERS: [&[u8]; 2] = [b"host", b"trailer"];
+        let name = line.split(|&b| b == b':').next().unwrap_or_default();
+        let underscored = self.drop_underscored && name.contains(&b'_');
+        !(underscored
+            || crate::http::head::is_hop_by_hop(name)
+            || vouched(name).is_some()
+            || NOT_AS_TRAILERS.iter().any(|n| n.eq_ignore_ascii_case(name))
+            || self.connection.names(self.raw, name))
+    }
+}
+
 /// Appends the end-to-end fields kept from the incoming head. `Trailer` announces trailer fields,
 /// so it goes only with a chunked body, the one framing that carries them.
 fn push_fields(out: &mut BytesMut, fields: &[HeaderField], raw: &[u8], framing: OutFraming) {
@@ -206,6 +309,13 @@ mod tests {
             max_header_bytes: 65536,
             max_headers: 100,
             max_body_bytes: None,
+        }
+    }
+
+    fn from(client_ip: &str) -> ForwardedFor<'_> {
+        ForwardedFor {
+            client_ip,
+            scheme: Scheme::Http,
             allow_underscores: false,
         }
     }
@@ -228,8 +338,7 @@ mod tests {
         write_request_head(
             &mut out,
             &req,
-            "127.0.0.1",
-            "http",
+            &from("127.0.0.1"),
             OutFraming::Length,
             "127.0.0.1:9000".parse().unwrap(),
         );
@@ -249,8 +358,7 @@ mod tests {
         write_request_head(
             &mut out,
             &req,
-            "::1",
-            "http",
+            &from("::1"),
             OutFraming::None,
             "127.0.0.1:9000".parse().unwrap(),
         );
@@ -272,8 +380,7 @@ mod tests {
         write_request_head(
             &mut out,
             &req,
-            "192.0.2.7",
-            "http",
+            &from("192.0.2.7"),
             OutFraming::None,
             "127.0.0.1:9000".parse().unwrap(),
         );
@@ -283,6 +390,50 @@ mod tests {
              X-Forwarded-Proto: http\r\nX-Forwarded-Host: evil.example:8080\r\n\
              Forwarded: for=10.1.1.1, for=192.0.2.7;proto=http;host=\"evil.example:8080\"\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn trailers_the_proxy_vouches_for_or_that_frame_are_not_passed() {
+        let raw = b"Connection: x-hop, close";
+        let mut connection = ConnectionOptions::default();
+        connection.add(raw, &raw[12..]);
+        let policy = TrailerPolicy {
+            raw,
+            connection: &connection,
+            drop_underscored: true,
+        };
+        for kept in [
+            "X-Sum: 1",
+            "Server-Timing: x",
+            "grpc-status: 0",
+            "Digest: sha-256=x",
+        ] {
+            assert!(policy.passes(kept.as_bytes()), "{kept}");
+        }
+        for dropped in [
+            "Content-Length: 5",
+            "transfer-encoding: chunked",
+            "Host: evil",
+            "Connection: close",
+            "Keep-Alive: 5",
+            "TE: trailers",
+            "Trailer: X",
+            "Upgrade: h2c",
+            "X-Forwarded-For: 10.0.0.1",
+            "forwarded: for=10.0.0.1",
+            "X-Forwarded-Proto: https",
+            "X-Forwarded-Host: evil",
+            "X-Hop: named in Connection",
+            "Close: named in Connection",
+            "X_Forwarded_Proto: https",
+        ] {
+            assert!(!policy.passes(dropped.as_bytes()), "{dropped}");
+        }
+        let upstream = TrailerPolicy {
+            drop_underscored: false,
+            ..policy
+        };
+        assert!(upstream.passes(b"X_Upstream_Sum: 1"));
     }
 
     #[test]
@@ -310,8 +461,7 @@ mod tests {
             write_request_head(
                 &mut out,
                 &request(raw),
-                "1.2.3.4",
-                "http",
+                &from("1.2.3.4"),
                 OutFraming::None,
                 addr,
             );
@@ -347,7 +497,7 @@ mod tests {
         let post = request("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
         let mut out = BytesMut::new();
         let addr = "127.0.0.1:9000".parse().unwrap();
-        write_request_head(&mut out, &post, "1.2.3.4", "http", OutFraming::Length, addr);
+        write_request_head(&mut out, &post, &from("1.2.3.4"), OutFraming::Length, addr);
         assert!(std::str::from_utf8(&out)
             .unwrap()
             .ends_with("Content-Length: 0\r\n\r\n"));

@@ -1,0 +1,78 @@
+//! An answer that comes while the request body is still streaming (full-duplex APIs answer at
+//! once and echo as they read; a 413 or 401 answers before the upload ends): relayed to the
+//! client at once while the body goes on, both directions at the same time, so neither waits
+//! for the other and bodies larger than the socket buffers never deadlock.
+
+use super::error::Failure;
+use super::forwarding::{response_framing, write_response_head, TrailerPolicy};
+use super::transfer::{transfer_body, Sink, Source, TransferError};
+use crate::http::{BodyDecoder, RequestHead, ResponseHead};
+use crate::net::io::ReadyStream;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+/// The answer to a request whose body was still streaming, relayed both ways at once.
+pub struct Duplexed {
+    pub status: u16,
+    /// From sending the request to the answer's head.
+    pub head_after: Duration,
+    /// The response's bytes relayed (head included), or how relaying failed.
+    pub relayed: Result<u64, TransferError>,
+}
+
+/// Relays `resp` to the client while `transfer` goes on sending the request body, both at
+/// once (the upstream may need more of the body before it sends more of the answer, so neither
+/// may wait for the other). Through readiness and non-blocking calls on second descriptors
+/// (`ReadyStream`, the upstream's and the client's in `ends`): the body transfer may be
+/// splicing, which puts the sockets in non-blocking mode. Ends when the response is complete,
+/// with the client told `Connection: close` (whether the body will complete is not known when
+/// the head goes out). A client body that fails meanwhile aborts the exchange: the client
+/// connection is reset.
+pub async fn relay_duplex<F>(
+    mut transfer: Pin<&mut F>,
+    ends: (ReadyStream, ReadyStream),
+    out: &mut bytes::BytesMut,
+    up_rbuf: &mut bytes::BytesMut,
+    req: &RequestHead,
+    resp: &ResponseHead,
+    io_timeout: Duration,
+) -> Result<Result<u64, TransferError>, Failure>
+where
+    F: Future<Output = Result<u64, TransferError>>,
+{
+    let (mut reader, mut writer) = ends;
+    let framing = response_framing(req, resp);
+    out.clear();
+    write_response_head(out, req, resp, framing, false);
+    let head_bytes = out.len() as u64;
+    let mut decoder = BodyDecoder::new(resp.body);
+    let source = Source {
+        stream: &mut reader,
+        buf: up_rbuf,
+        decoder: &mut decoder,
+        trailers: TrailerPolicy::of_response(resp),
+    };
+    let sink = Sink {
+        stream: &mut writer,
+        out,
+        framing,
+    };
+    let mut relay = std::pin::pin!(transfer_body(source, sink, io_timeout, None));
+    let mut body_done = false;
+    loop {
+        monoio::select! {
+            biased;
+            relayed = &mut relay => return Ok(relayed.map(|n| n + head_bytes)),
+            sent = &mut transfer, if !body_done => match sent {
+                // All sent, or the upstream stopped taking it (closed or reset its side): the
+                // answer goes on alone.
+                Ok(_) | Err(TransferError::Destination(_)) => body_done = true,
+                Err(e) => {
+                    tracing::debug!(error = ?e, "client body failed while the answer was streaming");
+                    return Err(Failure::Aborted("client body failed while the answer was streaming"));
+                }
+            },
+        }
+    }
+}
