@@ -36,35 +36,31 @@ const DEPS_HINT: &str = "install them with `bash scripts/test-deps.sh` (as root 
 
 #[test]
 fn nginx_file_server_same_through_proxy() {
-    let fixture = Fixture::new();
-    let nginx = fixture.start_nginx();
-    let proxy = Proxy::start(&[nginx.port], "");
-    fixture.compare_with_python("nginx", nginx.port, proxy.port);
+    same_through_proxy("nginx", Fixture::start_nginx);
 }
 
 #[test]
 fn flask_app_on_gunicorn_threads_same_through_proxy() {
-    let fixture = Fixture::new();
-    let app = fixture.start_gunicorn("gthread");
-    let proxy = Proxy::start(&[app.port], "");
-    fixture.compare_with_python("app", app.port, proxy.port);
+    same_through_proxy("app", |fixture| fixture.start_gunicorn("gthread"));
 }
 
 /// The sync worker closes every connection after its response: nothing may be reused.
 #[test]
 fn flask_app_on_gunicorn_sync_worker_same_through_proxy() {
-    let fixture = Fixture::new();
-    let app = fixture.start_gunicorn("sync");
-    let proxy = Proxy::start(&[app.port], "");
-    fixture.compare_with_python("app", app.port, proxy.port);
+    same_through_proxy("app", |fixture| fixture.start_gunicorn("sync"));
 }
 
 #[test]
 fn websocket_echo_same_through_proxy() {
+    same_through_proxy("ws", Fixture::start_ws_echo);
+}
+
+/// Starts a server, a proxy in front of it, and runs `client.py suite` against both.
+fn same_through_proxy(suite: &str, start: impl FnOnce(&Fixture) -> Server) {
     let fixture = Fixture::new();
-    let ws = fixture.start_ws_echo();
-    let proxy = Proxy::start(&[ws.port], "");
-    fixture.compare_with_python("ws", ws.port, proxy.port);
+    let server = start(&fixture);
+    let proxy = Proxy::start(&[server.port], "");
+    fixture.compare_with_python(suite, server.port, proxy.port);
 }
 
 /// curl as users run it: `-L` through redirect chains (with bodies and empty), HEAD, HTTP/1.0,
