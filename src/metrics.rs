@@ -106,6 +106,9 @@ pub struct WorkerMetrics {
     pub request_duration: Histogram,
     pub upstream_duration: Histogram,
     pub pool_idle: AtomicI64,
+    /// Descriptors the worker holds by its own count (connections, pooled, second ones, pipes),
+    /// refreshed every second.
+    pub descriptors: AtomicI64,
     pub upstream_opened: AtomicU64,
     pub upstream_reused: AtomicU64,
     /// Idle upstream connections not reused because bytes had arrived on them that belong to

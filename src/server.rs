@@ -16,7 +16,7 @@ use std::sync::mpsc;
 
 /// Runs until stopped by a signal; returns once every worker has drained.
 pub fn run(
-    mut config: ValidConfig,
+    config: ValidConfig,
     config_path: PathBuf,
     workers_override: Option<usize>,
 ) -> io::Result<()> {
@@ -26,8 +26,7 @@ pub fn run(
     let count = workers_override
         .or(config.workers)
         .unwrap_or_else(|| cores.len().max(1));
-    let budget = fit_connections_to_fd_limit(&config, count);
-    config.limits.max_connections = budget.max_connections;
+    let budget = fit_descriptors(&config, count);
     listener::ensure_address_free(config.listen).map_err(|e| with_context(e, config.listen))?;
     let listen = config.listen;
     let pin = config.pin_cores;
@@ -60,6 +59,7 @@ pub fn run(
             listener: b.listener,
             shared: shared.clone(),
             pipes: budget.pipes_per_worker,
+            descriptors: budget.per_worker,
             spare: b.spare,
         };
         handles.push(worker::spawn(spec, ready_tx.clone())?);
@@ -171,31 +171,30 @@ pub fn notify_systemd(state: &[sd_notify::NotifyState]) {
 }
 
 /// Raises the open-files limit to what the configured connections need at worst, or lowers
-/// `max_connections` to what the limit holds, and logs the budget.
-fn fit_connections_to_fd_limit(config: &ValidConfig, workers: usize) -> FdBudget {
+/// Raises the open-files limit for the configured connections' worst case where it can, and
+/// shares out what it got between the workers, which then admit work only within their share.
+fn fit_descriptors(config: &ValidConfig, workers: usize) -> FdBudget {
     let demand = fd_budget::Demand {
         workers,
         backends: config.backends.len(),
         max_idle_per_backend: config.pool.max_idle_per_backend,
     };
-    let configured = config.limits.max_connections;
-    let budget = fd_budget::fit(configured, &demand);
+    let connections = config.limits.max_connections;
+    let budget = fd_budget::fit(connections, &demand);
     tracing::info!(
         nofile = budget.nofile,
         workers,
-        per_connection = fd_budget::PER_CONNECTION,
+        per_worker = budget.per_worker,
         pipes_per_worker = budget.pipes_per_worker,
-        pooled_per_worker = budget.pool_per_worker,
-        needed = budget.needed,
-        max_connections = budget.max_connections,
-        "open-files budget: per client connection its worst case (client, upstream, two duplicates), per worker splice pipes and idle pooled connections, and a reserve"
+        worst_case = budget.worst_case,
+        "open-files budget: each worker counts what its connections hold (client, upstream, second descriptors, pipes) and takes on new work within its share"
     );
-    if budget.max_connections < configured {
-        tracing::warn!(
+    if !budget.covers_worst_case() {
+        tracing::info!(
             nofile = budget.nofile,
-            configured,
-            effective = budget.max_connections,
-            "limits.max_connections lowered to fit the open-files limit (raise LimitNOFILE to allow more)"
+            max_connections = connections,
+            worst_case = budget.worst_case,
+            "the open-files limit is below the worst case of limits.max_connections (4 descriptors each); past the workers' shares new connections and upstream connections are shed with 503 (raise LimitNOFILE to avoid it)"
         );
     }
     budget

@@ -38,6 +38,8 @@ pub struct WorkerSpec {
     pub shared: Arc<Shared>,
     /// Splice pipes this worker may hold (`FdBudget::pipes_per_worker`).
     pub pipes: usize,
+    /// Descriptors this worker may hold (`FdBudget::per_worker`).
+    pub descriptors: usize,
     /// A descriptor held only to be closed when the process runs out of them, so that one
     /// client can still be accepted and refused with 503 (rather than left in the backlog).
     pub spare: Option<std::fs::File>,
@@ -60,6 +62,7 @@ pub fn spawn(
 fn run(spec: WorkerSpec, ready: &SyncSender<io::Result<()>>) -> io::Result<()> {
     let pinned = spec.core.is_some_and(core_affinity::set_for_current);
     fd_budget::set_pipes_per_worker(spec.pipes);
+    fd_budget::set_share(spec.descriptors);
     let mut runtime = build_runtime()?;
     runtime.block_on(async move {
         let scheme = spec.listener.scheme;
@@ -130,15 +133,18 @@ async fn accept_until_draining(
             return;
         }
         match accepted {
-            Ok((stream, _))
-                if ctx.active_connections() >= ctx.view().config.limits.max_connections =>
-            {
-                fd_budget::recovered(FdOp::Accept);
-                refuse_bounded(stream, ctx, &refusing);
-            }
             Ok((stream, peer)) => {
                 fd_budget::recovered(FdOp::Accept);
-                let slot = ConnectionSlot::take(ctx);
+                // Within the cap and with room in the descriptor share for it and its upstream
+                // connection, or refused at once.
+                let max = ctx.view().config.limits.max_connections;
+                let slot = (ctx.active_connections() < max)
+                    .then(|| ConnectionSlot::take(ctx))
+                    .flatten();
+                let Some(slot) = slot else {
+                    refuse_bounded(stream, ctx, &refusing);
+                    continue;
+                };
                 let stream = match scheme {
                     Scheme::Http => ClientStream::Plain(stream),
                 };
@@ -262,5 +268,8 @@ async fn sweep_pool(ctx: Rc<WorkerCtx>) {
         ctx.metrics
             .pool_idle
             .store(pool.idle_count() as i64, Ordering::Relaxed);
+        ctx.metrics
+            .descriptors
+            .store(fd_budget::held() as i64, Ordering::Relaxed);
     }
 }

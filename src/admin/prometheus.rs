@@ -147,6 +147,16 @@ pub fn render(shared: &Shared) -> String {
         workers,
         |w| w.pool_idle.load(Ordering::Relaxed),
     );
+    per_worker(
+        &mut out,
+        (
+            "ringproxy_worker_descriptors",
+            "gauge",
+            "Descriptors each worker holds by its own count (client and upstream connections, second descriptors, splice pipes), against its share of the open-files limit.",
+        ),
+        workers,
+        |w| w.descriptors.load(Ordering::Relaxed),
+    );
     counter(
         &mut out,
         "ringproxy_upstream_connections_opened_total",

@@ -94,16 +94,13 @@ pub struct BackendConfig {
     /// Relative weight for the `weighted` strategy (default 1, at least 1).
     #[serde(default = "default_weight")]
     pub weight: i64,
-    /// Path probed by active health checks (default `/health`).
-    #[serde(default = "default_health_path")]
-    pub health_check_path: String,
+    /// Path probed by HTTP health checks; none (the default): a TCP connect check.
+    #[serde(default)]
+    pub health_check_path: Option<String>,
 }
 
 fn default_weight() -> i64 {
     1
-}
-fn default_health_path() -> String {
-    "/health".into()
 }
 
 /// Serialized (for `/status`) under the same names as in the config file.

@@ -19,7 +19,8 @@ pub struct ResolvedBackend {
     pub url: String,
     pub addr: SocketAddr,
     pub weight: u32,
-    pub health_check_path: String,
+    /// Probed with `GET` by active checks; none: a TCP connect check.
+    pub health_check_path: Option<String>,
 }
 
 /// Passive health: how real traffic ejects a backend (`[passive_health]`).
@@ -372,7 +373,7 @@ fn parse_status_ranges(spec: &str) -> Option<Vec<(u16, u16)>> {
 fn resolve_backend(ck: &mut Checker, i: usize, b: &BackendConfig) -> Option<ResolvedBackend> {
     let key = |field: &str| format!("backends[{i}].{field}");
     let weight = ck.range(&key("weight"), b.weight, 1, 1_000_000) as u32;
-    if !b.health_check_path.starts_with('/') {
+    if b.health_check_path.as_ref().is_some_and(|p| !p.starts_with('/')) {
         ck.fail(key("health_check_path"), "must start with '/'");
     }
     let url = match url::Url::parse(&b.url) {
@@ -437,7 +438,7 @@ mod tests {
         assert_eq!(c.workers, None);
         assert!(c.pin_cores);
         assert_eq!(c.backends[0].weight, 1);
-        assert_eq!(c.backends[0].health_check_path, "/health");
+        assert_eq!(c.backends[0].health_check_path, None, "a TCP check by default");
         assert_eq!(c.timeouts.connect, Duration::from_secs(10));
         assert_eq!(c.timeouts.request, Duration::from_secs(30));
         assert_eq!(c.limits.head.max_headers, 100);

@@ -1,18 +1,25 @@
-//! The open-files budget: how many descriptors a client connection, a worker and the process may
-//! hold at worst, fitted to RLIMIT_NOFILE at start so that `max_connections` is reached before
-//! descriptors run out; and what to do when they run short anyway (shed, skip, fall back).
+//! The open-files budget. At start the limit (RLIMIT_NOFILE) is raised to what the configured
+//! connections could hold at worst, where the process may; what it gets is shared out between
+//! the workers. Each worker then counts what it really holds (`Lease`s: one descriptor per
+//! client connection, busy or parked; one per upstream connection, in use or pooled; one per
+//! second descriptor of a socket; two per splice pipe) and takes a new one only within its
+//! share: a new client is admitted only with room for it and an upstream connection, and what
+//! does not fit is shed (503), skipped or done another way (copy instead of splice). So the
+//! limit is never reached by surprise, and 10,000 idle clients need about 10,000 descriptors,
+//! not the worst case of each.
 
 use crate::metrics::{FD_EXHAUSTED, FD_OP_LABELS};
 use std::cell::{Cell, RefCell};
 use std::io;
+use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// The most one client connection holds at once: its socket, its upstream connection, and the
 /// two duplicates of a WebSocket tunnel (a second descriptor of each socket, so that each
-/// direction has its own; a streamed upload's early-answer watcher duplicates one). Splice pipes
-/// come from the worker's bounded pool instead.
-pub const PER_CONNECTION: usize = 4;
+/// direction has its own). The limit is raised for this much where it can be; below it,
+/// workers count what connections really hold.
+pub const WORST_PER_CONNECTION: usize = 4;
 /// Per worker whatever its load: listener and the main thread's duplicate of it, the io_uring
 /// ring (or epoll set and eventfd), the parking lot's epoll set and its duplicate, the spare
 /// descriptor kept for refusing connections when out of descriptors, with room to spare.
@@ -20,12 +27,15 @@ const PER_WORKER_FIXED: usize = 10;
 /// Connections over the cap being answered 503 at once, per worker; more are just closed.
 pub const REFUSALS_IN_FLIGHT: usize = 16;
 /// The whole process: stdio, the signal pipe, the health thread's ring, the admin listener and
-/// its 16 connections, the config file read on reload, the systemd notify socket.
+/// its 16 connections, the config file read on reload, the systemd notify socket, the logger.
 const PROCESS_FIXED: usize = 48;
 /// Per backend: its health probe's socket, twice over for backends added by a reload.
 const PER_BACKEND: usize = 2;
 /// Ceiling on splice pipes per worker (in use and spare): each may hold 1 MiB of kernel memory.
 const MAX_PIPES_PER_WORKER: usize = 1024;
+/// Client connections may take at most this share of a worker's descriptors: the rest stays
+/// for their upstream connections, so a crowd of idle clients cannot starve the busy ones.
+const CLIENT_SHARE: (usize, usize) = (3, 4);
 
 /// What the descriptor budget depends on.
 #[derive(Debug, Clone, Copy)]
@@ -41,14 +51,20 @@ pub struct Demand {
 pub struct FdBudget {
     /// RLIMIT_NOFILE (soft) after raising it where possible.
     pub nofile: u64,
-    /// Client connections per worker (`limits.max_connections`, lowered if need be).
-    pub max_connections: usize,
+    /// Descriptors each worker may hold for connections, pooled connections, second
+    /// descriptors and pipes (`usize::MAX`: no known limit).
+    pub per_worker: usize,
     /// Splice pipes per worker, in use and spare (HAProxy's `maxpipes`): two descriptors each.
     pub pipes_per_worker: usize,
-    /// Idle pooled upstream connections a worker may hold.
-    pub pool_per_worker: usize,
-    /// Descriptors all of this needs.
-    pub needed: usize,
+    /// Descriptors the configured connections would need at worst.
+    pub worst_case: usize,
+}
+
+impl FdBudget {
+    /// Whether the worst case of the configured connections fits: otherwise admission counts.
+    pub fn covers_worst_case(&self) -> bool {
+        self.worst_case as u64 <= self.nofile
+    }
 }
 
 impl Demand {
@@ -64,46 +80,124 @@ impl Demand {
         self.backends * self.max_idle_per_backend.min(connections)
     }
 
+    fn process_fixed(&self) -> usize {
+        PROCESS_FIXED + self.backends * PER_BACKEND
+    }
+
+    fn worker_fixed() -> usize {
+        PER_WORKER_FIXED + REFUSALS_IN_FLIGHT
+    }
+
     /// Descriptors the process may hold at worst with `connections` per worker.
     pub fn needed(&self, connections: usize) -> usize {
-        let per_worker = PER_WORKER_FIXED
-            + REFUSALS_IN_FLIGHT
-            + connections * PER_CONNECTION
+        let per_worker = Self::worker_fixed()
+            + connections * WORST_PER_CONNECTION
             + self.pipes_per_worker(connections) * 2
             + self.pool_per_worker(connections);
-        PROCESS_FIXED + self.backends * PER_BACKEND + self.workers.max(1) * per_worker
+        self.process_fixed() + self.workers.max(1) * per_worker
     }
 
-    /// The most connections per worker (at least 1, at most `wanted`) that fit in `nofile`.
-    pub fn connections_within(&self, nofile: u64, wanted: usize) -> usize {
-        let fits = |c: usize| self.needed(c) as u64 <= nofile;
-        if fits(wanted) {
-            return wanted;
-        }
-        // `needed` grows with the connections: the largest fit by bisection.
-        let (mut lo, mut hi) = (0, wanted);
-        while hi - lo > 1 {
-            let mid = lo + (hi - lo) / 2;
-            if fits(mid) {
-                lo = mid;
-            } else {
-                hi = mid;
-            }
-        }
-        lo.max(1)
-    }
-
-    /// The budget within `nofile` for `wanted` connections per worker, or as many as fit.
-    pub fn budget(&self, nofile: u64, wanted: usize) -> FdBudget {
-        let c = self.connections_within(nofile, wanted);
+    /// The budget within `nofile` for `connections` per worker.
+    pub fn budget(&self, nofile: u64, connections: usize) -> FdBudget {
+        let usable = (nofile.min(usize::MAX as u64) as usize).saturating_sub(self.process_fixed());
+        let per_worker = (usable / self.workers.max(1)).saturating_sub(Self::worker_fixed());
         FdBudget {
             nofile,
-            max_connections: c,
-            pipes_per_worker: self.pipes_per_worker(c),
-            pool_per_worker: self.pool_per_worker(c),
-            needed: self.needed(c),
+            per_worker: if nofile == u64::MAX { usize::MAX } else { per_worker },
+            pipes_per_worker: self.pipes_per_worker(connections),
+            worst_case: self.needed(connections),
         }
     }
+}
+
+/// A worker's share of descriptors and what it holds of it now.
+struct Ledger {
+    share: usize,
+    used: usize,
+    clients: usize,
+}
+
+thread_local! {
+    /// This thread's ledger; threads that are not workers have no limit of their own.
+    static LEDGER: RefCell<Ledger> = const {
+        RefCell::new(Ledger { share: usize::MAX, used: 0, clients: 0 })
+    };
+}
+
+/// Sets this worker thread's share of descriptors, from its `FdBudget`.
+pub fn set_share(share: usize) {
+    LEDGER.with(|l| l.borrow_mut().share = share);
+}
+
+/// Descriptors this worker holds by its count (for tests and `/status`).
+pub fn held() -> usize {
+    LEDGER.with(|l| l.borrow().used)
+}
+
+/// Descriptors held on this worker's ledger, given back when dropped. Not `Send`: a lease is
+/// dropped on the thread that took it, whose ledger it is.
+#[derive(Debug)]
+pub struct Lease {
+    n: usize,
+    client: bool,
+    _thread: PhantomData<*const ()>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        // `try_with`: leases held in thread-locals (spare pipes) may be dropped after the ledger
+        // as the thread ends; there is nothing left to count then.
+        let _ = LEDGER.try_with(|l| {
+            let mut l = l.borrow_mut();
+            l.used = l.used.saturating_sub(self.n);
+            if self.client {
+                l.clients = l.clients.saturating_sub(1);
+            }
+        });
+    }
+}
+
+/// `n` descriptors for a socket, a pipe or a second descriptor, if the share has room; when it
+/// has not, the shortage is counted and logged under `op` like a failed allocation.
+pub fn lease(n: usize, op: FdOp) -> Option<Lease> {
+    let granted = LEDGER.with(|l| {
+        let mut l = l.borrow_mut();
+        (l.used + n <= l.share).then(|| l.used += n).is_some()
+    });
+    if !granted {
+        exhausted(op, &io::Error::from_raw_os_error(libc::EMFILE));
+        return None;
+    }
+    Some(Lease {
+        n,
+        client: false,
+        _thread: PhantomData,
+    })
+}
+
+/// A new client connection's descriptor, if the share has room for it and an upstream
+/// connection, and clients hold less than `CLIENT_SHARE` of it.
+pub fn lease_client() -> Option<Lease> {
+    let granted = LEDGER.with(|l| {
+        let mut l = l.borrow_mut();
+        let client_cap = if l.share == usize::MAX {
+            usize::MAX
+        } else {
+            l.share / CLIENT_SHARE.1 * CLIENT_SHARE.0
+        };
+        let room = l.used + 2 <= l.share && l.clients < client_cap;
+        if room {
+            l.used += 1;
+            l.clients += 1;
+        }
+        room
+    });
+    // `then`, not `then_some`: a lease built and dropped would give back what was not taken.
+    granted.then(|| Lease {
+        n: 1,
+        client: true,
+        _thread: PhantomData,
+    })
 }
 
 /// Splice pipes a thread may hold when its worker did not say (tests, other threads).
@@ -123,9 +217,9 @@ pub fn pipes_per_worker() -> usize {
     PIPES_PER_WORKER.get()
 }
 
-/// Raises the open-files limit to what `max_connections` per worker needs (the hard limit too
-/// when privileged, up to `fs.nr_open`, like nginx's `worker_rlimit_nofile`), and lowers the
-/// connection cap to fit the limit it could get.
+/// Raises the open-files limit to what `max_connections` per worker need at worst (the hard
+/// limit too when privileged, up to `fs.nr_open`, like nginx's `worker_rlimit_nofile`), and
+/// shares out the limit it could get.
 pub fn fit(max_connections: usize, demand: &Demand) -> FdBudget {
     let wanted = demand.needed(max_connections) as libc::rlim_t;
     let mut lim = libc::rlimit {
@@ -308,34 +402,36 @@ mod tests {
     }
 
     #[test]
-    fn connections_fit_the_limit_exactly() {
+    fn the_limit_is_shared_out_between_workers() {
         let d = demand();
-        for nofile in [300u64, 1024, 4096, 65536] {
-            let c = d.connections_within(nofile, 16384);
-            assert!(d.needed(c) as u64 <= nofile, "{nofile}: {c}");
-            assert!(
-                d.needed(c + 1) as u64 > nofile,
-                "{nofile}: {c} is not the largest"
-            );
-        }
-        assert_eq!(d.connections_within(1 << 30, 16384), 16384);
-        // Not even one fits: one connection anyway, the shedding covers the rest.
-        assert_eq!(d.connections_within(10, 16384), 1);
+        let b = d.budget(20_000, 16384);
+        assert_eq!(b.per_worker, (20_000 - PROCESS_FIXED - 6) / 2 - PER_WORKER_FIXED - REFUSALS_IN_FLIGHT);
+        assert!(!b.covers_worst_case());
+        assert!(d.budget(1 << 30, 1000).covers_worst_case());
+        assert_eq!(d.budget(u64::MAX, 16384).per_worker, usize::MAX);
     }
 
     #[test]
-    fn budget_under_ulimit_1024_leaves_room_for_the_worst_case() {
-        let d = Demand {
-            workers: 1,
-            backends: 1,
-            max_idle_per_backend: 64,
-        };
-        let b = d.budget(1024, 16384);
-        assert!(b.max_connections > 100, "{b:?}");
-        // Every connection a tunnel or upload, every pipe open, the pool full: still within.
-        let worst = b.max_connections * PER_CONNECTION + b.pipes_per_worker * 2 + b.pool_per_worker;
-        assert!(worst + PROCESS_FIXED < 1024, "{b:?}");
-        assert_eq!(b.needed, d.needed(b.max_connections));
+    fn leases_stay_within_the_share_and_clients_leave_room() {
+        // Ledgers are per thread: this test's own.
+        std::thread::spawn(|| {
+            set_share(8);
+            // Clients: room for each and an upstream connection, and at most 3/4 of 8 = 6.
+            let clients: Vec<Lease> = std::iter::from_fn(lease_client).take(10).collect();
+            assert_eq!(clients.len(), 6);
+            assert_eq!(held(), 6);
+            let upstream = lease(1, FdOp::Connect).expect("room for one upstream");
+            let second = lease(1, FdOp::Dup).expect("and one more");
+            assert!(lease(1, FdOp::Dup).is_none(), "the share is full");
+            assert!(lease(2, FdOp::Pipe).is_none());
+            drop(second);
+            drop(upstream);
+            drop(clients);
+            assert_eq!(held(), 0);
+            assert!(lease(2, FdOp::Pipe).is_some());
+        })
+        .join()
+        .expect("ledger thread");
     }
 
     #[test]

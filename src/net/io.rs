@@ -6,6 +6,7 @@ use monoio::buf::{IoBufMut, SliceMut};
 use monoio::io::{AsyncReadRent, CancelableAsyncReadRent, Canceller};
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
+use super::fd_budget::{FdOp, Lease};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -178,26 +179,33 @@ pub fn reset_on_close(fd: std::os::fd::RawFd) {
     }
 }
 
-/// A second descriptor for the socket of `stream` (close-on-exec).
+/// A second descriptor for the socket of `stream` (close-on-exec), for a moment: the parking lot
+/// closes the first right after. Not leased: one descriptor stays.
 pub fn dup_fd(stream: &TcpStream) -> std::io::Result<OwnedFd> {
     // SAFETY: `stream` keeps the descriptor open while it is borrowed here.
     let dup = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned();
     super::fd_budget::note(super::fd_budget::FdOp::Dup, dup)
 }
 
-/// A second stream on the socket `fd`, which the caller keeps open meanwhile (it is borrowed
-/// by an operation in progress, hence the raw descriptor).
-pub fn dup_raw_fd(fd: std::os::fd::RawFd) -> std::io::Result<TcpStream> {
-    // SAFETY: the caller's stream owns `fd` and outlives this call.
-    let dup = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned();
-    let owned = super::fd_budget::note(super::fd_budget::FdOp::Dup, dup)?;
-    TcpStream::from_std(std::net::TcpStream::from(owned))
+/// A second stream on a socket, held with its lease on the worker's descriptor budget.
+pub struct SecondStream {
+    pub stream: TcpStream,
+    _lease: Lease,
 }
 
-/// A second stream on the same socket, so that one task can wait on it (or write to it) while
-/// the first is busy in another operation.
-pub fn dup_stream(stream: &TcpStream) -> std::io::Result<TcpStream> {
-    TcpStream::from_std(std::net::TcpStream::from(dup_fd(stream)?))
+/// A second stream on the socket `fd`, so that one task can wait on it (or write to it) while
+/// the first is busy in another operation; the caller keeps the first open meanwhile. `Err` when
+/// the worker's descriptor budget has no room or the dup fails: the caller does without.
+pub fn second_stream(fd: std::os::fd::RawFd) -> std::io::Result<SecondStream> {
+    let no_room = || std::io::Error::from_raw_os_error(libc::EMFILE);
+    let lease = super::fd_budget::lease(1, FdOp::Dup).ok_or_else(no_room)?;
+    // SAFETY: the caller's stream owns `fd` and outlives this call.
+    let dup = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned();
+    let owned = super::fd_budget::note(FdOp::Dup, dup)?;
+    Ok(SecondStream {
+        stream: TcpStream::from_std(std::net::TcpStream::from(owned))?,
+        _lease: lease,
+    })
 }
 
 /// Stopping to send (a FIN after what is queued) while reading goes on.
@@ -271,16 +279,16 @@ impl<S: Socket> BodyIo for S {
 /// write: for a second descriptor used while the first one may be in the middle of a splice,
 /// which switches the (shared) file to O_NONBLOCK, where an io_uring read would fail with EAGAIN
 /// instead of waiting. Never spliced itself.
-pub struct ReadyStream(pub TcpStream);
+pub struct ReadyStream(pub SecondStream);
 
 impl ReadyStream {
     /// Waits up to `timeout` for readiness, `writable` or readable.
     async fn wait(&self, writable: bool, timeout: Duration) -> Result<(), IoFail> {
         let ready = async {
             if writable {
-                self.0.writable(false).await
+                self.0.stream.writable(false).await
             } else {
-                self.0.readable(false).await
+                self.0.stream.readable(false).await
             }
         };
         match monoio::time::timeout(timeout, ready).await {
@@ -295,7 +303,7 @@ impl ReadyStream {
             // SAFETY: plain send(2) from a live slice on a descriptor this stream keeps open.
             let n = unsafe {
                 libc::send(
-                    self.0.as_raw_fd(),
+                    self.0.stream.as_raw_fd(),
                     data.as_ptr().cast(),
                     data.len(),
                     libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
@@ -328,7 +336,7 @@ impl BodyIo for ReadyStream {
     ) -> Result<usize, IoFail> {
         let deadline = Instant::now() + timeout;
         loop {
-            match recv_now(&self.0, buf, reserve) {
+            match recv_now(&self.0.stream, buf, reserve) {
                 Ok(Some(n)) => return Ok(n),
                 Ok(None) => {
                     let left = deadline.saturating_duration_since(Instant::now());

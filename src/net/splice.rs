@@ -11,7 +11,7 @@
 //! Pipes are bounded per worker (HAProxy's `maxpipes`), open and spare together, and counted in
 //! the open-files budget: when all are in use, or the kernel has no descriptor, bodies are copied.
 
-use super::fd_budget::{self, FdOp};
+use super::fd_budget::{self, FdOp, Lease};
 use super::io::IoFail;
 use monoio::net::TcpStream;
 use std::cell::{Cell, RefCell};
@@ -49,6 +49,8 @@ struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
     capacity: usize,
+    /// Its two descriptors on the worker's budget.
+    _descriptors: Lease,
 }
 
 impl Pipe {
@@ -65,6 +67,8 @@ impl Pipe {
             fd_budget::exhausted(FdOp::PipeBudget, &e);
             return Err(e);
         }
+        let no_room = || io::Error::from_raw_os_error(libc::EMFILE);
+        let descriptors = fd_budget::lease(2, FdOp::Pipe).ok_or_else(no_room)?;
         let mut fds = [0; 2];
         // SAFETY: `fds` has room for the two descriptors pipe2 writes.
         let made = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
@@ -84,6 +88,7 @@ impl Pipe {
             read,
             write,
             capacity,
+            _descriptors: descriptors,
         })
     }
 

@@ -8,11 +8,10 @@
 use super::error::Failure;
 use super::transfer::TransferError;
 use crate::http::{parse_response, RequestHead, ResponseHead};
-use crate::net::io::{dup_stream, read_more_until, recv_now, IoFail};
+use crate::net::io::{read_more_until, recv_now, second_stream, IoFail, SecondStream};
 use crate::net::stream::UpstreamStream;
 use crate::upstream::UpstreamConn;
 use bytes::BytesMut;
-use monoio::net::TcpStream;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Instant;
@@ -88,16 +87,16 @@ pub enum BodySent {
 
 /// A second descriptor of the upstream socket, to wait for its answer while the body transfer
 /// holds the stream itself. `None` if it could not be had: the body is then just sent.
-pub struct Watcher(Option<TcpStream>);
+pub struct Watcher(Option<SecondStream>);
 
 impl Watcher {
     pub fn new(upstream: &UpstreamStream) -> Watcher {
-        let Some(upstream) = upstream.tcp() else {
+        if upstream.tcp().is_none() {
             // A stream with a layer over the socket (TLS) cannot be watched from a second
             // descriptor: the body is then just sent.
             return Watcher(None);
-        };
-        match dup_stream(upstream) {
+        }
+        match second_stream(upstream.socket_fd()) {
             Ok(watcher) => Watcher(Some(watcher)),
             Err(e) => {
                 tracing::debug!(error = %e, "cannot watch the upstream for an early answer");
@@ -107,7 +106,7 @@ impl Watcher {
     }
 
     /// The duplicate descriptor, to read the rest of an early answer from.
-    pub fn into_stream(self) -> Option<TcpStream> {
+    pub fn into_stream(self) -> Option<SecondStream> {
         self.0
     }
 }
@@ -125,7 +124,7 @@ pub async fn send_body_watching<F>(
 where
     F: Future<Output = Result<u64, TransferError>>,
 {
-    let Watcher(Some(watcher)) = watcher else {
+    let Watcher(Some(SecondStream { stream: watcher, .. })) = watcher else {
         return BodySent::Finished(transfer.await);
     };
     loop {

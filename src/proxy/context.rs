@@ -6,6 +6,7 @@
 
 use super::parking::ParkingLot;
 use crate::metrics::{bump, WorkerMetrics};
+use crate::net::fd_budget::{self, Lease};
 use crate::net::io::IdleState;
 use crate::state::{Shared, Snapshot};
 use crate::upstream::{Balancer, UpstreamPool};
@@ -173,16 +174,23 @@ impl WorkerCtx {
     }
 }
 
-/// Counts one open client connection for `max_connections` and the gauge; released on drop.
-/// Travels with the connection, through its task and the parking lot.
+/// Counts one open client connection for `max_connections` and the gauge, and its descriptor
+/// on the worker's budget; released on drop. Travels with the connection, through its task and
+/// the parking lot.
 pub struct ConnectionSlot {
     ctx: Rc<WorkerCtx>,
+    _descriptor: Lease,
 }
 
 impl ConnectionSlot {
-    pub fn take(ctx: &Rc<WorkerCtx>) -> Self {
+    /// A slot, if the worker's descriptor share has room for the connection and an upstream.
+    pub fn take(ctx: &Rc<WorkerCtx>) -> Option<Self> {
+        let descriptor = fd_budget::lease_client()?;
         ctx.set_active(ctx.active.get() + 1);
-        ConnectionSlot { ctx: ctx.clone() }
+        Some(ConnectionSlot {
+            ctx: ctx.clone(),
+            _descriptor: descriptor,
+        })
     }
 }
 

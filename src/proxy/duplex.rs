@@ -17,8 +17,8 @@ pub struct Duplexed {
     pub status: u16,
     /// From sending the request to the answer's head.
     pub head_after: Duration,
-    /// The response's bytes relayed (head included), or how relaying failed.
-    pub relayed: Result<u64, TransferError>,
+    /// What reached the client, and how relaying ended.
+    pub relayed: Relayed,
 }
 
 /// Relays `resp` to the client while `transfer` goes on sending the request body, both at
@@ -37,7 +37,7 @@ pub async fn relay_duplex<F>(
     req: &RequestHead,
     resp: &ResponseHead,
     io_timeout: Duration,
-) -> Result<Result<u64, TransferError>, Failure>
+) -> Result<Relayed, Failure>
 where
     F: Future<Output = Result<u64, TransferError>>,
 {
@@ -45,7 +45,6 @@ where
     let framing = response_framing(req, resp);
     out.clear();
     write_response_head(out, req, resp, framing, false);
-    let head_bytes = out.len() as u64;
     let mut decoder = BodyDecoder::new(resp.body);
     let source = Source {
         stream: &mut reader,
@@ -53,26 +52,34 @@ where
         decoder: &mut decoder,
         trailers: TrailerPolicy::of_response(resp),
     };
-    let sink = Sink {
-        stream: &mut writer,
-        out,
-        framing,
-    };
-    let mut relay = std::pin::pin!(transfer_body(source, sink, io_timeout, None));
-    let mut body_done = false;
-    loop {
-        monoio::select! {
-            biased;
-            relayed = &mut relay => return Ok(relayed.map(|n| n + head_bytes)),
-            sent = &mut transfer, if !body_done => match sent {
-                // All sent, or the upstream stopped taking it (closed or reset its side): the
-                // answer goes on alone.
-                Ok(_) | Err(TransferError::Destination(_)) => body_done = true,
-                Err(e) => {
-                    tracing::debug!(error = ?e, "client body failed while the answer was streaming");
-                    return Err(Failure::Aborted("client body failed while the answer was streaming"));
-                }
-            },
+    let mut sink = Sink::new(&mut writer, out, framing);
+    let outcome = {
+        let mut relay = std::pin::pin!(transfer_body(source, &mut sink, io_timeout, None));
+        let mut body_done = false;
+        loop {
+            monoio::select! {
+                biased;
+                relayed = &mut relay => break relayed.map(drop),
+                sent = &mut transfer, if !body_done => match sent {
+                    // All sent, or the upstream stopped taking it (closed or reset its side):
+                    // the answer goes on alone.
+                    Ok(_) | Err(TransferError::Destination(_)) => body_done = true,
+                    Err(e) => {
+                        tracing::debug!(error = ?e, "client body failed while the answer was streaming");
+                        return Err(Failure::Aborted("client body failed while the answer was streaming"));
+                    }
+                },
+            }
         }
-    }
+    };
+    Ok(Relayed {
+        written: sink.written,
+        outcome,
+    })
+}
+
+/// How relaying the response went: the bytes the client got, and whether it was whole.
+pub struct Relayed {
+    pub written: u64,
+    pub outcome: Result<(), TransferError>,
 }

@@ -57,6 +57,9 @@ pub enum Failure {
     BodyTooLarge,
     ClientBodyTimeout,
     ClientGone,
+    /// This worker had no descriptor left for what the request needed (503, not the backend's
+    /// fault).
+    OutOfDescriptors,
     /// The response had started when the upstream failed: the client connection is reset.
     Aborted(&'static str),
 }
@@ -65,7 +68,7 @@ impl Failure {
     /// Status sent to the client, `None` when no response can be sent.
     pub fn status(&self) -> Option<u16> {
         match self {
-            Failure::NoBackendUp => Some(503),
+            Failure::NoBackendUp | Failure::OutOfDescriptors => Some(503),
             Failure::Connect(e) => Some(e.status()),
             Failure::UpstreamTimeout => Some(504),
             Failure::Upstream(_) => Some(502),
@@ -91,6 +94,7 @@ impl Failure {
             Failure::BodyTooLarge => "request body larger than max_body_bytes",
             Failure::ClientBodyTimeout => "client stalled sending the body",
             Failure::ClientGone => "client closed the connection",
+            Failure::OutOfDescriptors => "out of file descriptors",
         }
     }
 }
@@ -106,6 +110,7 @@ impl std::fmt::Display for Failure {
             Failure::BodyTooLarge => f.write_str("request body larger than max_body_bytes"),
             Failure::ClientBodyTimeout => f.write_str("client stalled sending the body"),
             Failure::ClientGone => f.write_str("client closed the connection"),
+            Failure::OutOfDescriptors => f.write_str("out of file descriptors"),
         }
     }
 }

@@ -14,7 +14,7 @@ use super::transfer::{transfer_body, Sink, Source, TransferError};
 use super::{ClientConn, WorkerCtx};
 use crate::http::{status, BodyDecoder, OutFraming, RequestHead, ResponseHead};
 use crate::metrics::bump;
-use crate::net::io::{dup_raw_fd, write_buf, write_buf_tracked, IoFail, ReadyStream};
+use crate::net::io::{second_stream, write_buf, write_buf_tracked, IoFail, ReadyStream};
 use crate::upstream::{connect, group, ConnectError, InFlight, UpstreamConn};
 use smallvec::SmallVec;
 use std::time::{Duration, Instant};
@@ -131,7 +131,15 @@ async fn upstream_connection(
             return Ok(up);
         }
     }
-    match connect(target.id, target.addr, route.config.timeouts.connect).await {
+    let timeout = route.config.timeouts.connect;
+    let mut connected = connect(target.id, target.addr, timeout).await;
+    if let Err(ConnectError::NoDescriptor(_)) = connected {
+        // The worker's share is full: an idle pooled connection gives its descriptor up.
+        if ctx.pool().close_oldest() {
+            connected = connect(target.id, target.addr, timeout).await;
+        }
+    }
+    match connected {
         Ok(up) => {
             bump(&ctx.metrics.upstream_opened);
             Ok(up)
@@ -345,13 +353,9 @@ async fn send_streaming_body(
         decoder,
         trailers: TrailerPolicy::of_request(req, route.config.limits.allow_underscores),
     };
-    let sink = Sink {
-        stream: &mut up.stream,
-        out: &mut conn.upstream_out,
-        framing,
-    };
+    let mut sink = Sink::new(&mut up.stream, &mut conn.upstream_out, framing);
     let max = route.config.limits.head.max_body_bytes;
-    let mut transfer = Box::pin(transfer_body(source, sink, io_timeout, max));
+    let mut transfer = Box::pin(transfer_body(source, &mut sink, io_timeout, max));
     match send_body_watching(transfer.as_mut(), &watcher, &mut up.rbuf, req).await {
         BodySent::Finished(Ok(moved)) => Ok(Sent::Whole(moved)),
         BodySent::Finished(Err(e @ TransferError::Destination(IoFail::Io(_)))) => {
@@ -369,12 +373,16 @@ async fn send_streaming_body(
         }
         BodySent::Finished(Err(e)) => Err(request_body_failure(e)),
         BodySent::Broken(f) => Err(f),
-        BodySent::AnsweredEarly(head) => {
+        BodySent::AnsweredEarly(mut head) => {
             let head_after = sent_at.elapsed();
             let reader = watcher.into_stream();
-            let writer = client_fd.map(dup_raw_fd);
+            let writer = client_fd.map(second_stream);
             let (Some(reader), Some(Ok(writer))) = (reader, writer) else {
-                return Err(Failure::Upstream("cannot relay an early answer"));
+                // No descriptors to go both ways at once: the answer is relayed alone and the
+                // rest of the body is not sent (the connection is then out of step).
+                drop(transfer);
+                head.reusable = false;
+                return Ok(Sent::AnsweredEarly(head));
             };
             let ends = (ReadyStream(reader), ReadyStream(writer));
             let relayed = relay_duplex(

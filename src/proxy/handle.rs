@@ -88,10 +88,11 @@ async fn answer_failure(
         rec.answered = false;
         if let Failure::Aborted(_) = failure {
             reset_on_close(conn.stream.socket_fd());
-            rec.status = if rec.status == 0 { 502 } else { rec.status };
-        } else {
-            // nginx's convention for "client closed the connection".
-            rec.status = 499;
+        }
+        // The status that went out, if a head did (nginx logs that too); else 502 for an
+        // upstream that broke, or nginx's 499 for "client closed the connection".
+        if rec.status == 0 {
+            rec.status = if let Failure::Aborted(_) = failure { 502 } else { 499 };
         }
         return false;
     };

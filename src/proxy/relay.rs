@@ -47,12 +47,10 @@ pub async fn relay(
         }
         Answer::Duplexed(done) => {
             rec.status = done.status;
-            match done.relayed {
-                Ok(moved) => {
-                    rec.bytes_out = moved;
-                    // The response said `Connection: close`: the body's end was unknown then.
-                    Ok(false)
-                }
+            rec.bytes_out = done.relayed.written;
+            match done.relayed.outcome {
+                // The response said `Connection: close`: the body's end was unknown then.
+                Ok(()) => Ok(false),
                 Err(e) => Err(relay_failure(route, backend, ctx, e, rec)),
             }
         }
@@ -94,15 +92,13 @@ async fn relay_response(
         decoder: &mut decoder,
         trailers: TrailerPolicy::of_response(&resp),
     };
-    let sink = Sink {
-        stream: &mut conn.stream,
-        out: &mut conn.out,
-        framing,
-    };
+    let mut sink = Sink::new(&mut conn.stream, &mut conn.out, framing);
     let io_timeout = from.route.config.timeouts.io;
-    match transfer_body(source, sink, io_timeout, None).await {
-        Ok(moved) => {
-            rec.bytes_out += moved;
+    let moved = transfer_body(source, &mut sink, io_timeout, None).await;
+    // What reached the client, head and all, however the transfer ended.
+    rec.bytes_out = sink.written;
+    match moved {
+        Ok(_) => {
             if resp.reusable && decoder.is_done() {
                 // Only a Content-Length body this large can have been spliced: exactly its
                 // length was taken from the socket, so what follows is still in there.
@@ -173,7 +169,10 @@ async fn tunnel(
     let idle = route.config.timeouts.io;
     let moved = Box::pin(tunnel::switch_protocols(conn, up, resp, idle)).await;
     add_gauge(&ctx.metrics.tunnels, -1);
-    let moved = moved.ok_or(Failure::ClientGone)?;
+    let moved = moved.map_err(|e| match e {
+        tunnel::SwitchError::NoDescriptor => Failure::OutOfDescriptors,
+        tunnel::SwitchError::ClientGone => Failure::ClientGone,
+    })?;
     rec.bytes_in += moved.to_upstream;
     rec.bytes_out += moved.to_client;
     Ok(false)

@@ -53,11 +53,24 @@ pub struct Source<'a, S> {
 }
 
 /// The outgoing side: a socket, the pending output (which may hold the head already), and how
-/// the body is delimited on it.
+/// the body is delimited on it; `written` counts the bytes that went out (head, framing and
+/// payload), which the access log reports whether the transfer ends well or not.
 pub struct Sink<'a, D> {
     pub stream: &'a mut D,
     pub out: &'a mut BytesMut,
     pub framing: OutFraming,
+    pub written: u64,
+}
+
+impl<'a, D> Sink<'a, D> {
+    pub fn new(stream: &'a mut D, out: &'a mut BytesMut, framing: OutFraming) -> Self {
+        Sink {
+            stream,
+            out,
+            framing,
+            written: 0,
+        }
+    }
 }
 
 /// One body on its way: what has moved so far.
@@ -73,7 +86,7 @@ struct Progress {
 /// head); everything is flushed on return. Returns the payload bytes moved.
 pub async fn transfer_body<S: BodyIo, D: BodyIo>(
     mut src: Source<'_, S>,
-    mut dst: Sink<'_, D>,
+    dst: &mut Sink<'_, D>,
     io_timeout: Duration,
     max_bytes: Option<u64>,
 ) -> Result<u64, TransferError> {
@@ -90,7 +103,7 @@ pub async fn transfer_body<S: BodyIo, D: BodyIo>(
                 if max_bytes.is_some_and(|max| p.moved > max) {
                     return Err(TransferError::TooLarge);
                 }
-                send_data(&mut dst, data, io_timeout, &mut p).await?;
+                send_data(dst, data, io_timeout, &mut p).await?;
             }
             Decoded::Trailer(field) => {
                 // Passed on only where the outgoing body is chunked too (an HTTP/1.0 client's
@@ -107,8 +120,8 @@ pub async fn transfer_body<S: BodyIo, D: BodyIo>(
             }
             Decoded::NeedMore => {
                 // Send what we have before waiting, so the destination sees progress.
-                flush(&mut dst, io_timeout, &mut p).await?;
-                refill(&mut src, &mut dst, io_timeout, max_bytes, &mut p).await?;
+                flush(dst, io_timeout, &mut p).await?;
+                refill(&mut src, dst, io_timeout, max_bytes, &mut p).await?;
             }
             Decoded::Done => {
                 if dst.framing == OutFraming::Chunked {
@@ -119,7 +132,7 @@ pub async fn transfer_body<S: BodyIo, D: BodyIo>(
                     };
                     dst.out.extend_from_slice(end);
                 }
-                flush(&mut dst, io_timeout, &mut p).await?;
+                flush(dst, io_timeout, &mut p).await?;
                 return Ok(p.moved);
             }
         }
@@ -146,10 +159,12 @@ async fn send_data<D: BodyIo>(
         return Ok(());
     };
     flush(dst, io_timeout, p).await?;
+    let len = large.len() as u64;
     dst.stream
         .write_bytes(large, io_timeout)
         .await
         .map_err(TransferError::Destination)?;
+    dst.written += len;
     p.sent_any = true;
     if dst.framing == OutFraming::Chunked {
         dst.out.extend_from_slice(b"\r\n");
@@ -178,6 +193,7 @@ async fn refill<S: BodyIo, D: BodyIo>(
         if splice.await? {
             src.decoder.finish_length();
             p.moved += left;
+            dst.written += left;
             p.sent_any = true;
             return Ok(());
         }
@@ -231,10 +247,12 @@ async fn flush<D: BodyIo>(
     if dst.out.is_empty() {
         return Ok(());
     }
+    let len = dst.out.len() as u64;
     dst.stream
         .write_buf(dst.out, io_timeout)
         .await
         .map_err(TransferError::Destination)?;
+    dst.written += len;
     p.sent_any = true;
     Ok(())
 }

@@ -7,11 +7,12 @@
 use super::forwarding::write_switching_head;
 use super::ClientConn;
 use crate::http::ResponseHead;
-use crate::net::io::{dup_stream, read_more_or_give_up, write_buf, HalfClose};
+use crate::net::io::{read_more_or_give_up, second_stream, write_buf, HalfClose, SecondStream};
 use crate::net::stream::{ClientStream, UpstreamStream};
 use crate::upstream::UpstreamConn;
 use bytes::BytesMut;
 use monoio::io::{AsyncWriteRent, CancelableAsyncReadRent};
+use monoio::net::TcpStream;
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
@@ -25,14 +26,24 @@ pub struct Moved {
     pub to_client: u64,
 }
 
+/// Why a switch could not go through.
+pub enum SwitchError {
+    /// No second descriptors for the tunnel (nothing was sent to the client yet).
+    NoDescriptor,
+    /// The client could not be sent the 101.
+    ClientGone,
+}
+
 /// Sends the 101 head (and anything the upstream sent after it) to the client, then tunnels.
-/// Returns `None` if the client could not be sent the 101.
+/// The tunnel's second descriptors are taken first, so that a worker out of descriptors can
+/// still answer 503 instead of a 101 it cannot keep.
 pub async fn switch_protocols(
     conn: &mut ClientConn,
     mut up: UpstreamConn,
     resp: &ResponseHead,
     idle: Duration,
-) -> Option<Moved> {
+) -> Result<Moved, SwitchError> {
+    let (mut client_dup, mut upstream_dup) = second_streams(&conn.stream, &up.stream)?;
     conn.out.clear();
     write_switching_head(&mut conn.out, resp);
     let mut moved = Moved {
@@ -43,20 +54,48 @@ pub async fn switch_protocols(
     up.rbuf.clear();
     write_buf(&mut conn.stream, &mut conn.out, idle)
         .await
-        .ok()?;
+        .map_err(|_| SwitchError::ClientGone)?;
     // Bytes the client sent right behind its request belong to the new protocol.
     moved.to_upstream = conn.rbuf.len() as u64;
     if write_buf(&mut up.stream, &mut conn.rbuf, idle)
         .await
         .is_err()
     {
-        return Some(moved);
+        return Ok(moved);
     }
-    let (tunneled, ended) = tunnel(&mut conn.stream, &mut up.stream, idle).await;
+    let ends = Ends {
+        client: &mut conn.stream,
+        upstream: &mut up.stream,
+        client_dup: &mut client_dup.stream,
+        upstream_dup: &mut upstream_dup.stream,
+    };
+    let (tunneled, ended) = tunnel(ends, idle).await;
     tracing::debug!(client = %conn.peer, ?ended, ?tunneled, "tunnel closed");
     moved.to_upstream += tunneled.to_upstream;
     moved.to_client += tunneled.to_client;
-    Some(moved)
+    Ok(moved)
+}
+
+/// Second descriptors of both sockets: each direction of the tunnel reads one socket and
+/// writes the other, and they run at once without sharing a stream.
+fn second_streams(
+    client: &ClientStream,
+    upstream: &UpstreamStream,
+) -> Result<(SecondStream, SecondStream), SwitchError> {
+    let (Some(_), Some(_)) = (client.tcp(), upstream.tcp()) else {
+        tracing::warn!("cannot set up a tunnel over a stream that is not plain TCP");
+        return Err(SwitchError::NoDescriptor);
+    };
+    match (
+        second_stream(client.socket_fd()),
+        second_stream(upstream.socket_fd()),
+    ) {
+        (Ok(c), Ok(u)) => Ok((c, u)),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(error = %e, "cannot set up a tunnel: no descriptor for it");
+            Err(SwitchError::NoDescriptor)
+        }
+    }
 }
 
 /// How one direction of a tunnel ended.
@@ -69,32 +108,22 @@ enum Ended {
     Failed,
 }
 
-/// Moves bytes both ways between `client` and `upstream` until the tunnel ends.
-async fn tunnel(
-    client: &mut ClientStream,
-    upstream: &mut UpstreamStream,
-    idle: Duration,
-) -> (Moved, Ended) {
-    // Each direction reads one socket and writes the other; second descriptors let both
-    // directions run at once without sharing a stream.
-    let (Some(client_tcp), Some(upstream_tcp)) = (client.tcp(), upstream.tcp()) else {
-        tracing::warn!("cannot set up a tunnel over a stream that is not plain TCP");
-        return (Moved::default(), Ended::Failed);
-    };
-    let (mut client_dup, mut upstream_dup) =
-        match (dup_stream(client_tcp), dup_stream(upstream_tcp)) {
-            (Ok(c), Ok(u)) => (c, u),
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::warn!(error = %e, "cannot set up a tunnel");
-                return (Moved::default(), Ended::Failed);
-            }
-        };
+/// The four ends of a tunnel: both streams and a second descriptor of each.
+struct Ends<'a> {
+    client: &'a mut ClientStream,
+    upstream: &'a mut UpstreamStream,
+    client_dup: &'a mut TcpStream,
+    upstream_dup: &'a mut TcpStream,
+}
+
+/// Moves bytes both ways until the tunnel ends.
+async fn tunnel(ends: Ends<'_>, idle: Duration) -> (Moved, Ended) {
     let last_moved = Cell::new(Instant::now());
     let (to_upstream, to_client) = (Cell::new(0), Cell::new(0));
-    let mut up = std::pin::pin!(pump(client, upstream, idle, &last_moved, &to_upstream));
+    let mut up = std::pin::pin!(pump(ends.client, ends.upstream, idle, &last_moved, &to_upstream));
     let mut down = std::pin::pin!(pump(
-        &mut upstream_dup,
-        &mut client_dup,
+        ends.upstream_dup,
+        ends.client_dup,
         idle,
         &last_moved,
         &to_client

@@ -20,7 +20,8 @@ pub struct Backend {
     pub id: u64,
     pub url: String,
     pub addr: SocketAddr,
-    pub health_check_path: String,
+    /// Probed with `GET` by active checks; none: a TCP connect check.
+    pub health_check_path: Option<String>,
     up: AtomicBool,
     weight: AtomicU32,
     /// Circuit breaker fed by every worker's traffic.
@@ -145,6 +146,8 @@ impl Drop for InFlight<'_> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProbeResult {
     Status(u16),
+    /// A TCP check connected.
+    Connected,
     Refused,
     Timeout,
     Failed(String),
@@ -156,6 +159,7 @@ impl fmt::Display for ProbeResult {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ProbeResult::Status(s) => write!(f, "status {s}"),
+            ProbeResult::Connected => f.write_str("connected"),
             ProbeResult::Refused => f.write_str("connection refused"),
             ProbeResult::Timeout => f.write_str("timeout"),
             ProbeResult::Failed(why) => f.write_str(why),

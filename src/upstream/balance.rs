@@ -91,7 +91,7 @@ mod tests {
                         url: format!("http://127.0.0.1:{}", 9000 + i),
                         addr: ([127, 0, 0, 1], 9000 + i as u16).into(),
                         weight: w,
-                        health_check_path: "/health".into(),
+                        health_check_path: None,
                     },
                     1,
                 )

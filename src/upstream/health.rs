@@ -1,5 +1,6 @@
 //! Active health checks: one dedicated thread with its own small monoio runtime, one task per
-//! backend sending `GET <health_check_path>` every interval. Results go through a fall/rise
+//! backend sending `GET <health_check_path>` every interval (or, without a path, opening a TCP
+//! connection). Results go through a fall/rise
 //! tracker (HAProxy's semantics) and are published as the backend's `up` atomic, which every
 //! worker reads on each pick. This thread is the only writer of active-check results.
 //!
@@ -159,7 +160,11 @@ async fn check_forever(watched: Watched, backend: Arc<Backend>) {
             monoio::time::sleep(settings.interval.saturating_sub(started.elapsed())).await;
             continue;
         }
-        let ok = matches!(result, ProbeResult::Status(s) if settings.expects(s));
+        let ok = match result {
+            ProbeResult::Status(s) => settings.expects(s),
+            ProbeResult::Connected => true,
+            _ => false,
+        };
         backend.set_last_check(&result, ok);
         match tracker.record(ok, settings.success_threshold, settings.failure_threshold) {
             Some(Transition::WentDown) => {
@@ -176,7 +181,9 @@ async fn check_forever(watched: Watched, backend: Arc<Backend>) {
     }
 }
 
-/// One `GET <health_check_path>` bounded by `timeout` as a whole; returns the status code.
+/// One check bounded by `timeout` as a whole: a `GET <health_check_path>` and its status, or,
+/// without a path, whether a TCP connection can be made (HAProxy's `check` without
+/// `option httpchk`): a backend need not serve a health URL to be checked.
 pub async fn probe(backend: &Backend, timeout: Duration) -> ProbeResult {
     match monoio::time::timeout(timeout, probe_unbounded(backend)).await {
         Ok(result) => result,
@@ -192,9 +199,12 @@ async fn probe_unbounded(backend: &Backend) -> ProbeResult {
         Err(e) if fd_budget::is_exhaustion(&e) => return ProbeResult::Skipped,
         Err(e) => return ProbeResult::Failed(format!("connect: {e}")),
     };
+    let Some(path) = &backend.health_check_path else {
+        return ProbeResult::Connected;
+    };
     let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ringproxy-health\r\nConnection: close\r\n\r\n",
-        backend.health_check_path, backend.addr
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ringproxy-health\r\nConnection: close\r\n\r\n",
+        backend.addr
     );
     if let (Err(e), _) = stream.write_all(request.into_bytes()).await {
         return ProbeResult::Failed(format!("write: {e}"));

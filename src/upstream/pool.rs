@@ -4,7 +4,7 @@
 
 use super::BackendSet;
 use crate::config::PoolSettings;
-use crate::net::fd_budget::{self, FdOp};
+use crate::net::fd_budget::{self, FdOp, Lease};
 use crate::net::io::{idle_state, IdleState};
 use crate::net::stream::UpstreamStream;
 use bytes::BytesMut;
@@ -19,6 +19,8 @@ const UPSTREAM_READ_BUF: usize = 16 * 1024;
 
 pub struct UpstreamConn {
     pub stream: UpstreamStream,
+    /// Its descriptor on the worker's budget.
+    _descriptor: Lease,
     pub rbuf: BytesMut,
     /// The backend's identity (`Backend::id`), never its position in a list: a reload may
     /// renumber backends while requests of the old configuration are still in flight.
@@ -69,6 +71,17 @@ impl UpstreamPool {
         self.idle
             .retain(|id, _| backends.iter().any(|b| b.id == *id));
         self.settings = settings;
+    }
+
+    /// Closes the connection idle the longest, to give its descriptor to new work; false when
+    /// none idles.
+    pub fn close_oldest(&mut self) -> bool {
+        let oldest = self
+            .idle
+            .values_mut()
+            .filter_map(|q| q.front().map(|c| c.since).zip(Some(q)))
+            .min_by_key(|(since, _)| *since);
+        oldest.is_some_and(|(_, queue)| queue.pop_front().is_some())
     }
 
     /// Closes every idle connection (shutdown).
@@ -188,12 +201,15 @@ impl std::fmt::Display for ConnectError {
     }
 }
 
-/// Opens a new connection to a backend within `timeout`.
+/// Opens a new connection to a backend within `timeout`, on a descriptor leased from the
+/// worker's budget (none to lease: `NoDescriptor`, as when the kernel has none).
 pub async fn connect(
     backend_id: u64,
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<UpstreamConn, ConnectError> {
+    let no_room = || ConnectError::NoDescriptor(std::io::Error::from_raw_os_error(libc::EMFILE));
+    let descriptor = fd_budget::lease(1, FdOp::Connect).ok_or_else(no_room)?;
     let connecting = monoio::time::timeout(timeout, TcpStream::connect_addr(addr));
     let stream = match connecting.await.map(|r| fd_budget::note(FdOp::Connect, r)) {
         Ok(Ok(s)) => s,
@@ -205,6 +221,7 @@ pub async fn connect(
     let _ = stream.set_nodelay(true);
     Ok(UpstreamConn {
         stream: UpstreamStream::Plain(stream),
+        _descriptor: descriptor,
         rbuf: BytesMut::with_capacity(UPSTREAM_READ_BUF),
         backend_id,
         reused: false,
