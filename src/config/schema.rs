@@ -242,6 +242,9 @@ pub struct UpstreamConfig {
     /// Also retry non-idempotent requests (POST, PATCH) that may have reached the upstream
     /// (default false: never, RFC 9110 §9.2.2).
     pub retry_non_idempotent: bool,
+    /// Rewrite absolute redirects (`Location`, `Refresh`) in which a backend names itself to the
+    /// address the client used (default true, as nginx's `proxy_redirect default`).
+    pub rewrite_redirects: bool,
 }
 
 impl Default for UpstreamConfig {
@@ -251,6 +254,7 @@ impl Default for UpstreamConfig {
             idle_timeout_seconds: 60.0,
             retries: None,
             retry_non_idempotent: false,
+            rewrite_redirects: true,
         }
     }
 }

@@ -58,6 +58,8 @@ pub struct PoolSettings {
     pub retries: usize,
     /// Retry requests that are not idempotent even when they may have reached the upstream.
     pub retry_non_idempotent: bool,
+    /// Rewrite a backend's own absolute redirects to the client's address.
+    pub rewrite_redirects: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -314,6 +316,7 @@ pub fn validate(c: Config) -> Result<ValidConfig, Vec<Problem>> {
             None => c.backends.len().saturating_sub(1).min(2),
         },
         retry_non_idempotent: u.retry_non_idempotent,
+        rewrite_redirects: u.rewrite_redirects,
     };
 
     let l = &c.limits;
@@ -373,7 +376,10 @@ fn parse_status_ranges(spec: &str) -> Option<Vec<(u16, u16)>> {
 fn resolve_backend(ck: &mut Checker, i: usize, b: &BackendConfig) -> Option<ResolvedBackend> {
     let key = |field: &str| format!("backends[{i}].{field}");
     let weight = ck.range(&key("weight"), b.weight, 1, 1_000_000) as u32;
-    if b.health_check_path.as_ref().is_some_and(|p| !p.starts_with('/')) {
+    if b.health_check_path
+        .as_ref()
+        .is_some_and(|p| !p.starts_with('/'))
+    {
         ck.fail(key("health_check_path"), "must start with '/'");
     }
     let url = match url::Url::parse(&b.url) {
@@ -438,7 +444,10 @@ mod tests {
         assert_eq!(c.workers, None);
         assert!(c.pin_cores);
         assert_eq!(c.backends[0].weight, 1);
-        assert_eq!(c.backends[0].health_check_path, None, "a TCP check by default");
+        assert_eq!(
+            c.backends[0].health_check_path, None,
+            "a TCP check by default"
+        );
         assert_eq!(c.timeouts.connect, Duration::from_secs(10));
         assert_eq!(c.timeouts.request, Duration::from_secs(30));
         assert_eq!(c.limits.head.max_headers, 100);

@@ -103,7 +103,11 @@ impl Demand {
         let per_worker = (usable / self.workers.max(1)).saturating_sub(Self::worker_fixed());
         FdBudget {
             nofile,
-            per_worker: if nofile == u64::MAX { usize::MAX } else { per_worker },
+            per_worker: if nofile == u64::MAX {
+                usize::MAX
+            } else {
+                per_worker
+            },
             pipes_per_worker: self.pipes_per_worker(connections),
             worst_case: self.needed(connections),
         }
@@ -405,7 +409,10 @@ mod tests {
     fn the_limit_is_shared_out_between_workers() {
         let d = demand();
         let b = d.budget(20_000, 16384);
-        assert_eq!(b.per_worker, (20_000 - PROCESS_FIXED - 6) / 2 - PER_WORKER_FIXED - REFUSALS_IN_FLIGHT);
+        assert_eq!(
+            b.per_worker,
+            (20_000 - PROCESS_FIXED - 6) / 2 - PER_WORKER_FIXED - REFUSALS_IN_FLIGHT
+        );
         assert!(!b.covers_worst_case());
         assert!(d.budget(1 << 30, 1000).covers_worst_case());
         assert_eq!(d.budget(u64::MAX, 16384).per_worker, usize::MAX);

@@ -1,12 +1,12 @@
 //! Socket reads and writes with a bound on every wait. monoio takes buffers by value (io_uring
 //! owns them while the kernel works), so these helpers move the buffer in and put it back.
 
+use super::fd_budget::{FdOp, Lease};
 use bytes::{Bytes, BytesMut};
 use monoio::buf::{IoBufMut, SliceMut};
 use monoio::io::{AsyncReadRent, CancelableAsyncReadRent, Canceller};
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
-use super::fd_budget::{FdOp, Lease};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 

@@ -6,15 +6,17 @@
 //! or see the write fail, and the client would get a 502 instead of the server's answer.
 
 use super::error::Failure;
+use super::forwarding::write_interim_head;
 use super::transfer::TransferError;
 use crate::http::{parse_response, RequestHead, ResponseHead};
-use crate::net::io::{read_more_until, recv_now, second_stream, IoFail, SecondStream};
+use crate::net::io::{read_more_until, recv_now, second_stream, write_buf, IoFail, SecondStream};
+use crate::net::stream::ClientStream;
 use crate::net::stream::UpstreamStream;
 use crate::upstream::UpstreamConn;
 use bytes::BytesMut;
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Read size while waiting for an upstream response head.
 const UPSTREAM_HEAD_READ: usize = 16 * 1024;
@@ -28,12 +30,17 @@ pub enum HeadError {
     Failed(Failure),
 }
 
-/// Takes the final response head off `buf` if it is complete; interim 1xx answers are dropped.
-/// 101 is final, and only valid as the answer to an upgrade request.
-fn take_final_head(buf: &mut BytesMut, req: &RequestHead) -> Result<Option<ResponseHead>, Failure> {
+/// Takes the final response head off `buf` if it is complete; interim 1xx answers before it
+/// are handed to `interim` (or dropped). 101 is final, and only valid as the answer to an
+/// upgrade request.
+fn take_final_head(
+    buf: &mut BytesMut,
+    req: &RequestHead,
+    mut interim: impl FnMut(ResponseHead),
+) -> Result<Option<ResponseHead>, Failure> {
     loop {
         match parse_response(buf, req.is_head()) {
-            Ok(Some(head)) if head.is_interim() => continue,
+            Ok(Some(head)) if head.is_interim() => interim(head),
             Ok(Some(head)) if head.status == 101 && req.upgrade.is_none() => {
                 return Err(Failure::Upstream(
                     "101 Switching Protocols without an upgrade request",
@@ -45,17 +52,54 @@ fn take_final_head(buf: &mut BytesMut, req: &RequestHead) -> Result<Option<Respo
     }
 }
 
-/// Reads until a final (non-1xx) response head; interim 1xx answers are skipped.
+/// Where interim answers (102 Processing, 103 Early Hints) go on their way to the client:
+/// RFC 9110 §15.2 has a proxy forward them (not to an HTTP/1.0 client, which may not get any).
+/// `100 Continue` is not among them: the proxy answers `Expect` itself and does not pass it on.
+pub struct Interim<'a> {
+    pub client: &'a mut ClientStream,
+    pub out: &'a mut BytesMut,
+    pub timeout: Duration,
+    /// Some interim answer went to the client (so nothing may be retried).
+    pub forwarded: bool,
+}
+
+impl Interim<'_> {
+    async fn forward(&mut self, heads: &mut Vec<ResponseHead>) -> Result<(), HeadError> {
+        for head in heads.drain(..).filter(|h| h.status != 100) {
+            self.out.clear();
+            write_interim_head(self.out, &head);
+            write_buf(self.client, self.out, self.timeout)
+                .await
+                .map_err(|_| HeadError::Failed(Failure::ClientGone))?;
+            self.forwarded = true;
+        }
+        Ok(())
+    }
+}
+
+/// Reads until a final (non-1xx) response head; interim 1xx answers are forwarded through
+/// `interim` where given, else skipped.
 pub async fn read_response_head(
     up: &mut UpstreamConn,
     req: &RequestHead,
     deadline: Instant,
+    mut interim: Option<&mut Interim<'_>>,
 ) -> Result<ResponseHead, HeadError> {
     let mut received_any = false;
+    let mut interims = Vec::new();
     loop {
         if !up.rbuf.is_empty() {
             received_any = true;
-            if let Some(head) = take_final_head(&mut up.rbuf, req).map_err(HeadError::Failed)? {
+            let collect = |head| {
+                if interim.is_some() {
+                    interims.push(head);
+                }
+            };
+            let taken = take_final_head(&mut up.rbuf, req, collect).map_err(HeadError::Failed);
+            if let Some(sink) = interim.as_deref_mut() {
+                sink.forward(&mut interims).await?;
+            }
+            if let Some(head) = taken? {
                 return Ok(head);
             }
         }
@@ -124,7 +168,10 @@ pub async fn send_body_watching<F>(
 where
     F: Future<Output = Result<u64, TransferError>>,
 {
-    let Watcher(Some(SecondStream { stream: watcher, .. })) = watcher else {
+    let Watcher(Some(SecondStream {
+        stream: watcher, ..
+    })) = watcher
+    else {
         return BodySent::Finished(transfer.await);
     };
     loop {
@@ -141,7 +188,7 @@ where
                         // looks for an answer sent before the close.
                         return BodySent::Finished(transfer.await);
                     }
-                    Ok(_) => match take_final_head(rbuf, req) {
+                    Ok(_) => match take_final_head(rbuf, req, drop) {
                         Ok(Some(head)) => return BodySent::AnsweredEarly(Box::new(head)),
                         Ok(None) => {}
                         Err(f) => return BodySent::Broken(f),

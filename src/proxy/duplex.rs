@@ -4,7 +4,7 @@
 //! for the other and bodies larger than the socket buffers never deadlock.
 
 use super::error::Failure;
-use super::forwarding::{response_framing, write_response_head, TrailerPolicy};
+use super::forwarding::{response_framing, write_response_head, Redirects, TrailerPolicy};
 use super::transfer::{transfer_body, Sink, Source, TransferError};
 use crate::http::{BodyDecoder, RequestHead, ResponseHead};
 use crate::net::io::ReadyStream;
@@ -34,17 +34,21 @@ pub async fn relay_duplex<F>(
     ends: (ReadyStream, ReadyStream),
     out: &mut bytes::BytesMut,
     up_rbuf: &mut bytes::BytesMut,
-    req: &RequestHead,
-    resp: &ResponseHead,
+    answer: EarlyAnswer<'_>,
     io_timeout: Duration,
 ) -> Result<Relayed, Failure>
 where
     F: Future<Output = Result<u64, TransferError>>,
 {
     let (mut reader, mut writer) = ends;
+    let EarlyAnswer {
+        req,
+        resp,
+        redirects,
+    } = answer;
     let framing = response_framing(req, resp);
     out.clear();
-    write_response_head(out, req, resp, framing, false);
+    write_response_head(out, req, resp, framing, false, redirects.as_ref());
     let mut decoder = BodyDecoder::new(resp.body);
     let source = Source {
         stream: &mut reader,
@@ -76,6 +80,13 @@ where
         written: sink.written,
         outcome,
     })
+}
+
+/// The answer that came early: to which request, and how the backend's redirects are rewritten.
+pub struct EarlyAnswer<'a> {
+    pub req: &'a RequestHead,
+    pub resp: &'a ResponseHead,
+    pub redirects: Option<Redirects<'a>>,
 }
 
 /// How relaying the response went: the bytes the client got, and whether it was whole.

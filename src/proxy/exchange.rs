@@ -4,15 +4,17 @@
 //! it: another backend, one fresh connection to the same backend, or stop.
 
 use super::access_log::AccessRecord;
-use super::answer::{read_response_head, send_body_watching, BodySent, HeadError, Watcher};
-use super::duplex::{relay_duplex, Duplexed};
+use super::answer::{
+    read_response_head, send_body_watching, BodySent, HeadError, Interim, Watcher,
+};
+use super::duplex::{relay_duplex, Duplexed, EarlyAnswer};
 use super::error::{request_body_failure, AttemptError, Failure, Retry};
-use super::forwarding::{write_request_head, ForwardedFor, TrailerPolicy};
+use super::forwarding::{write_request_head, ForwardedFor, Redirects, TrailerPolicy};
 use super::request_body::RequestBody;
 use super::route::Route;
 use super::transfer::{transfer_body, Sink, Source, TransferError};
 use super::{ClientConn, WorkerCtx};
-use crate::http::{status, BodyDecoder, OutFraming, RequestHead, ResponseHead};
+use crate::http::{status, BodyDecoder, OutFraming, RequestHead, ResponseHead, Version};
 use crate::metrics::bump;
 use crate::net::io::{second_stream, write_buf, write_buf_tracked, IoFail, ReadyStream};
 use crate::upstream::{connect, group, ConnectError, InFlight, UpstreamConn};
@@ -190,10 +192,23 @@ async fn attempt(
         Ok(Sent::Whole(body_bytes)) => {
             rec.bytes_in += body_bytes;
             let deadline = Instant::now() + route.config.timeouts.request;
-            read_response_head(up, req, deadline)
-                .await
-                .map(Answer::Head)
-                .map_err(|e| head_failure(e, req, body, up.reused, route))
+            // 1xx answers go on to HTTP/1.1 clients as they come (not to HTTP/1.0 ones).
+            let mut interim = (req.version == Version::Http11).then_some(Interim {
+                client: &mut conn.stream,
+                out: &mut conn.out,
+                timeout: route.config.timeouts.io,
+                forwarded: false,
+            });
+            let head = read_response_head(up, req, deadline, interim.as_mut()).await;
+            let interim_sent = interim.is_some_and(|i| i.forwarded);
+            head.map(Answer::Head).map_err(|e| {
+                let mut failed = head_failure(e, req, body, up.reused, route);
+                if interim_sent {
+                    // The client has heard from this upstream already: no other may answer.
+                    failed.retry = Retry::Never;
+                }
+                failed
+            })
         }
         Ok(Sent::AnsweredEarly(head)) => Ok(Answer::Head(*head)),
         Ok(Sent::Duplexed(done)) => Ok(Answer::Duplexed(done)),
@@ -300,9 +315,11 @@ async fn send_request(
             *started = true;
             // Boxed: this state is several KiB (two transfers' worth of timers) and only
             // streamed uploads need it; inline, every connection's task would carry it.
-            Box::pin(send_streaming_body(conn, req, decoder, up, route, framing))
-                .await
-                .map_err(AttemptError::never)
+            Box::pin(send_streaming_body(
+                conn, req, decoder, up, route, backend, framing,
+            ))
+            .await
+            .map_err(AttemptError::never)
         }
     }
 }
@@ -340,6 +357,7 @@ async fn send_streaming_body(
     decoder: &mut BodyDecoder,
     up: &mut UpstreamConn,
     route: &Route<'_>,
+    backend: usize,
     framing: OutFraming,
 ) -> Result<Sent, Failure> {
     let io_timeout = route.config.timeouts.io;
@@ -362,7 +380,7 @@ async fn send_streaming_body(
             drop(transfer);
             // The upstream stopped taking the body: it may have answered, then closed.
             let grace = Instant::now() + EARLY_ANSWER_GRACE;
-            match read_response_head(up, req, grace).await {
+            match read_response_head(up, req, grace, None).await {
                 Ok(mut head) => {
                     // Out of step (part of the body unsent): not reused.
                     head.reusable = false;
@@ -385,13 +403,17 @@ async fn send_streaming_body(
                 return Ok(Sent::AnsweredEarly(head));
             };
             let ends = (ReadyStream(reader), ReadyStream(writer));
+            let answer = EarlyAnswer {
+                req,
+                resp: &head,
+                redirects: Redirects::for_request(route, backend, req, conn.scheme),
+            };
             let relayed = relay_duplex(
                 transfer.as_mut(),
                 ends,
                 &mut conn.out,
                 &mut up.rbuf,
-                req,
-                &head,
+                answer,
                 io_timeout,
             );
             let relayed = relayed.await?;

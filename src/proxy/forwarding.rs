@@ -4,6 +4,7 @@
 //! the client (framing for the client's version, `Connection`), and which trailer fields pass.
 //! The listener's scheme is an input: `X-Forwarded-Proto` says what the client used.
 
+use super::route::Route;
 use crate::http::Version;
 use crate::http::{
     BodyKind, ConnectionOptions, HeaderField, OutFraming, RequestHead, ResponseHead,
@@ -175,13 +176,76 @@ pub fn response_framing(req: &RequestHead, resp: &ResponseHead) -> OutFraming {
     }
 }
 
-/// Appends the client response head.
+/// Absolute redirects in which a backend names itself (`Location: http://127.0.0.1:9001/x`,
+/// `Refresh: 0; url=...`), rewritten to the address the client used, as nginx's
+/// `proxy_redirect default` does: otherwise the client follows the redirect around the proxy.
+pub struct Redirects<'a> {
+    /// The backend's own origins (`Backend::own_origins`).
+    pub origins: &'a [String],
+    /// The Host the client asked for.
+    pub client_host: &'a [u8],
+    pub scheme: Scheme,
+}
+
+impl<'a> Redirects<'a> {
+    /// How the route's `backend` has its own absolute redirects rewritten for `req`, if it does
+    /// (`[upstream] rewrite_redirects`, and a Host to rewrite to).
+    pub fn for_request(
+        route: &'a Route<'_>,
+        backend: usize,
+        req: &'a RequestHead,
+        scheme: Scheme,
+    ) -> Option<Self> {
+        let client_host = req.host()?;
+        route.config.pool.rewrite_redirects.then(|| Redirects {
+            origins: &route.backends[backend].own_origins,
+            client_host,
+            scheme,
+        })
+    }
+
+    /// `url` with a backend origin in front replaced by the client's, if it has one.
+    fn rewrite(&self, url: &[u8]) -> Option<Vec<u8>> {
+        self.origins.iter().find_map(|origin| {
+            let o = origin.as_bytes();
+            let head = url.get(..o.len())?;
+            let rest = &url[o.len()..];
+            let boundary = rest.first().is_none_or(|b| matches!(b, b'/' | b'?' | b'#'));
+            (head.eq_ignore_ascii_case(o) && boundary).then(|| {
+                let scheme = self.scheme.as_str().as_bytes();
+                [scheme, b"://", self.client_host, rest].concat()
+            })
+        })
+    }
+
+    /// A `Location` or `Refresh` value with the backend's origin rewritten, if it names it.
+    fn rewrite_field(&self, name: &[u8], value: &[u8]) -> Option<Vec<u8>> {
+        match name.len() {
+            8 if name.eq_ignore_ascii_case(b"location") => return self.rewrite(value),
+            7 if name.eq_ignore_ascii_case(b"refresh") => {}
+            _ => return None,
+        }
+        // `5; url=http://...`, the URL possibly quoted.
+        let at = value
+            .windows(4)
+            .position(|w| w.eq_ignore_ascii_case(b"url="))?
+            + 4;
+        let quote = value.get(at).filter(|&&q| q == b'\'' || q == b'"');
+        let start = at + usize::from(quote.is_some());
+        let rewritten = self.rewrite(&value[start..])?;
+        Some([&value[..start], &rewritten[..]].concat())
+    }
+}
+
+/// Appends the client response head; `redirects`, where given, rewrites the backend's own
+/// absolute redirects.
 pub fn write_response_head(
     out: &mut BytesMut,
     req: &RequestHead,
     resp: &ResponseHead,
     framing: OutFraming,
     keep_alive: bool,
+    redirects: Option<&Redirects<'_>>,
 ) {
     let raw = &resp.raw[..];
     let mut code = itoa::Buffer::new();
@@ -190,7 +254,16 @@ pub fn write_response_head(
     out.extend_from_slice(b" ");
     out.extend_from_slice(resp.reason.of(raw));
     out.extend_from_slice(b"\r\n");
-    push_fields(out, &resp.headers, raw, framing);
+    for h in &resp.headers {
+        let (name, value) = (h.name.of(raw), h.value.of(raw));
+        if framing != OutFraming::Chunked && name.eq_ignore_ascii_case(b"trailer") {
+            continue;
+        }
+        match redirects.and_then(|r| r.rewrite_field(name, value)) {
+            Some(rewritten) => push_header(out, name, &rewritten),
+            None => push_header(out, name, value),
+        }
+    }
     match (framing, resp.body) {
         (OutFraming::Length, BodyKind::Length(n)) => push_content_length(out, n),
         (OutFraming::Chunked, _) => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
@@ -209,6 +282,19 @@ pub fn write_response_head(
     } else if req.version == Version::Http10 {
         out.extend_from_slice(b"Connection: keep-alive\r\n");
     }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends an interim (1xx) answer for the client: its status and end-to-end fields.
+pub fn write_interim_head(out: &mut BytesMut, resp: &ResponseHead) {
+    let raw = &resp.raw[..];
+    let mut code = itoa::Buffer::new();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(code.format(resp.status).as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(resp.reason.of(raw));
+    out.extend_from_slice(b"\r\n");
+    push_fields(out, &resp.headers, raw, OutFraming::None);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -437,6 +523,46 @@ mod tests {
     }
 
     #[test]
+    fn a_backends_own_absolute_redirects_point_back_at_the_proxy() {
+        let origins = vec![
+            "http://app.internal".to_string(),
+            "http://app.internal:80".to_string(),
+            "http://10.0.0.5:80".to_string(),
+        ];
+        let r = Redirects {
+            origins: &origins,
+            client_host: b"www.example.com",
+            scheme: Scheme::Http,
+        };
+        let rewrite = |name: &str, value: &str| {
+            r.rewrite_field(name.as_bytes(), value.as_bytes())
+                .map(|v| String::from_utf8(v).unwrap())
+        };
+        let to = Some("http://www.example.com/dir/".to_string());
+        assert_eq!(rewrite("Location", "http://app.internal/dir/"), to);
+        assert_eq!(rewrite("location", "HTTP://APP.INTERNAL:80/dir/"), to);
+        assert_eq!(rewrite("Location", "http://10.0.0.5:80/dir/"), to);
+        assert_eq!(
+            rewrite("Location", "http://app.internal?x=1").as_deref(),
+            Some("http://www.example.com?x=1")
+        );
+        assert_eq!(
+            rewrite("Refresh", "5; url=http://app.internal/next").as_deref(),
+            Some("5; url=http://www.example.com/next")
+        );
+        assert_eq!(
+            rewrite("Refresh", "0;URL='http://app.internal/'").as_deref(),
+            Some("0;URL='http://www.example.com/'")
+        );
+        // Not the backend's own origin, or only a prefix of another name: left alone.
+        assert_eq!(rewrite("Location", "http://app.internal.evil/x"), None);
+        assert_eq!(rewrite("Location", "http://app.internal:8080/x"), None);
+        assert_eq!(rewrite("Location", "https://app.internal/x"), None);
+        assert_eq!(rewrite("Location", "/relative"), None);
+        assert_eq!(rewrite("Content-Location", "http://app.internal/x"), None);
+    }
+
+    #[test]
     fn options_for_the_whole_server_goes_on_as_asterisk() {
         let addr = "127.0.0.1:9000".parse().unwrap();
         for (raw, line) in [
@@ -491,7 +617,7 @@ mod tests {
             let framing = response_framing(&get, &resp);
             assert_eq!(framing, OutFraming::Length, "{raw}");
             let mut out = BytesMut::new();
-            write_response_head(&mut out, &get, &resp, framing, true);
+            write_response_head(&mut out, &get, &resp, framing, true, None);
             assert!(std::str::from_utf8(&out).unwrap().contains(want), "{raw}");
         }
         let post = request("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
@@ -513,7 +639,7 @@ mod tests {
         let framing = response_framing(&req10, &resp);
         assert_eq!(framing, OutFraming::Close);
         let mut out = BytesMut::new();
-        write_response_head(&mut out, &req10, &resp, framing, false);
+        write_response_head(&mut out, &req10, &resp, framing, false, None);
         assert_eq!(
             &out[..],
             b"HTTP/1.1 200 OK\r\nX-A: b\r\nConnection: close\r\n\r\n"
@@ -523,7 +649,8 @@ mod tests {
         let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n");
         let resp = parse_response(&mut buf, true).unwrap().unwrap();
         let mut out = BytesMut::new();
-        write_response_head(&mut out, &head, &resp, response_framing(&head, &resp), true);
+        let framing = response_framing(&head, &resp);
+        write_response_head(&mut out, &head, &resp, framing, true, None);
         assert_eq!(&out[..], b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n");
     }
 }

@@ -92,7 +92,11 @@ async fn answer_failure(
         // The status that went out, if a head did (nginx logs that too); else 502 for an
         // upstream that broke, or nginx's 499 for "client closed the connection".
         if rec.status == 0 {
-            rec.status = if let Failure::Aborted(_) = failure { 502 } else { 499 };
+            rec.status = if let Failure::Aborted(_) = failure {
+                502
+            } else {
+                499
+            };
         }
         return false;
     };

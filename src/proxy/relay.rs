@@ -7,7 +7,7 @@
 use super::access_log::AccessRecord;
 use super::error::Failure;
 use super::exchange::{Answer, Exchanged};
-use super::forwarding::{response_framing, write_response_head, TrailerPolicy};
+use super::forwarding::{response_framing, write_response_head, Redirects, TrailerPolicy};
 use super::request_body::RequestBody;
 use super::route::Route;
 use super::transfer::{transfer_body, Sink, Source, TransferError};
@@ -82,7 +82,15 @@ async fn relay_response(
         && body.complete()
         && !from.ctx.shared.is_draining();
     conn.out.clear();
-    write_response_head(&mut conn.out, req, &resp, framing, client_keep);
+    let redirects = Redirects::for_request(from.route, from.backend, req, conn.scheme);
+    write_response_head(
+        &mut conn.out,
+        req,
+        &resp,
+        framing,
+        client_keep,
+        redirects.as_ref(),
+    );
     rec.status = resp.status;
     rec.bytes_out = conn.out.len() as u64;
     let mut decoder = BodyDecoder::new(resp.body);

@@ -120,7 +120,13 @@ struct Ends<'a> {
 async fn tunnel(ends: Ends<'_>, idle: Duration) -> (Moved, Ended) {
     let last_moved = Cell::new(Instant::now());
     let (to_upstream, to_client) = (Cell::new(0), Cell::new(0));
-    let mut up = std::pin::pin!(pump(ends.client, ends.upstream, idle, &last_moved, &to_upstream));
+    let mut up = std::pin::pin!(pump(
+        ends.client,
+        ends.upstream,
+        idle,
+        &last_moved,
+        &to_upstream
+    ));
     let mut down = std::pin::pin!(pump(
         ends.upstream_dup,
         ends.client_dup,

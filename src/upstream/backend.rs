@@ -20,6 +20,9 @@ pub struct Backend {
     pub id: u64,
     pub url: String,
     pub addr: SocketAddr,
+    /// How the backend may name itself in an absolute redirect (`http://host:port`, by its
+    /// URL and by its address), for rewriting them to the address the client used.
+    pub own_origins: Vec<String>,
     /// Probed with `GET` by active checks; none: a TCP connect check.
     pub health_check_path: Option<String>,
     up: AtomicBool,
@@ -42,6 +45,7 @@ impl Backend {
             id: NEXT_BACKEND_ID.fetch_add(1, Ordering::Relaxed),
             url: b.url.clone(),
             addr: b.addr,
+            own_origins: own_origins(&b.url, b.addr),
             health_check_path: b.health_check_path.clone(),
             // Until health checks run, every backend is taken to be up.
             up: AtomicBool::new(true),
@@ -120,6 +124,26 @@ impl Backend {
     pub fn set_weight(&self, weight: u32) {
         self.weight.store(weight, Ordering::Relaxed);
     }
+}
+
+/// `http://authority` forms of a backend: as its URL says (with and without a default port),
+/// and by its address.
+fn own_origins(url: &str, addr: SocketAddr) -> Vec<String> {
+    let mut origins = Vec::with_capacity(3);
+    let url = url.trim_end_matches('/');
+    origins.push(url.to_ascii_lowercase());
+    if let Some(authority) = url.strip_prefix("http://") {
+        if !authority.contains(':') || authority.ends_with(']') {
+            origins.push(format!("http://{}:80", authority.to_ascii_lowercase()));
+        } else if let Some(host) = authority.strip_suffix(":80") {
+            origins.push(format!("http://{}", host.to_ascii_lowercase()));
+        }
+    }
+    let by_address = format!("http://{addr}");
+    if !origins.contains(&by_address) {
+        origins.push(by_address);
+    }
+    origins
 }
 
 /// A request in flight to a backend: counted in this worker's in-flight gauge for it (which
