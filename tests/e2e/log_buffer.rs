@@ -3,10 +3,8 @@
 //! where it started, every request is still answered (workers never wait on the log), and the
 //! lines that did not fit are counted in `ringproxy_log_lines_dropped_total`.
 
-mod common;
-
-use common::ops::*;
-use common::*;
+use crate::common::ops::*;
+use crate::common::*;
 use std::thread;
 
 /// The log budget under test; small, so the bound below is tight next to what leaks without it.

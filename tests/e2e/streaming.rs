@@ -2,9 +2,7 @@
 //! the proxy buffering it; close-delimited and chunked upstream bodies are re-framed as chunked
 //! for HTTP/1.1 clients; an upstream dying mid-body never yields a complete response.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::sync::mpsc;

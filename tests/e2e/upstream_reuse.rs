@@ -3,10 +3,8 @@
 //! client; such connections and ones the upstream closed while idle are counted by reason; and
 //! a reload that reorders the backends under load never crosses a request to the wrong backend.
 
-mod common;
-
-use common::ops::*;
-use common::*;
+use crate::common::ops::*;
+use crate::common::*;
 use std::collections::{HashMap, HashSet};
 use std::net::TcpStream;
 use std::thread;

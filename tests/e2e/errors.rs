@@ -2,9 +2,7 @@
 //! connect timed out), 503 (health checks took every backend down), 400/408 (bad or slow client head, then close), a client stalling its
 //! body (close), and the 413/414/431/501/505 limits.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

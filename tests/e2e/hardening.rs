@@ -3,13 +3,11 @@
 //! it that must never reach the backend; malformed upstream answers give 502 and their
 //! connection is never reused; slow or stalled clients are cut off by the timeouts.
 
-mod common;
-
-use common::smuggling::{
+use crate::common::smuggling::{
     assert_family_refused, check_error_response, chunked_post, expect_closed_within, post_with,
     refusal,
 };
-use common::*;
+use crate::common::*;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -4,9 +4,7 @@
 //! headers that matter, body digest) and finish within 2 s, so an empty response that never
 //! ends fails fast. Needs what `scripts/test-deps.sh` installs; fails, never skips, without it.
 
-mod common;
-
-use common::{free_port, sha256_hex, Proxy};
+use crate::common::{free_port, sha256_hex, Proxy};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -73,7 +71,7 @@ fn curl_same_through_proxy() {
     let nginx_proxy = Proxy::start(&[nginx.port], "");
     let app_proxy = Proxy::start(&[app.port], "");
     let upload = fixture.dir.path().join("upload.bin");
-    fs::write(&upload, common::pattern(3 << 20, 9)).expect("write upload");
+    fs::write(&upload, crate::common::pattern(3 << 20, 9)).expect("write upload");
     let upload = upload.to_str().expect("utf-8 path").to_owned();
 
     let nginx_ports = (nginx.port, nginx_proxy.port);
@@ -214,7 +212,7 @@ impl Fixture {
         fs::create_dir_all(www.join("dir")).expect("mkdir www/dir");
         fs::write(www.join("empty.txt"), b"").expect("write");
         fs::write(www.join("one.txt"), b"1").expect("write");
-        fs::write(www.join("1m.bin"), common::pattern(1 << 20, 3)).expect("write");
+        fs::write(www.join("1m.bin"), crate::common::pattern(1 << 20, 3)).expect("write");
         let text: String = (0..3000)
             .map(|i| format!("line {i} of a compressible text file\n"))
             .collect();
@@ -547,7 +545,7 @@ fn require_tools(python: &str) {
     );
     assert!(
         missing.is_empty(),
-        "tests/real_servers.rs needs {}; {DEPS_HINT}",
+        "tests/e2e/real_servers.rs needs {}; {DEPS_HINT}",
         missing.join(", ")
     );
 }

@@ -3,10 +3,8 @@
 //! before descriptors run out; and when descriptors run out anyway, the proxy sheds new work
 //! with 503 and neither health check nor passive ejection blames the backends.
 
-mod common;
-
-use common::ops::{two_ports, Admin, OpsConfig};
-use common::*;
+use crate::common::ops::{two_ports, Admin, OpsConfig};
+use crate::common::*;
 use std::io::{self, Read};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -415,7 +413,7 @@ fn out_of_descriptors_new_work_is_shed_with_503_and_no_backend_is_blamed() {
         let requests = |class| metrics.value("ringproxy_requests_total", &[("class", class)]);
         assert!(requests("5xx") >= 5.0, "{driver}");
         for b in &weighted {
-            let url = common::ops::backend_url(b.0);
+            let url = crate::common::ops::backend_url(b.0);
             let errors = metrics.value(
                 "ringproxy_backend_connect_errors_total",
                 &[("backend", url.as_str())],

@@ -3,13 +3,11 @@
 //! backend); the per-worker connection cap answers 503 and recovers; and a thousand
 //! concurrent client connections are all served.
 
-mod common;
-
-use common::smuggling::{
+use crate::common::smuggling::{
     assert_family_refused, check_error_response, chunked_post, expect_closed_within, post_with,
     refusal,
 };
-use common::*;
+use crate::common::*;
 use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};

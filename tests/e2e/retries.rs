@@ -3,9 +3,7 @@
 //! (`[upstream] retry_non_idempotent`); a pooled connection the upstream closed while idle
 //! never costs a request, whatever its method.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::thread;
 use std::time::Duration;
 

@@ -5,9 +5,7 @@
 //! rest, so the client's upload is not cut off by a reset before it can read the answer. So does
 //! a close after a request that has a pipelined one behind it.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::io::{self, Write};
 use std::net::TcpStream;
 use std::thread;

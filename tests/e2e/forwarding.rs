@@ -2,9 +2,7 @@
 //! authority as Host; header names with `_` dropped unless allowed; `Forwarded` appended to the
 //! client's; Host values validated; asterisk-form only for OPTIONS; no fragments.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};

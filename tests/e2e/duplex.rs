@@ -3,9 +3,7 @@
 //! piece by piece, with Content-Length and chunked request bodies, on both I/O drivers. A proxy
 //! that stops sending the body once the answer starts stalls both sides until its io_timeout.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::thread;

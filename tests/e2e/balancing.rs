@@ -3,10 +3,8 @@
 //! requests, a backend refusing connections is skipped, and a backend failing its health check
 //! gets no traffic until it passes again.
 
-mod common;
-
-use common::ops::{backend_of, wait_within, LiveBackend};
-use common::*;
+use crate::common::ops::{backend_of, wait_within, LiveBackend};
+use crate::common::*;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

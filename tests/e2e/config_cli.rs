@@ -2,9 +2,7 @@
 //! invalid configs (errors name file, key and line), startup failures (bad config, port in
 //! use even with SO_REUSEPORT), the default config path, and stopping on SIGTERM/SIGINT.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::net::TcpListener;
 
 fn check(config: &TempConfig) -> RunOutcome {

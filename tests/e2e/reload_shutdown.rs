@@ -3,10 +3,8 @@
 //! letting an in-flight request finish while refusing new connections and closing idle ones;
 //! the shutdown timeout; sd_notify messages; and `systemd-analyze verify` of the unit file.
 
-mod common;
-
-use common::ops::*;
-use common::*;
+use crate::common::ops::*;
+use crate::common::*;
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -395,7 +393,7 @@ impl EagerProxy {
         let config = TempConfig::new(toml);
         let log =
             |name: &str| std::fs::File::create(config.dir.path().join(name)).expect("log file");
-        let child = Command::new(common::proxy::BIN)
+        let child = Command::new(crate::common::proxy::BIN)
             .arg("-c")
             .arg(&config.path)
             .env_remove("RUST_LOG")
@@ -539,7 +537,7 @@ fn systemd_unit_verifies_against_the_built_binary() {
     std::fs::write(&config, config_toml(free_port(), &[(free_port(), 1)], "")).expect("config");
     let config = config.to_str().expect("UTF-8 path");
     // The unit's ExecStartPre, run for real: the config passes --check.
-    let check = common::proxy::run_to_exit(&["--check", "-c", config], &[], None);
+    let check = crate::common::proxy::run_to_exit(&["--check", "-c", config], &[], None);
     assert_eq!(check.code(), Some(0), "{check:?}");
 
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ringproxy.service");
@@ -551,7 +549,7 @@ fn systemd_unit_verifies_against_the_built_binary() {
         );
     }
     let text = text
-        .replace("/usr/local/bin/ringproxy", common::proxy::BIN)
+        .replace("/usr/local/bin/ringproxy", crate::common::proxy::BIN)
         .replace("/etc/ringproxy/config.toml", config);
     let unit = dir.path().join("ringproxy.service");
     std::fs::write(&unit, &text).expect("write unit");

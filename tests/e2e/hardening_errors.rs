@@ -3,10 +3,8 @@
 //! itself are access-logged (with the reason and what arrived of the target, cut at 2 KiB) and
 //! counted; `Content-Length: 0` kept both ways, so empty answers on keep-alive stay prompt.
 
-mod common;
-
-use common::ops::*;
-use common::*;
+use crate::common::ops::*;
+use crate::common::*;
 use std::time::{Duration, Instant};
 
 /// Sends a `POST` head with `Expect: 100-continue` in `version`, then the body once the proxy

@@ -3,10 +3,8 @@
 //! `/readyz`; the bearer token; drain and enable; weight changes moving the weighted spread;
 //! and the 422/404/405 answers to bad admin requests.
 
-mod common;
-
-use common::ops::*;
-use common::*;
+use crate::common::ops::*;
+use crate::common::*;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 

@@ -1,9 +1,7 @@
 //! Startup and logs: each worker reports its I/O driver, `--workers` overrides the config,
 //! the epoll fallback (MONOIO_FORCE_LEGACY_DRIVER=1) still proxies, and requests are access-logged.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::thread;
 use std::time::Duration;
 

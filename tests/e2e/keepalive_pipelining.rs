@@ -2,9 +2,7 @@
 //! `Connection: close`, the client idle timeout, and reuse and expiry of pooled upstream
 //! connections.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::thread;
 use std::time::{Duration, Instant};
 

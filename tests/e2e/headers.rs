@@ -2,9 +2,7 @@
 //! X-Forwarded-* added, Host kept, the request line forwarded as HTTP/1.1, and end-to-end
 //! headers (including repeated ones) passed through.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 /// Sends `request` (raw bytes) through a fresh proxy and returns the head the backend saw.
 fn upstream_head_for(request: &[u8]) -> Head {

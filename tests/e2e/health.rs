@@ -4,10 +4,8 @@
 //! with active checks off, with its half-open trial; no probes when checks are disabled; no
 //! failed request while a backend dies under load; a backend down at startup gets no request.
 
-mod common;
-
-use common::ops::*;
-use common::*;
+use crate::common::ops::*;
+use crate::common::*;
 use std::time::{Duration, Instant};
 
 /// Active checks every 0.2 s with a 0.5 s timeout and the given fall/rise thresholds.

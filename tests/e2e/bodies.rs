@@ -2,9 +2,7 @@
 //! extensions and trailers, `Expect: 100-continue`, upstream interim responses, and the
 //! responses that never have a body (HEAD, 204, 304).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::thread;
 use std::time::Duration;
 

@@ -4,9 +4,7 @@
 //! proxy sets, are not passed as trailers; an HTTP/1.0 client, whose body is close-delimited, gets
 //! neither.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 /// A chunked response whose trailer section holds two end-to-end fields and four that must not
 /// pass (one of them named by the head's `Connection`).

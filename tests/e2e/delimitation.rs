@@ -36,10 +36,8 @@
 //! passes. Every read waits at most `READ_BOUND`, far below the proxy's 60 s idle timeout, so a
 //! hang is a failure naming its cell, not a slow test.
 
-mod common;
-
-use common::{is_closed_error, response_framing, Backend, Framing, Head, HttpConn, Message};
-use common::{response_bytes, Proxy, Reply, DRIVERS};
+use crate::common::{is_closed_error, response_framing, Backend, Framing, Head, HttpConn, Message};
+use crate::common::{response_bytes, Proxy, Reply, DRIVERS};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
