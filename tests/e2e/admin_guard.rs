@@ -3,8 +3,8 @@
 //! script sends still working, and no unauthenticated listener beyond loopback unless asked
 //! for: refused by `--check`, at start and by a reload; started with a warning when allowed.
 
-use crate::common::ops::*;
 use crate::common::*;
+use crate::common::{admin::*, config::*, live_backend::*};
 
 /// The Host a script on this machine sends to the admin API.
 fn own_host(admin: &Admin) -> String {

@@ -3,8 +3,8 @@
 //! `/readyz`; the bearer token; drain and enable; weight changes moving the weighted spread;
 //! and the 422/404/405 answers to bad admin requests.
 
-use crate::common::ops::*;
 use crate::common::*;
+use crate::common::{admin::*, config::*, live_backend::*, metrics::*};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -87,7 +87,7 @@ fn requests_total(metrics: &Metrics) -> f64 {
 /// is written, so a scrape right after the last response may not include it yet.
 fn metrics_after(admin: &Admin, total: f64) -> Metrics {
     let mut metrics = admin.metrics();
-    wait_within(IO_TIMEOUT, &format!("{total} requests counted"), || {
+    wait_until(IO_TIMEOUT, &format!("{total} requests counted"), || {
         metrics = admin.metrics();
         requests_total(&metrics) >= total
     });
@@ -228,12 +228,12 @@ fn idle_keep_alive_connections_show_as_parked() {
         conn.get_ok("/");
     }
     let gauge = |name: &str| admin.metrics().value(name, &[("worker", "0")]);
-    wait_within(IO_TIMEOUT, "both idle connections parked", || {
+    wait_until(IO_TIMEOUT, "both idle connections parked", || {
         gauge("ringproxy_parked_connections") == 2.0
     });
     assert_eq!(gauge("ringproxy_active_connections"), 2.0);
     drop(conns.pop());
-    wait_within(IO_TIMEOUT, "the closed one gone from the lot", || {
+    wait_until(IO_TIMEOUT, "the closed one gone from the lot", || {
         gauge("ringproxy_parked_connections") == 1.0 && gauge("ringproxy_active_connections") == 1.0
     });
     // A parked connection resumes on its next request.
@@ -289,7 +289,7 @@ fn status_reports_workers_and_backends() {
             .unwrap_or(0)
     };
     let mut status = admin.status();
-    wait_within(IO_TIMEOUT, "all 6 requests counted", || {
+    wait_until(IO_TIMEOUT, "all 6 requests counted", || {
         status = admin.status();
         worker_total(&status) >= 6
     });
@@ -341,12 +341,12 @@ fn healthz_always_ok_and_readyz_follows_backend_availability() {
     assert_eq!(code("/readyz"), 200);
 
     backend.set_health(HealthReply::Status(500));
-    wait_within(IO_TIMEOUT, "readyz 503 with the backend down", || {
+    wait_until(IO_TIMEOUT, "readyz 503 with the backend down", || {
         code("/readyz") == 503
     });
     assert_eq!(code("/healthz"), 200);
     backend.set_health(HealthReply::Ok);
-    wait_within(IO_TIMEOUT, "readyz 200 again", || code("/readyz") == 200);
+    wait_until(IO_TIMEOUT, "readyz 200 again", || code("/readyz") == 200);
 
     assert_eq!(admin.post("/backends/0/drain", "").status(), 200);
     assert_eq!(code("/readyz"), 503, "the only backend is drained");
@@ -407,7 +407,7 @@ fn drain_stops_new_traffic_while_the_in_flight_request_completes() {
         let response = HttpConn::connect(port).roundtrip(&get_request("/slow"));
         (response, started.elapsed())
     });
-    wait_within(IO_TIMEOUT, "the slow request at a backend", || {
+    wait_until(IO_TIMEOUT, "the slow request at a backend", || {
         a.requests_to("/slow") + b.requests_to("/slow") == 1
     });
     let (index, drained, other) = if a.requests_to("/slow") == 1 {
@@ -450,7 +450,7 @@ fn drain_stops_new_traffic_while_the_in_flight_request_completes() {
     let response = admin.post(&format!("/backends/{index}/enable"), "");
     assert_eq!(response.status(), 200, "{response:?}");
     assert_eq!(json_body(&response)["drained"], false);
-    wait_within(IO_TIMEOUT, "traffic back on the enabled backend", || {
+    wait_until(IO_TIMEOUT, "traffic back on the enabled backend", || {
         get_backend(&mut conn, "/again") == drained.name()
     });
 }
@@ -569,13 +569,13 @@ fn silent_admin_clients_do_not_hold_up_others_and_are_capped() {
     // A connection keeps its slot until its thread ends, a moment after the client has its
     // answer or has closed. Left counted, those slots would turn some of the 16 below away,
     // then free up before the 17th came, which would be served.
-    wait_within(IO_TIMEOUT, "the earlier admin connections done", || {
+    wait_until(IO_TIMEOUT, "the earlier admin connections done", || {
         admin_connection_threads(&proxy) == 0
     });
     // Up to 16 are served at once (each held 5 s by its silent client); one more is refused
     // at once rather than queued.
     let held: Vec<HttpConn> = (0..16).map(|_| HttpConn::connect(admin.port)).collect();
-    wait_within(IO_TIMEOUT, "16 admin connections being served", || {
+    wait_until(IO_TIMEOUT, "16 admin connections being served", || {
         admin_connection_threads(&proxy) == 16
     });
     let host = format!("127.0.0.1:{}", admin.port);
@@ -586,7 +586,7 @@ fn silent_admin_clients_do_not_hold_up_others_and_are_capped() {
         "the 17th connection"
     );
     drop(held);
-    wait_within(IO_TIMEOUT, "admin serving again", || {
+    wait_until(IO_TIMEOUT, "admin serving again", || {
         admin.get("/healthz").status() == 200
     });
 }

@@ -3,11 +3,9 @@
 //! requests, a backend refusing connections is skipped, and a backend failing its health check
 //! gets no traffic until it passes again.
 
-use crate::common::ops::{backend_of, wait_within, LiveBackend};
+use crate::common::live_backend::{backend_of, HealthReply, LiveBackend};
 use crate::common::*;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Sends `requests` GETs over a few keep-alive connections and counts answers per body.
@@ -85,13 +83,13 @@ fn refused_backend_is_skipped_by_retrying_the_other() {
 
 #[test]
 fn backend_failing_health_checks_gets_no_traffic_until_it_recovers() {
-    let healthy = Arc::new(AtomicBool::new(false));
     let a = Backend::fixed("a");
-    let b = Backend::with_health("b", healthy.clone());
+    let b = LiveBackend::start("b");
+    b.set_health(HealthReply::Status(500));
     let proxy = Proxy::start(&[a.port, b.port], FAST_HEALTH_CHECKS);
     let mut conn = proxy.connect();
     let mut run_of_a = 0;
-    poll_until("b taken out of rotation", || {
+    wait_until(IO_TIMEOUT, "b taken out of rotation", || {
         run_of_a = if conn.get_ok("/").text() == "a" {
             run_of_a + 1
         } else {
@@ -101,8 +99,10 @@ fn backend_failing_health_checks_gets_no_traffic_until_it_recovers() {
     });
     let counts = spread(&proxy, 30);
     assert_eq!(counts.get("a"), Some(&30), "{counts:?}");
-    healthy.store(true, Ordering::SeqCst);
-    poll_until("b back in rotation", || conn.get_ok("/").text() == "b");
+    b.set_health(HealthReply::Ok);
+    wait_until(IO_TIMEOUT, "b back in rotation", || {
+        conn.get_ok("/").text() == "b"
+    });
 }
 
 #[test]
@@ -120,7 +120,7 @@ fn least_conn_steers_around_a_backend_busy_with_slow_requests() {
     let port = proxy.port;
     let held =
         std::thread::spawn(move || backend_of(&HttpConn::connect(port).get_ok("/slow/held")));
-    wait_within(IO_TIMEOUT, "the slow request reached a backend", || {
+    wait_until(IO_TIMEOUT, "the slow request reached a backend", || {
         a.requests_to("/slow") + b.requests_to("/slow") == 1
     });
     let busy = if a.requests_to("/slow") == 1 {

@@ -2,10 +2,9 @@
 //! connect timed out), 503 (health checks took every backend down), 400/408 (bad or slow client head, then close), a client stalling its
 //! body (close), and the 413/414/431/501/505 limits.
 
+use crate::common::live_backend::{HealthReply, LiveBackend};
 use crate::common::*;
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Asserts a short `text/plain` error body of the form `<code> <reason>\n`.
@@ -64,21 +63,21 @@ fn all_backends_refusing_gives_502() {
 
 #[test]
 fn no_backend_up_gives_503_until_one_recovers() {
-    let healthy = Arc::new(AtomicBool::new(false));
-    let backend = Backend::with_health("recovered", healthy.clone());
+    let backend = LiveBackend::start("recovered");
+    backend.set_health(HealthReply::Status(500));
     let proxy = Proxy::start(&[backend.port], FAST_HEALTH_CHECKS);
     let mut conn = proxy.connect();
     let mut last = None;
-    poll_until("a 503 once the health check failed", || {
+    wait_until(IO_TIMEOUT, "a 503 once the health check failed", || {
         let response = conn.roundtrip(&get_request("/"));
         let down = response.status() == 503;
         last = Some(response);
         down
     });
     assert_error(last.as_ref().expect("a response"), 503);
-    healthy.store(true, Ordering::SeqCst);
+    backend.set_health(HealthReply::Ok);
     let mut conn = proxy.connect();
-    poll_until("a 200 once the health check passed", || {
+    wait_until(IO_TIMEOUT, "a 200 once the health check passed", || {
         conn.roundtrip(&get_request("/")).status() == 200
     });
 }

@@ -3,7 +3,8 @@
 //! before descriptors run out; and when descriptors run out anyway, the proxy sheds new work
 //! with 503 and neither health check nor passive ejection blames the backends.
 
-use crate::common::ops::{two_ports, Admin, OpsConfig};
+use crate::common::admin::Admin;
+use crate::common::config::{two_ports, OpsConfig};
 use crate::common::*;
 use std::io::{self, Read};
 use std::os::unix::process::CommandExt;
@@ -230,7 +231,7 @@ fn assert_no_backend_blamed(proxy: &Proxy, admin: &Admin) {
 
 /// New clients are served again (at first they may still be refused with 503).
 fn served_again(proxy: &Proxy) {
-    poll_until("a request served after the load", || {
+    wait_until(IO_TIMEOUT, "a request served after the load", || {
         let mut conn = proxy.connect();
         let response = conn
             .try_send(&get_request("/after"))
@@ -413,7 +414,7 @@ fn out_of_descriptors_new_work_is_shed_with_503_and_no_backend_is_blamed() {
         let requests = |class| metrics.value("ringproxy_requests_total", &[("class", class)]);
         assert!(requests("5xx") >= 5.0, "{driver}");
         for b in &weighted {
-            let url = crate::common::ops::backend_url(b.0);
+            let url = crate::common::live_backend::backend_url(b.0);
             let errors = metrics.value(
                 "ringproxy_backend_connect_errors_total",
                 &[("backend", url.as_str())],

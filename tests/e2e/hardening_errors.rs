@@ -3,7 +3,7 @@
 //! itself are access-logged (with the reason and what arrived of the target, cut at 2 KiB) and
 //! counted; `Content-Length: 0` kept both ways, so empty answers on keep-alive stay prompt.
 
-use crate::common::ops::*;
+use crate::common::config::*;
 use crate::common::*;
 use std::time::{Duration, Instant};
 

@@ -4,8 +4,8 @@
 //! with active checks off, with its half-open trial; no probes when checks are disabled; no
 //! failed request while a backend dies under load; a backend down at startup gets no request.
 
-use crate::common::ops::*;
 use crate::common::*;
+use crate::common::{admin::*, config::*, live_backend::*, load::*};
 use std::time::{Duration, Instant};
 
 /// Active checks every 0.2 s with a 0.5 s timeout and the given fall/rise thresholds.
@@ -70,7 +70,7 @@ fn killed_backend_is_taken_out_in_time_and_returns_after_rise_checks() {
     b.revive();
     let revived = Instant::now();
     let mut conn = proxy.connect();
-    wait_within(IO_TIMEOUT, "b back in rotation", || {
+    wait_until(IO_TIMEOUT, "b back in rotation", || {
         get_backend(&mut conn, "/back") == "b"
     });
     let hits = b.hits();
@@ -132,7 +132,7 @@ fn health_500_takes_backend_down_although_it_accepts_connections() {
 
     b.set_health(HealthReply::Ok);
     let mut conn = proxy.connect();
-    wait_within(IO_TIMEOUT, "b back in rotation", || {
+    wait_until(IO_TIMEOUT, "b back in rotation", || {
         get_backend(&mut conn, "/back") == "b"
     });
 }
@@ -163,7 +163,7 @@ fn hanging_health_endpoint_fails_at_the_check_timeout() {
         l.contains("backend is down") && l.contains(&b.url()) && l.contains("reason=timeout")
     });
     // The prober gave up on the hanging probe (closed it) at its timeout.
-    wait_within(IO_TIMEOUT, "a hanging probe to be closed", || {
+    wait_until(IO_TIMEOUT, "a hanging probe to be closed", || {
         !b.hung_probes().is_empty()
     });
     let held = b.hung_probes()[0];

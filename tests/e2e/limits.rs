@@ -136,7 +136,7 @@ fn served_connection(proxy: &Proxy, path: &str) -> HttpConn {
 /// Opens connections until one is served (slots free up once the proxy sees the closes).
 fn served_connection_eventually(proxy: &Proxy, path: &str) -> HttpConn {
     let mut served = None;
-    poll_until("a connection served under the cap", || {
+    wait_until(IO_TIMEOUT, "a connection served under the cap", || {
         let mut conn = proxy.connect();
         let response = conn.roundtrip(&get_request(path));
         match response.status() {

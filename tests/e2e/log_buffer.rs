@@ -3,8 +3,8 @@
 //! where it started, every request is still answered (workers never wait on the log), and the
 //! lines that did not fit are counted in `ringproxy_log_lines_dropped_total`.
 
-use crate::common::ops::*;
 use crate::common::*;
+use crate::common::{admin::*, config::*};
 use std::thread;
 
 /// The log budget under test; small, so the bound below is tight next to what leaks without it.

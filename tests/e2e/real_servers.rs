@@ -4,7 +4,8 @@
 //! headers that matter, body digest) and finish within 2 s, so an empty response that never
 //! ends fails fast. Needs what `scripts/test-deps.sh` installs; fails, never skips, without it.
 
-use crate::common::{free_port, sha256_hex, Proxy};
+use crate::common::proxy::wait_or_kill;
+use crate::common::{free_port, poll, sha256_hex, Proxy};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -360,9 +361,8 @@ http {{
     fn wait_http(&self, server: &Server, name: &str, path: &str) {
         let log = self.path(&format!("{name}.log"));
         wait_listening(server, name, &log);
-        let deadline = Instant::now() + START_BOUND;
-        loop {
-            let answered = TcpStream::connect(("127.0.0.1", server.port))
+        let answered = poll(START_BOUND, || {
+            TcpStream::connect(("127.0.0.1", server.port))
                 .ok()
                 .and_then(|mut conn| {
                     use std::io::{Read, Write};
@@ -373,17 +373,13 @@ http {{
                     conn.read_exact(&mut head).ok()?;
                     Some(head.starts_with(b"HTTP/1."))
                 })
-                .unwrap_or(false);
-            if answered {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name} did not answer GET {path} within {START_BOUND:?}:\n{}",
-                read_log(&log)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+                .unwrap_or(false)
+        });
+        assert!(
+            answered.is_some(),
+            "{name} did not answer GET {path} within {START_BOUND:?}:\n{}",
+            read_log(&log)
+        );
     }
 
     /// Runs `client.py SUITE direct proxy` and compares what it saw on the two paths.
@@ -552,16 +548,15 @@ fn require_tools(python: &str) {
 
 /// Waits until the server's port accepts; fails with its log if it exits or never listens.
 fn wait_listening(server: &Server, name: &str, log: &Path) {
-    let deadline = Instant::now() + START_BOUND;
-    while TcpStream::connect(("127.0.0.1", server.port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{name} did not listen on {} within {START_BOUND:?}:\n{}",
-            server.port,
-            read_log(log)
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    let listening = poll(START_BOUND, || {
+        TcpStream::connect(("127.0.0.1", server.port)).is_ok()
+    });
+    assert!(
+        listening.is_some(),
+        "{name} did not listen on {} within {START_BOUND:?}:\n{}",
+        server.port,
+        read_log(log)
+    );
 }
 
 /// Runs `command` to its end, killing it after `bound`.
@@ -570,18 +565,8 @@ fn run_bounded(mut command: Command, bound: Duration, what: &str) -> std::proces
         .stdin(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {what}: {e}; {DEPS_HINT}"));
-    let deadline = Instant::now() + bound;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait for child") {
-            return status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not finish within {bound:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_or_kill(&mut child, bound)
+        .unwrap_or_else(|| panic!("{what} did not finish within {bound:?}"))
 }
 
 fn read_log(path: &Path) -> String {

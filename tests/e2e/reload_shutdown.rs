@@ -3,8 +3,9 @@
 //! letting an in-flight request finish while refusing new connections and closing idle ones;
 //! the shutdown timeout; sd_notify messages; and `systemd-analyze verify` of the unit file.
 
-use crate::common::ops::*;
+use crate::common::proxy::wait_or_kill;
 use crate::common::*;
+use crate::common::{admin::*, config::*, live_backend::*, load::*, notify::*};
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -56,8 +57,8 @@ fn sighup_under_load_adds_removes_and_reweights_without_a_failed_request() {
     std::thread::sleep(Duration::from_millis(600));
     rewrite_config(&proxy, &new_toml);
     let signalled = Instant::now();
-    send_signal(&proxy, libc::SIGHUP);
-    wait_within(Duration::from_secs(3), "config generation 2", || {
+    proxy.signal(libc::SIGHUP);
+    wait_until(Duration::from_secs(3), "config generation 2", || {
         admin.status()["config_generation"] == 2
     });
     std::thread::sleep(Duration::from_millis(300));
@@ -93,7 +94,7 @@ fn sighup_under_load_adds_removes_and_reweights_without_a_failed_request() {
         "expected a:c = 3:1 after the reload, got {counts:?}"
     );
     proxy.wait_log_lines(1, "the reload", |l| l.contains("configuration reloaded"));
-    wait_within(
+    wait_until(
         Duration::from_secs(3),
         "pooled connections to b closed",
         || b.open_connections() == 0,
@@ -195,7 +196,7 @@ fn invalid_config_on_sighup_or_post_reload_keeps_the_running_one() {
         }
         .toml(proxy.port, admin.port),
     );
-    send_signal(&proxy, libc::SIGHUP);
+    proxy.signal(libc::SIGHUP);
     proxy.wait_log_lines(1, "the refused reload", |l| {
         l.contains("ERROR") && l.contains("reload refused") && l.contains("backends[0].weight")
     });
@@ -217,7 +218,7 @@ fn invalid_config_on_sighup_or_post_reload_keeps_the_running_one() {
     // Not TOML at all: refused the same way.
     rewrite_config(&proxy, "this is = = not toml\n");
     assert_eq!(admin.post("/reload", "").status(), 422);
-    send_signal(&proxy, libc::SIGHUP);
+    proxy.signal(libc::SIGHUP);
     proxy.wait_log_lines(2, "two refused SIGHUP reloads", |l| {
         l.contains("reload refused")
     });
@@ -237,7 +238,7 @@ fn proxy_with_shutdown_timeout(server: &'static str) -> (LiveBackend, Proxy) {
 
 /// Sends SIGTERM and returns when it was sent.
 fn sigterm(proxy: &Proxy) -> Instant {
-    send_signal(proxy, libc::SIGTERM);
+    proxy.signal(libc::SIGTERM);
     Instant::now()
 }
 
@@ -245,14 +246,13 @@ fn sigterm(proxy: &Proxy) -> Instant {
 fn sigterm_finishes_the_in_flight_request_and_refuses_new_connections() {
     let (backend, mut proxy) = proxy_with_shutdown_timeout("shutdown_timeout_seconds = 5\n");
     let slow = spawn_request(proxy.port, "/slow");
-    wait_within(IO_TIMEOUT, "the slow request at the backend", || {
+    wait_until(IO_TIMEOUT, "the slow request at the backend", || {
         backend.requests_to("/slow") == 1
     });
 
     let signalled = sigterm(&proxy);
-    let port = proxy.port;
-    let took = wait_within(Duration::from_secs(1), "new connections refused", || {
-        connection_refused(port)
+    let took = wait_until(Duration::from_secs(1), "new connections refused", || {
+        proxy.refuses_new_connections()
     });
     eprintln!("new connections refused {took:?} after SIGTERM");
 
@@ -269,7 +269,7 @@ fn sigterm_finishes_the_in_flight_request_and_refuses_new_connections() {
         "the last response while draining must say Connection: close: {:?}",
         response.head
     );
-    let status = wait_for_exit(&mut proxy);
+    let status = proxy.wait_exit();
     let exited = signalled.elapsed();
     assert!(status.success(), "exit {status}:\n{}", proxy.logs());
     assert!(
@@ -302,7 +302,7 @@ fn assert_sigterm_closes_idle_connection(quiet_before: Duration) {
         closed < Duration::from_secs(1),
         "idle connection closed after {closed:?}"
     );
-    let status = wait_for_exit(&mut proxy);
+    let status = proxy.wait_exit();
     assert!(status.success(), "exit {status}");
     // Nothing in flight: it must not sit out the 5 s shutdown timeout.
     assert!(
@@ -316,12 +316,12 @@ fn assert_sigterm_closes_idle_connection(quiet_before: Duration) {
 fn shutdown_timeout_bounds_a_request_that_never_completes() {
     let (backend, mut proxy) = proxy_with_shutdown_timeout("shutdown_timeout_seconds = 1\n");
     let hanging = spawn_request(proxy.port, "/hang");
-    wait_within(IO_TIMEOUT, "the hanging request at the backend", || {
+    wait_until(IO_TIMEOUT, "the hanging request at the backend", || {
         backend.requests_to("/hang") == 1
     });
 
     let signalled = sigterm(&proxy);
-    let status = wait_for_exit(&mut proxy);
+    let status = proxy.wait_exit();
     let exited = signalled.elapsed();
     assert!(status.success(), "exit {status}:\n{}", proxy.logs());
     assert!(
@@ -359,7 +359,7 @@ fn sd_notify_ready_reloading_and_stopping() {
     // `sighup_as_soon_as_the_proxy_accepts_reloads_it`; this test is about the messages.
     std::thread::sleep(Duration::from_millis(100));
 
-    send_signal(&proxy, libc::SIGHUP);
+    proxy.signal(libc::SIGHUP);
     let reloading = notify.expect_line("RELOADING=1");
     let usec: u64 = reloading
         .lines()
@@ -375,9 +375,9 @@ fn sd_notify_ready_reloading_and_stopping() {
     notify.expect_line("READY=1");
     assert_eq!(admin.status()["config_generation"], 2);
 
-    send_signal(&proxy, libc::SIGTERM);
+    proxy.signal(libc::SIGTERM);
     notify.expect_line("STOPPING=1");
-    let status = wait_for_exit(&mut proxy);
+    let status = proxy.wait_exit();
     assert!(status.success(), "exit {status}");
 }
 
@@ -465,36 +465,26 @@ fn run_bounded(command: &mut Command, limit: Duration) -> Option<Output> {
         .stderr(Stdio::piped())
         .spawn()
         .ok()?;
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            let mut stdout = Vec::new();
-            let mut stderr = Vec::new();
-            child
-                .stdout
-                .take()
-                .expect("stdout")
-                .read_to_end(&mut stdout)
-                .ok()?;
-            child
-                .stderr
-                .take()
-                .expect("stderr")
-                .read_to_end(&mut stderr)
-                .ok()?;
-            return Some(Output {
-                status,
-                stdout,
-                stderr,
-            });
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let status = wait_or_kill(&mut child, limit)?;
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_end(&mut stdout)
+        .ok()?;
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_end(&mut stderr)
+        .ok()?;
+    Some(Output {
+        status,
+        stdout,
+        stderr,
+    })
 }
 
 fn verify_unit(unit: &Path) -> Option<Output> {

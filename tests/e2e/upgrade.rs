@@ -114,7 +114,7 @@ fn check_echo_tunnel(proxy: &Proxy, heads: &mpsc::Receiver<Head>) {
 fn open_tunnels_show_in_metrics() {
     let (heads_tx, _heads) = mpsc::channel();
     let backend = echo_after_switch(heads_tx, b"");
-    let (proxy, admin) = crate::common::ops::start_with_admin(&[backend.port], "");
+    let (proxy, admin) = crate::common::config::start_with_admin(&[backend.port], "");
     let tunnels = || {
         admin
             .metrics()
@@ -124,10 +124,10 @@ fn open_tunnels_show_in_metrics() {
     let mut conn = proxy.connect();
     conn.send(UPGRADE_REQUEST);
     assert_eq!(conn.read_head().expect("101").expect("101").status(), 101);
-    crate::common::ops::wait_within(IO_TIMEOUT, "the tunnel counted", || tunnels() == 1.0);
+    crate::common::wait_until(IO_TIMEOUT, "the tunnel counted", || tunnels() == 1.0);
     conn.shutdown_write();
     assert_eq!(conn.read_to_close().expect("until close"), b"bye");
-    crate::common::ops::wait_within(IO_TIMEOUT, "the tunnel gone", || tunnels() == 0.0);
+    crate::common::wait_until(IO_TIMEOUT, "the tunnel gone", || tunnels() == 0.0);
 }
 
 #[test]
@@ -202,7 +202,7 @@ fn shutdown_waits_for_a_tunnel_only_up_to_its_timeout() {
     let (heads_tx, _heads) = mpsc::channel();
     let backend = echo_after_switch(heads_tx, b"");
     let port = free_port();
-    let toml = crate::common::ops::with_server(
+    let toml = crate::common::config::with_server(
         &config_toml(port, &[(backend.port, 1)], ""),
         1,
         "shutdown_timeout_seconds = 1\n",

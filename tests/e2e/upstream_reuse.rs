@@ -3,8 +3,8 @@
 //! client; such connections and ones the upstream closed while idle are counted by reason; and
 //! a reload that reorders the backends under load never crosses a request to the wrong backend.
 
-use crate::common::ops::*;
 use crate::common::*;
+use crate::common::{config::*, live_backend::*, load::*};
 use std::collections::{HashMap, HashSet};
 use std::net::TcpStream;
 use std::thread;
@@ -186,9 +186,9 @@ fn reloads_reordering_the_backends_under_load_never_cross_a_request() {
     for (round, order) in orders.iter().cycle().take(6).enumerate() {
         thread::sleep(Duration::from_millis(250));
         std::fs::write(&proxy.config.path, order).expect("rewrite config");
-        send_signal(&proxy, libc::SIGHUP);
+        proxy.signal(libc::SIGHUP);
         let generation = round as u64 + 2;
-        wait_within(Duration::from_secs(3), "the reload", || {
+        wait_until(Duration::from_secs(3), "the reload", || {
             admin.status()["config_generation"] == generation
         });
     }

@@ -1,14 +1,16 @@
 //! Upstream servers for the tests: plain std::net listeners on 127.0.0.1, one thread per
 //! connection. `Backend::raw` hands each connection to a test-written handler;
-//! `Backend::recording` parses every request, records it, and answers with a scripted reply.
+//! `Backend::recording` parses every request, records it, and answers with a scripted reply;
+//! `Backend::killable` can be killed (listener closed, connections cut) and revived on its port.
 
 use super::http::{HttpConn, Message};
-use super::sha256_hex;
+use super::{sha256_hex, wait_until, IO_TIMEOUT};
+use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::thread;
+use std::thread::{self, JoinHandle};
 
 /// A request as the backend received it, with the index of the upstream connection it came on.
 #[derive(Clone, Debug)]
@@ -23,18 +25,32 @@ pub enum Reply {
     Send(Vec<u8>),
     /// Write these bytes and close the connection.
     SendClose(Vec<u8>),
-    /// Never answer; hold the connection until the peer closes it (or the read timeout).
-    Hang,
 }
 
 type Requests = Arc<Mutex<Vec<Recorded>>>;
+type Handler = dyn Fn(HttpConn, usize) + Send + Sync;
 
 /// A listening test upstream; stops accepting when dropped.
 pub struct Backend {
     pub port: u16,
     requests: Requests,
-    connections: Arc<AtomicUsize>,
+    connections: Arc<Connections>,
+    acceptor: Option<Acceptor>,
+}
+
+/// What every life of a backend (see `kill` and `revive`) shares.
+struct Connections {
+    handler: Arc<Handler>,
+    accepted: AtomicUsize,
+    /// Clones of the open connections by accept index, so `kill` can cut them; `None` for a
+    /// backend that is never killed (a clone holds the socket open past the handler's end).
+    open: Option<Mutex<HashMap<usize, TcpStream>>>,
+}
+
+/// The accept thread of one life of a backend.
+struct Acceptor {
     stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
 }
 
 impl Backend {
@@ -43,28 +59,77 @@ impl Backend {
     where
         F: Fn(HttpConn, usize) + Send + Sync + 'static,
     {
+        Backend::start(Arc::new(handler), false)
+    }
+
+    /// As `raw`, for a backend that can be killed and revived on its port (see `kill`).
+    pub fn killable<F>(handler: F) -> Backend
+    where
+        F: Fn(HttpConn, usize) + Send + Sync + 'static,
+    {
+        Backend::start(Arc::new(handler), true)
+    }
+
+    fn start(handler: Arc<Handler>, killable: bool) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
         let port = listener.local_addr().expect("local_addr").port();
-        let stop = Arc::new(AtomicBool::new(false));
-        let connections = Arc::new(AtomicUsize::new(0));
-        let handler = Arc::new(handler);
-        let (stop_flag, counter) = (stop.clone(), connections.clone());
-        thread::spawn(move || {
-            for stream in listener.incoming() {
-                if stop_flag.load(Ordering::SeqCst) {
-                    return;
-                }
-                let Ok(stream) = stream else { continue };
-                let index = counter.fetch_add(1, Ordering::SeqCst);
-                let handler = handler.clone();
-                thread::spawn(move || handler(HttpConn::new(stream), index));
-            }
+        let connections = Arc::new(Connections {
+            handler,
+            accepted: AtomicUsize::new(0),
+            open: killable.then(|| Mutex::new(HashMap::new())),
         });
-        Backend {
+        let mut backend = Backend {
             port,
             requests: Arc::new(Mutex::new(Vec::new())),
             connections,
-            stop,
+            acceptor: None,
+        };
+        backend.accept_on(listener);
+        backend
+    }
+
+    fn accept_on(&mut self, listener: TcpListener) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (flag, connections) = (stop.clone(), self.connections.clone());
+        let thread = thread::spawn(move || accept_loop(&listener, &flag, &connections));
+        self.acceptor = Some(Acceptor { stop, thread });
+    }
+
+    /// Closes the listener (new connects are refused) and cuts every open connection, as when
+    /// the backend's process dies. Only for a `killable` backend.
+    pub fn kill(&mut self) {
+        assert!(self.connections.open.is_some(), "a killable backend");
+        self.stop_accepting();
+        let open = self.connections.open.as_ref().expect("a killable backend");
+        for (_, stream) in open.lock().expect("open lock").drain() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Listens on the same port again after `kill`.
+    pub fn revive(&mut self) {
+        assert!(self.acceptor.is_none(), "backend on {} is alive", self.port);
+        let mut listener = None;
+        wait_until(IO_TIMEOUT, &format!("port {} to rebind", self.port), || {
+            match TcpListener::bind(("127.0.0.1", self.port)) {
+                Ok(bound) => listener = Some(bound),
+                Err(e) => eprintln!("rebinding port {}: {e}; retrying", self.port),
+            }
+            listener.is_some()
+        });
+        self.accept_on(listener.expect("rebound listener"));
+    }
+
+    /// Stops the accept thread; its listener is closed once this returns.
+    fn stop_accepting(&mut self) {
+        let Some(acceptor) = self.acceptor.take() else {
+            return;
+        };
+        acceptor.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept so the thread sees the flag, drops the listener and exits.
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        if TcpStream::connect_timeout(&addr, IO_TIMEOUT).is_ok() {
+            acceptor.thread.join().expect("backend accept thread");
         }
     }
 
@@ -95,17 +160,6 @@ impl Backend {
                 &[],
                 r.req.head.target().as_bytes(),
             ))
-        })
-    }
-
-    /// Answers `/health` with 200 while `healthy` is set and 500 otherwise; any other request
-    /// with 200 and `body`.
-    pub fn with_health(body: &str, healthy: Arc<AtomicBool>) -> Backend {
-        let ok = response_bytes("200 OK", &[], body.as_bytes());
-        let sick = response_bytes("500 Internal Server Error", &[], b"sick");
-        Backend::recording(move |r| {
-            let failing = r.req.head.target() == "/health" && !healthy.load(Ordering::SeqCst);
-            Reply::Send(if failing { sick.clone() } else { ok.clone() })
         })
     }
 
@@ -157,17 +211,47 @@ impl Backend {
         requests[0].req.clone()
     }
 
-    /// Connections accepted so far.
+    /// Connections accepted so far (all lives of the backend).
     pub fn connections(&self) -> usize {
-        self.connections.load(Ordering::SeqCst)
+        self.connections.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Connections open right now, for a `killable` backend.
+    pub fn open_connections(&self) -> usize {
+        let open = self.connections.open.as_ref().expect("a killable backend");
+        open.lock().expect("open lock").len()
     }
 }
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking accept so the listener thread sees the flag and exits.
-        let _ = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], self.port)));
+        if self.connections.open.is_some() {
+            self.kill();
+        } else {
+            self.stop_accepting();
+        }
+    }
+}
+
+fn accept_loop(listener: &TcpListener, stop: &AtomicBool, connections: &Arc<Connections>) {
+    for stream in listener.incoming() {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(stream) = stream else { continue };
+        let index = connections.accepted.fetch_add(1, Ordering::SeqCst);
+        if let Some(open) = &connections.open {
+            if let Ok(clone) = stream.try_clone() {
+                open.lock().expect("open lock").insert(index, clone);
+            }
+        }
+        let connections = connections.clone();
+        thread::spawn(move || {
+            (connections.handler)(HttpConn::new(stream), index);
+            if let Some(open) = &connections.open {
+                open.lock().expect("open lock").remove(&index);
+            }
+        });
     }
 }
 
@@ -187,10 +271,6 @@ where
             }
             Reply::SendClose(bytes) => {
                 let _ = conn.try_send(&bytes);
-                return;
-            }
-            Reply::Hang => {
-                let _ = conn.read_to_close();
                 return;
             }
         }

@@ -1,19 +1,23 @@
-//! Harness shared by the end-to-end tests: the proxy process guard, raw-socket backends,
-//! a strict HTTP/1.1 reader for both sides, and small data helpers (patterns, hashes).
-//! Every test file includes it with `mod common;`; not every file uses every helper.
-#![allow(dead_code)]
+//! Harness shared by the end-to-end tests, one module per kit: the proxy process (`proxy`) and
+//! its config (`config`); upstreams: scripted raw-socket ones (`backend`) and named ones with a
+//! switchable health answer (`live_backend`); a strict HTTP/1.1 reader for both sides (`http`);
+//! the admin API client (`admin`) and its Prometheus scrape (`metrics`); a steady keep-alive
+//! load (`load`); a systemd notify socket (`notify`); smuggling probes (`smuggling`); and here,
+//! ports, the one polling wait, and small data helpers (patterns, hashes, RSS).
 
+pub mod admin;
 pub mod backend;
+pub mod config;
 pub mod http;
-pub mod ops;
+pub mod live_backend;
+pub mod load;
+pub mod metrics;
+pub mod notify;
 pub mod proxy;
 pub mod smuggling;
 
-#[allow(unused_imports)]
 pub use backend::{chunked_response_bytes, response_bytes, Backend, Recorded, Reply};
-#[allow(unused_imports)]
 pub use http::{get_request, request_bytes, response_framing, Framing, Head, HttpConn, Message};
-#[allow(unused_imports)]
 pub use proxy::{
     config_toml, log_field, run_to_exit, Proxy, RunOutcome, TempConfig, DRIVERS, FAST_HEALTH_CHECKS,
 };
@@ -23,7 +27,7 @@ use std::collections::BTreeSet;
 use std::io;
 use std::net::TcpListener;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Upper bound of every single wait in the suite (socket reads, readiness, process exit).
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -99,16 +103,24 @@ pub fn raw_listener(reuse_port: bool, backlog: i32) -> (socket2::Socket, u16) {
     (socket, port)
 }
 
-/// Calls `done` every 50 ms until it returns true; panics after 10 s naming `what`.
-pub fn poll_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + IO_TIMEOUT;
-    while !done() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+/// Calls `done` every 20 ms until it returns true and returns the time that took; `None` once
+/// `limit` has passed without it. The one polling loop of the suite.
+pub fn poll(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    loop {
+        if done() {
+            return Some(started.elapsed());
+        }
+        if started.elapsed() >= limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// As `poll`, for a condition that must come: panics after `limit` naming `what`.
+pub fn wait_until(limit: Duration, what: &str, done: impl FnMut() -> bool) -> Duration {
+    poll(limit, done).unwrap_or_else(|| panic!("timed out after {limit:?} waiting for {what}"))
 }
 
 /// `len` deterministic pseudo-random bytes; different seeds give different data.

@@ -1,15 +1,15 @@
 //! Running the `ringproxy` binary: temp config files, a guard that kills the process on drop,
 //! readiness by polling TCP connect, log capture to files, and bounded one-shot CLI runs.
 
-use super::http::HttpConn;
-use super::{free_port, rss_kib, IO_TIMEOUT};
+use super::http::{get_request, HttpConn};
+use super::{free_port, is_closed_error, poll, rss_kib, IO_TIMEOUT};
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tempfile::TempDir;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ringproxy");
@@ -102,9 +102,7 @@ pub fn run_to_exit<S: AsRef<OsStr>>(
         command.current_dir(cwd);
     }
     let mut child = spawn_logged(&mut command, out_dir.path());
-    let status = wait_exit(&mut child, IO_TIMEOUT).unwrap_or_else(|| {
-        let _ = child.kill();
-        let _ = child.wait();
+    let status = wait_or_kill(&mut child, IO_TIMEOUT).unwrap_or_else(|| {
         panic!(
             "ringproxy did not exit within {IO_TIMEOUT:?}:\n{}",
             read_logs(out_dir.path())
@@ -265,8 +263,7 @@ impl Proxy {
 
     fn wait_ready(&mut self) {
         let addr = SocketAddr::from((self.ip, self.port));
-        let deadline = Instant::now() + IO_TIMEOUT;
-        loop {
+        let ready = poll(IO_TIMEOUT, || {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 panic!(
                     "ringproxy exited with {status} before accepting on {addr}:\n{}",
@@ -274,18 +271,14 @@ impl Proxy {
                 );
             }
             // The port accepting is not enough: it must be this proxy that says it listens.
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
                 && self.stdout().contains("all workers listening")
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "ringproxy not accepting on {addr} after {IO_TIMEOUT:?}:\n{}",
-                self.logs()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
+        });
+        assert!(
+            ready.is_some(),
+            "ringproxy not accepting on {addr} after {IO_TIMEOUT:?}:\n{}",
+            self.logs()
+        );
     }
 
     /// A new client connection to the proxy.
@@ -305,10 +298,6 @@ impl Proxy {
         read_file(&self.config.dir.path().join("stdout.log"))
     }
 
-    pub fn stderr(&self) -> String {
-        read_file(&self.config.dir.path().join("stderr.log"))
-    }
-
     /// Both captured streams, labelled, for failure messages.
     pub fn logs(&self) -> String {
         read_logs(self.config.dir.path())
@@ -321,39 +310,67 @@ impl Proxy {
         what: &str,
         pred: impl Fn(&str) -> bool,
     ) -> Vec<String> {
-        let deadline = Instant::now() + IO_TIMEOUT;
-        loop {
-            let lines: Vec<String> = self
+        let mut lines = Vec::new();
+        let found = poll(IO_TIMEOUT, || {
+            lines = self
                 .stdout()
                 .lines()
                 .filter(|line| pred(line))
                 .map(str::to_string)
                 .collect();
-            if lines.len() >= count {
-                return lines;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "expected {count} log line(s) {what}, found {}:\n{}",
-                lines.len(),
-                self.logs()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
+            lines.len() >= count
+        });
+        assert!(
+            found.is_some(),
+            "expected {count} log line(s) {what}, found {}:\n{}",
+            lines.len(),
+            self.logs()
+        );
+        lines
     }
 
-    /// Sends `signal` to the proxy and waits up to 10 s for it to exit.
-    pub fn signal_and_wait(&mut self, signal: libc::c_int) -> ExitStatus {
+    /// Sends `signal` to the proxy without waiting.
+    pub fn signal(&self, signal: libc::c_int) {
         let pid = libc::pid_t::try_from(self.pid()).expect("pid fits pid_t");
         // SAFETY: kill(2) on our own child's pid; no memory is involved.
         let rc = unsafe { libc::kill(pid, signal) };
         assert_eq!(rc, 0, "kill({pid}, {signal}) failed");
-        wait_exit(&mut self.child, IO_TIMEOUT).unwrap_or_else(|| {
+    }
+
+    /// Waits up to 10 s for the proxy to exit (after a signal, or by itself).
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        wait_child(&mut self.child, IO_TIMEOUT).unwrap_or_else(|| {
             panic!(
-                "ringproxy still running after signal {signal}:\n{}",
+                "ringproxy still running after {IO_TIMEOUT:?}:\n{}",
                 self.logs()
             )
         })
+    }
+
+    /// Sends `signal` to the proxy and waits up to 10 s for it to exit.
+    pub fn signal_and_wait(&mut self, signal: libc::c_int) -> ExitStatus {
+        self.signal(signal);
+        self.wait_exit()
+    }
+
+    /// True when a new client connection is refused: connect fails, or the connection is
+    /// closed or reset before any response to a GET. False when a response (or nothing) comes.
+    pub fn refuses_new_connections(&self) -> bool {
+        let addr = SocketAddr::from((self.ip, self.port));
+        let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(300)) else {
+            return true;
+        };
+        let mut conn = HttpConn::new(stream);
+        conn.stream()
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("set_read_timeout");
+        if conn.try_send(&get_request("/after-stop")).is_err() {
+            return true;
+        }
+        match conn.read_response("GET") {
+            Ok(_) => false,
+            Err(e) => is_closed_error(&e),
+        }
     }
 }
 
@@ -382,15 +399,25 @@ fn spawn_logged(command: &mut Command, dir: &Path) -> Child {
         .unwrap_or_else(|e| panic!("spawn {}: {e}", bin()))
 }
 
-fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return Some(status);
-        }
-        thread::sleep(Duration::from_millis(10));
+/// The child's exit status once it exits within `limit`; `None`, with the child killed and
+/// reaped, if it does not.
+pub fn wait_or_kill(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let status = wait_child(child, limit);
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
     }
-    None
+    status
+}
+
+/// The child's exit status once it exits within `limit`; `None` if it is still running.
+fn wait_child(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let mut status = None;
+    poll(limit, || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    status
 }
 
 fn read_file(path: &Path) -> String {
