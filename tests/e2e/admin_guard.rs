@@ -4,7 +4,7 @@
 //! for: refused by `--check`, at start and by a reload; started with a warning when allowed.
 
 use crate::common::*;
-use crate::common::{admin::*, config::*, live_backend::*};
+use crate::common::{admin::*, live_backend::*};
 
 /// The Host a script on this machine sends to the admin API.
 fn own_host(admin: &Admin) -> String {
@@ -20,7 +20,7 @@ fn raw(admin: &Admin, method: &str, path: &str, headers: &[(&str, &str)], body: 
 fn start_two() -> (LiveBackend, LiveBackend, Proxy, Admin) {
     let a = LiveBackend::start("a");
     let b = LiveBackend::start("b");
-    let (proxy, admin) = start_with_admin(&[a.port, b.port], "");
+    let (proxy, admin) = start_with_admin(TestConfig::new(&[a.port, b.port]));
     (a, b, proxy, admin)
 }
 
@@ -179,10 +179,9 @@ fn a_host_that_is_not_an_address_is_misdirected_without_a_token() {
 #[test]
 fn with_a_token_any_host_may_ask_with_it() {
     let a = LiveBackend::start("a");
-    let backends = [(a.port, 1)];
-    let mut config = OpsConfig::new(&backends, "");
-    config.token = Some("s3cret-token");
-    let (_proxy, admin) = config.start();
+    let (_proxy, admin) = start_with_admin(
+        TestConfig::new(&[a.port]).with(|c| c.admin.token = Some("s3cret-token".into())),
+    );
     let host = "admin.example.internal";
     let response = raw(
         &admin,
@@ -209,17 +208,12 @@ fn with_a_token_any_host_may_ask_with_it() {
     assert_eq!(admin.backend(0)["weight"], 4);
 }
 
-/// A config with the admin API on `0.0.0.0` and `admin_extra` lines in its `[admin]` section.
-fn remote_admin_config(admin_extra: &str) -> (u16, u16, String) {
-    let (port, admin_port) = two_ports();
-    let admin = format!(
-        "[admin]\nenabled = true\nhost = \"0.0.0.0\"\nport = {admin_port}\n{admin_extra}\n"
-    );
-    (
-        port,
-        admin_port,
-        config_toml(port, &[(free_port(), 1)], &admin),
-    )
+/// A config with the admin API on `0.0.0.0`, and `change` applied.
+fn remote_admin_config(change: impl FnOnce(&mut TestConfig)) -> TestConfig {
+    TestConfig::new(&[free_port()])
+        .with(|c| c.admin.host = Some("0.0.0.0".into()))
+        .admin_api()
+        .with(change)
 }
 
 /// The 1-based line of the first line of `toml` that starts with `prefix`.
@@ -232,7 +226,7 @@ fn line_of(toml: &str, prefix: &str) -> usize {
 
 #[test]
 fn an_unauthenticated_admin_beyond_loopback_refuses_to_start() {
-    let (_, _, toml) = remote_admin_config("");
+    let toml = remote_admin_config(|_| {}).to_toml();
     let config = TempConfig::new(&toml);
     let expected = format!(
         "{}:{}:1: admin.host:",
@@ -256,18 +250,14 @@ fn an_unauthenticated_admin_beyond_loopback_refuses_to_start() {
 
 #[test]
 fn allowed_unauthenticated_remote_admin_starts_with_a_warning() {
-    let (port, admin_port, toml) = remote_admin_config("allow_unauthenticated_remote = true\n");
+    let config = remote_admin_config(|c| c.admin.allow_unauthenticated_remote = Some(true));
     let outcome = run_to_exit(
-        &[
-            "--check",
-            "-c",
-            TempConfig::new(&toml).path.to_str().unwrap(),
-        ],
+        &["--check", "-c", config.write().path.to_str().unwrap()],
         &[],
         None,
     );
     assert_eq!(outcome.code(), Some(0), "{outcome:?}");
-    let proxy = Proxy::launch(port, &toml, &[], &[]);
+    let proxy = Proxy::start(&config);
     let warning = proxy.wait_log_lines(1, "warning of the open admin API", |line| {
         line.contains("WARN") && line.contains("without a token")
     });
@@ -275,31 +265,26 @@ fn allowed_unauthenticated_remote_admin_starts_with_a_warning() {
         warning[0].contains("allow_unauthenticated_remote"),
         "{warning:?}"
     );
-    let admin = Admin {
-        port: admin_port,
-        token: None,
-    };
+    let admin = Admin::of(&config);
     assert_eq!(admin.get("/healthz").status(), 200);
 }
 
 #[test]
 fn a_reload_cannot_take_the_token_from_a_remote_admin() {
-    let (port, admin_port, toml) = remote_admin_config("token = \"s3cret-token\"\n");
-    let proxy = Proxy::launch(port, &toml, &[], &[]);
-    let admin = Admin {
-        port: admin_port,
-        token: Some("s3cret-token".into()),
-    };
+    let config = remote_admin_config(|c| c.admin.token = Some("s3cret-token".into()));
+    let proxy = Proxy::start(&config);
+    let admin = Admin::of(&config);
     // The file moves the admin API to loopback (which needs a restart) and drops the token.
-    let moved = toml
-        .replace("host = \"0.0.0.0\"", "host = \"127.0.0.1\"")
-        .replace("token = \"s3cret-token\"\n", "");
-    std::fs::write(&proxy.config.path, moved).expect("rewrite config");
+    let moved = config.with(|c| {
+        c.admin.host = Some("127.0.0.1".into());
+        c.admin.token = None;
+    });
+    proxy.write_config(&moved.to_toml());
     let response = admin.post("/reload", "");
     assert_eq!(response.status(), 422, "{response:?}");
     assert!(response.text().contains("admin.token"), "{response:?}");
     let anonymous = Admin {
-        port: admin_port,
+        port: admin.port,
         token: None,
     };
     assert_eq!(anonymous.get("/status").status(), 401);

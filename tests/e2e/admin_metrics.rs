@@ -3,8 +3,9 @@
 //! `/readyz`; the bearer token; drain and enable; weight changes moving the weighted spread;
 //! and the 422/404/405 answers to bad admin requests.
 
+use crate::common::config::Strategy;
 use crate::common::*;
-use crate::common::{admin::*, config::*, live_backend::*, metrics::*};
+use crate::common::{admin::*, live_backend::*, metrics::*};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -102,8 +103,7 @@ fn status_class(status: u16) -> &'static str {
 fn metrics_have_the_documented_families_and_counters_follow_traffic() {
     let a = LiveBackend::start("a");
     let b = LiveBackend::start("b");
-    let backends = [(a.port, 2), (b.port, 1)];
-    let (proxy, admin) = OpsConfig::new(&backends, "").start();
+    let (proxy, admin) = start_with_admin(TestConfig::weighted(&[(a.port, 2), (b.port, 1)]));
     let before = admin.metrics();
     assert_documented_families(&before);
     assert_eq!(
@@ -222,7 +222,7 @@ fn metrics_have_the_documented_families_and_counters_follow_traffic() {
 #[test]
 fn idle_keep_alive_connections_show_as_parked() {
     let a = LiveBackend::start("a");
-    let (proxy, admin) = OpsConfig::new(&[(a.port, 1)], "").start();
+    let (proxy, admin) = start_with_admin(TestConfig::new(&[a.port]));
     let mut conns: Vec<HttpConn> = (0..2).map(|_| proxy.connect()).collect();
     for conn in conns.iter_mut() {
         conn.get_ok("/");
@@ -244,8 +244,9 @@ fn idle_keep_alive_connections_show_as_parked() {
 fn metrics_count_connect_errors_and_retries() {
     let live = LiveBackend::start("live");
     let dead = free_port();
-    let (proxy, admin) =
-        start_with_admin(&[dead, live.port], "[passive_health]\nenabled = false\n\n");
+    let (proxy, admin) = start_with_admin(
+        TestConfig::new(&[dead, live.port]).with(|c| c.passive_health.enabled = Some(false)),
+    );
     let mut conn = proxy.connect();
     for i in 0..4 {
         assert_eq!(get_backend(&mut conn, &format!("/r/{i}")), "live");
@@ -273,11 +274,11 @@ fn metrics_count_connect_errors_and_retries() {
 fn status_reports_workers_and_backends() {
     let a = LiveBackend::start("a");
     let b = LiveBackend::start("b");
-    let backends = [(a.port, 3), (b.port, 1)];
-    let checks = health_toml(0.2, 0.5, 1, 1);
-    let mut config = OpsConfig::new(&backends, &checks);
-    config.workers = 2;
-    let (proxy, admin) = config.start();
+    let (proxy, admin) = start_with_admin(
+        TestConfig::weighted(&[(a.port, 3), (b.port, 1)])
+            .health_checks(0.2, 0.5, 1, 1)
+            .with(|c| c.server.workers = Some(2)),
+    );
     a.wait_probes(1);
     b.wait_probes(1);
     let counts = spread(&proxy, 6);
@@ -334,7 +335,8 @@ fn status_reports_workers_and_backends() {
 #[test]
 fn healthz_always_ok_and_readyz_follows_backend_availability() {
     let backend = LiveBackend::start("a");
-    let (_proxy, admin) = start_with_admin(&[backend.port], &health_toml(0.2, 0.5, 1, 1));
+    let (_proxy, admin) =
+        start_with_admin(TestConfig::new(&[backend.port]).health_checks(0.2, 0.5, 1, 1));
     let code = |path: &str| admin.get(path).status();
     assert_eq!(code("/healthz"), 200);
     backend.wait_probes(1);
@@ -357,10 +359,9 @@ fn healthz_always_ok_and_readyz_follows_backend_availability() {
 #[test]
 fn token_is_required_on_every_admin_route() {
     let backend = LiveBackend::start("a");
-    let backends = [(backend.port, 1)];
-    let mut config = OpsConfig::new(&backends, "");
-    config.token = Some("s3cret-token");
-    let (_proxy, admin) = config.start();
+    let (_proxy, admin) = start_with_admin(
+        TestConfig::new(&[backend.port]).with(|c| c.admin.token = Some("s3cret-token".into())),
+    );
     let routes = [
         ("GET", "/metrics"),
         ("GET", "/status"),
@@ -400,7 +401,7 @@ fn token_is_required_on_every_admin_route() {
 fn drain_stops_new_traffic_while_the_in_flight_request_completes() {
     let a = LiveBackend::start("a");
     let b = LiveBackend::start("b");
-    let (proxy, admin) = start_with_admin(&[a.port, b.port], "");
+    let (proxy, admin) = start_with_admin(TestConfig::new(&[a.port, b.port]));
     let port = proxy.port;
     let slow = std::thread::spawn(move || {
         let started = Instant::now();
@@ -460,8 +461,8 @@ fn weight_change_by_url_shifts_the_weighted_spread() {
     let a = LiveBackend::start("a");
     let b = LiveBackend::start("b");
     let (proxy, admin) = start_with_admin(
-        &[a.port, b.port],
-        "[load_balancing]\nstrategy = \"weighted\"\n\n",
+        TestConfig::new(&[a.port, b.port])
+            .with(|c| c.load_balancing.strategy = Some(Strategy::Weighted)),
     );
     let assert_near = |counts: &HashMap<String, usize>, name: &str, expected: usize| {
         let got = counts.get(name).copied().unwrap_or(0);
@@ -498,7 +499,7 @@ fn weight_change_by_url_shifts_the_weighted_spread() {
 #[test]
 fn bad_admin_requests_get_422_404_and_405() {
     let a = LiveBackend::start("a");
-    let (_proxy, admin) = start_with_admin(&[a.port], "");
+    let (_proxy, admin) = start_with_admin(TestConfig::new(&[a.port]));
     for body in ["0", "-1", "1000001", "abc", "", "{\"weight\": 0}", "2.5"] {
         let response = admin.post("/backends/0/weight", body);
         assert_eq!(response.status(), 422, "weight {body:?}: {response:?}");
@@ -555,7 +556,7 @@ fn admin_connection_threads(proxy: &Proxy) -> usize {
 #[test]
 fn silent_admin_clients_do_not_hold_up_others_and_are_capped() {
     let backend = LiveBackend::start("a");
-    let (proxy, admin) = start_with_admin(&[backend.port], "");
+    let (proxy, admin) = start_with_admin(TestConfig::new(&[backend.port]));
     // Connections that never send a request: each may take up to the admin I/O timeout (5 s).
     let silent: Vec<HttpConn> = (0..3).map(|_| HttpConn::connect(admin.port)).collect();
     let started = Instant::now();

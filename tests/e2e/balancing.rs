@@ -3,6 +3,7 @@
 //! requests, a backend refusing connections is skipped, and a backend failing its health check
 //! gets no traffic until it passes again.
 
+use crate::common::config::Strategy;
 use crate::common::live_backend::{backend_of, HealthReply, LiveBackend};
 use crate::common::*;
 use std::collections::HashMap;
@@ -38,7 +39,9 @@ fn round_robin_spreads_evenly() {
         Backend::fixed("c"),
     ];
     let ports: Vec<u16> = backends.iter().map(|b| b.port).collect();
-    let proxy = Proxy::start(&ports, "[load_balancing]\nstrategy = \"round_robin\"\n");
+    let proxy = Proxy::start(
+        &TestConfig::new(&ports).with(|c| c.load_balancing.strategy = Some(Strategy::RoundRobin)),
+    );
     let counts = spread(&proxy, 300);
     for name in ["a", "b", "c"] {
         assert_near(&counts, name, 100, 5);
@@ -48,9 +51,9 @@ fn round_robin_spreads_evenly() {
 #[test]
 fn round_robin_ignores_weights() {
     let (a, b) = (Backend::fixed("a"), Backend::fixed("b"));
-    let proxy = Proxy::start_weighted(
-        &[(a.port, 3), (b.port, 1)],
-        "[load_balancing]\nstrategy = \"round_robin\"\n",
+    let proxy = Proxy::start(
+        &TestConfig::weighted(&[(a.port, 3), (b.port, 1)])
+            .with(|c| c.load_balancing.strategy = Some(Strategy::RoundRobin)),
     );
     let counts = spread(&proxy, 200);
     assert_near(&counts, "a", 100, 5);
@@ -60,9 +63,9 @@ fn round_robin_ignores_weights() {
 #[test]
 fn weighted_follows_weights() {
     let (a, b) = (Backend::fixed("a"), Backend::fixed("b"));
-    let proxy = Proxy::start_weighted(
-        &[(a.port, 3), (b.port, 1)],
-        "[load_balancing]\nstrategy = \"weighted\"\n",
+    let proxy = Proxy::start(
+        &TestConfig::weighted(&[(a.port, 3), (b.port, 1)])
+            .with(|c| c.load_balancing.strategy = Some(Strategy::Weighted)),
     );
     let counts = spread(&proxy, 400);
     assert_near(&counts, "a", 300, 8);
@@ -74,8 +77,8 @@ fn refused_backend_is_skipped_by_retrying_the_other() {
     let live = Backend::fixed("live");
     let dead = free_port();
     let proxy = Proxy::start(
-        &[dead, live.port],
-        "[load_balancing]\nstrategy = \"round_robin\"\n",
+        &TestConfig::new(&[dead, live.port])
+            .with(|c| c.load_balancing.strategy = Some(Strategy::RoundRobin)),
     );
     let counts = spread(&proxy, 20);
     assert_eq!(counts.get("live"), Some(&20), "{counts:?}");
@@ -86,7 +89,7 @@ fn backend_failing_health_checks_gets_no_traffic_until_it_recovers() {
     let a = Backend::fixed("a");
     let b = LiveBackend::start("b");
     b.set_health(HealthReply::Status(500));
-    let proxy = Proxy::start(&[a.port, b.port], FAST_HEALTH_CHECKS);
+    let proxy = Proxy::start(&TestConfig::new(&[a.port, b.port]).fast_health_checks());
     let mut conn = proxy.connect();
     let mut run_of_a = 0;
     wait_until(IO_TIMEOUT, "b taken out of rotation", || {
@@ -113,8 +116,8 @@ fn least_conn_steers_around_a_backend_busy_with_slow_requests() {
         LiveBackend::with_delay("b", slow),
     );
     let proxy = Proxy::start(
-        &[a.port, b.port],
-        "[load_balancing]\nstrategy = \"least_conn\"\n",
+        &TestConfig::new(&[a.port, b.port])
+            .with(|c| c.load_balancing.strategy = Some(Strategy::LeastConn)),
     );
     // One slow request holds one backend (whichever the rotation gives it).
     let port = proxy.port;

@@ -9,14 +9,14 @@ use std::time::Duration;
 #[test]
 fn one_mib_content_length_post_arrives_intact() {
     let backend = Backend::body_digest();
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     assert_large_post_arrives(&proxy, &backend);
 }
 
 #[test]
 fn slow_chunked_post_with_extensions_and_trailer_is_decoded() {
     let backend = Backend::body_digest();
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let big = pattern(0x1000, 5);
     let pieces: Vec<&[u8]> = vec![
         b"POST /chunked HTTP/1.1\r\nHost: test.local\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -52,7 +52,7 @@ fn slow_chunked_post_with_extensions_and_trailer_is_decoded() {
 #[test]
 fn expect_100_continue_gets_interim_response_before_body() {
     let backend = Backend::body_digest();
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let mut conn = proxy.connect();
     conn.send(
         b"POST /expect HTTP/1.1\r\nHost: test.local\r\nExpect: 100-continue\r\nContent-Length: 11\r\n\r\n",
@@ -85,7 +85,7 @@ fn upstream_interim_responses_are_not_taken_for_the_final_one() {
             conn.send(&response_bytes("200 OK", &[], body.as_bytes()));
         }
     });
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let mut conn = proxy.connect();
     let response = conn.roundtrip(&request_bytes("POST", "/a", &[], b"abc"));
     assert_eq!(response.status(), 200);
@@ -114,7 +114,7 @@ fn assert_bodyless_response(method: &str, upstream_head: &'static str, status: u
             Reply::Send(response_bytes("200 OK", &[], b"after"))
         }
     });
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let mut conn = proxy.connect();
     let response = conn.roundtrip(&request_bytes(method, "/probe", &[], b""));
     assert_eq!(response.status(), status, "{:?}", response.head);

@@ -47,11 +47,9 @@ fn check_accepts_a_valid_config_without_binding() {
     // Holding the configured port proves --check binds nothing.
     let held = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = held.local_addr().expect("local_addr").port();
-    let config = TempConfig::new(&config_toml(
-        port,
-        &[(free_port(), 2), (free_port(), 1)],
-        "",
-    ));
+    let config = TestConfig::weighted(&[(free_port(), 2), (free_port(), 1)])
+        .with(|c| c.server.port = Some(port))
+        .write();
     assert_config_ok(&check(&config));
 }
 
@@ -231,7 +229,9 @@ fn default_config_path_is_config_toml_in_the_working_directory() {
 }
 
 fn assert_port_in_use_fails(port: u16) {
-    let config = TempConfig::new(&config_toml(port, &[(free_port(), 1)], ""));
+    let config = TestConfig::new(&[free_port()])
+        .with(|c| c.server.port = Some(port))
+        .write();
     let outcome = start(&config);
     assert_ne!(outcome.code(), Some(0), "{outcome:?}");
     assert!(
@@ -259,7 +259,7 @@ fn port_held_by_a_reuseport_listener_fails_startup() {
 fn sigterm_and_sigint_stop_the_proxy() {
     let backend = Backend::fixed("ok");
     for signal in [libc::SIGTERM, libc::SIGINT] {
-        let mut proxy = Proxy::start(&[backend.port], "");
+        let mut proxy = Proxy::start(&TestConfig::new(&[backend.port]));
         proxy.connect().get_ok("/");
         proxy.signal_and_wait(signal);
     }

@@ -37,7 +37,7 @@
 //! hang is a failure naming its cell, not a slow test.
 
 use crate::common::{is_closed_error, response_framing, Backend, Framing, Head, HttpConn, Message};
-use crate::common::{response_bytes, Proxy, Reply, DRIVERS};
+use crate::common::{response_bytes, Proxy, Reply, TestConfig, DRIVERS};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
@@ -727,8 +727,9 @@ fn every_cell_is_delimited_through_the_proxy() {
         // A backend per run: the upstream side of each cell is checked from what it recorded.
         let backend = scripted_backend();
         // A hang must show as a bounded read failing, never as the proxy's idle timeout closing.
-        let extra = "[timeouts]\nidle_timeout_seconds = 60\n";
-        let proxy = Proxy::start_with_env(backend.port, extra, env);
+        let config =
+            TestConfig::new(&[backend.port]).with(|c| c.timeouts.idle_timeout_seconds = Some(60.0));
+        let proxy = Proxy::start_with_env(&config, env);
         assert_matrix_passes(
             proxy.port,
             &backend,

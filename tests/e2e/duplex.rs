@@ -9,8 +9,13 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// Short, so a stalled exchange fails fast.
-const IO_TIMEOUT_TOML: &str = "[timeouts]\nio_timeout_seconds = 3\n";
+/// A proxy in front of `backend` with a short `io_timeout_seconds`, so a stalled exchange
+/// fails fast, on the driver `env` selects.
+fn start_proxy(backend: &Backend, env: &[(&str, &str)]) -> Proxy {
+    let config =
+        TestConfig::new(&[backend.port]).with(|c| c.timeouts.io_timeout_seconds = Some(3.0));
+    Proxy::start_with_env(&config, env)
+}
 /// Longest wait for one echoed piece; the whole exchange must finish well within the test.
 const PIECE_WAIT: Duration = Duration::from_secs(5);
 
@@ -232,7 +237,7 @@ fn ping_pong(proxy: &Proxy, head: &[u8], frame: fn(&[u8]) -> Vec<u8>, end: &[u8]
 fn content_length_body_echoed_piece_by_piece_while_it_uploads() {
     let backend = echo_backend();
     for (driver, env) in DRIVERS {
-        let proxy = Proxy::start_with_env(backend.port, IO_TIMEOUT_TOML, env);
+        let proxy = start_proxy(&backend, env);
         let head = format!(
             "POST /echo HTTP/1.1\r\nHost: test.local\r\nContent-Length: {PING_PONG_LEN}\r\n\r\n"
         );
@@ -244,7 +249,7 @@ fn content_length_body_echoed_piece_by_piece_while_it_uploads() {
 fn chunked_body_echoed_piece_by_piece_while_it_uploads() {
     let backend = echo_backend();
     for (driver, env) in DRIVERS {
-        let proxy = Proxy::start_with_env(backend.port, IO_TIMEOUT_TOML, env);
+        let proxy = start_proxy(&backend, env);
         let head = b"POST /echo HTTP/1.1\r\nHost: test.local\r\nTransfer-Encoding: chunked\r\n\r\n";
         ping_pong(&proxy, head, chunk, b"0\r\n\r\n", driver);
     }
@@ -295,7 +300,7 @@ fn both_ways_at_once(proxy: &Proxy, chunked: bool, case: &str) {
 fn large_bodies_stream_both_ways_at_once() {
     let backend = echo_backend();
     for (driver, env) in DRIVERS {
-        let proxy = Proxy::start_with_env(backend.port, IO_TIMEOUT_TOML, env);
+        let proxy = start_proxy(&backend, env);
         both_ways_at_once(&proxy, false, &format!("{driver}, Content-Length"));
         both_ways_at_once(&proxy, true, &format!("{driver}, chunked"));
     }

@@ -107,7 +107,7 @@ fn upstream_rejection_before_the_body_ends_reaches_the_client() {
         }
     });
     for (driver, env) in DRIVERS {
-        let proxy = Proxy::start_with_env(backend.port, "", env);
+        let proxy = Proxy::start_with_env(&TestConfig::new(&[backend.port]), env);
         for (name, head, body) in uploads(UNREAD_UPLOAD) {
             let mut conn = proxy.connect();
             let upload = upload_in_background(&conn, &head, body);
@@ -130,8 +130,10 @@ fn upstream_that_answers_and_stops_reading_is_relayed_without_waiting() {
         }
     });
     for (driver, env) in DRIVERS {
-        let proxy =
-            Proxy::start_with_env(backend.port, "[timeouts]\nio_timeout_seconds = 60\n", env);
+        let proxy = Proxy::start_with_env(
+            &TestConfig::new(&[backend.port]).with(|c| c.timeouts.io_timeout_seconds = Some(60.0)),
+            env,
+        );
         let (_, head, body) = uploads(UNREAD_UPLOAD).swap_remove(0);
         let mut conn = proxy.connect();
         let started = Instant::now();
@@ -148,7 +150,9 @@ fn upstream_that_answers_and_stops_reading_is_relayed_without_waiting() {
 #[test]
 fn proxy_rejection_of_an_oversized_upload_is_read_by_the_client() {
     let backend = Backend::body_digest();
-    let proxy = Proxy::start(&[backend.port], "[limits]\nmax_body_bytes = 1000\n");
+    let proxy = Proxy::start(
+        &TestConfig::new(&[backend.port]).with(|c| c.limits.max_body_bytes = Some(1000)),
+    );
     for (name, head, body) in uploads(UNREAD_UPLOAD) {
         let mut conn = proxy.connect();
         let upload = upload_in_background(&conn, &head, body);
@@ -187,7 +191,7 @@ fn interim_answer_during_the_body_keeps_the_exchange_whole() {
             return;
         }
     });
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let (_, head, body) = uploads(READ_UPLOAD).swap_remove(0);
     let digest = sha256_hex(&body);
     let mut conn = proxy.connect();
@@ -210,7 +214,7 @@ fn interim_answer_during_the_body_keeps_the_exchange_whole() {
 #[test]
 fn upload_pipelined_behind_a_close_request_is_discarded_not_reset() {
     let backend = Backend::body_digest();
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let mut conn = proxy.connect();
     let mut head = b"GET /first HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n".to_vec();
     head.extend_from_slice(&post_head(&format!("Content-Length: {UNREAD_UPLOAD}\r\n")));
@@ -229,7 +233,9 @@ fn upload_pipelined_behind_a_close_request_is_discarded_not_reset() {
 #[test]
 fn lingering_close_ends_after_five_silent_seconds() {
     let backend = Backend::body_digest();
-    let proxy = Proxy::start(&[backend.port], "[limits]\nmax_body_bytes = 1000\n");
+    let proxy = Proxy::start(
+        &TestConfig::new(&[backend.port]).with(|c| c.limits.max_body_bytes = Some(1000)),
+    );
     let mut conn = proxy.connect();
     conn.send(&post_head("Content-Length: 100000\r\n"));
     conn.send(&[b'x'; 500]);
@@ -249,7 +255,9 @@ fn lingering_close_ends_after_five_silent_seconds() {
 #[test]
 fn shutdown_does_not_wait_for_a_lingering_connection() {
     let backend = Backend::body_digest();
-    let mut proxy = Proxy::start(&[backend.port], "[limits]\nmax_body_bytes = 1000\n");
+    let mut proxy = Proxy::start(
+        &TestConfig::new(&[backend.port]).with(|c| c.limits.max_body_bytes = Some(1000)),
+    );
     let mut conn = proxy.connect();
     conn.send(&post_head("Content-Length: 100000\r\n"));
     let response = conn.read_response("POST").expect("413");

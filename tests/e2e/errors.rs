@@ -23,11 +23,14 @@ fn assert_error(response: &Message, code: u16) {
     );
 }
 
-/// Sends `request` on a fresh connection to a proxy (with `extra` config) in front of a
-/// live backend, and returns the response plus the connection.
-fn respond_to(extra: &str, request: &[u8]) -> (Message, HttpConn, Backend, Proxy) {
+/// Sends `request` on a fresh connection to a proxy (its config changed by `change`) in front
+/// of a live backend, and returns the response plus the connection.
+fn respond_to(
+    change: impl FnOnce(&mut TestConfig),
+    request: &[u8],
+) -> (Message, HttpConn, Backend, Proxy) {
     let backend = Backend::fixed("should not be reached");
-    let proxy = Proxy::start(&[backend.port], extra);
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]).with(change));
     let mut conn = proxy.connect();
     let response = conn.roundtrip(request);
     (response, conn, backend, proxy)
@@ -47,7 +50,7 @@ fn assert_prompt_504(proxy: &Proxy) {
 
 #[test]
 fn all_backends_refusing_gives_502() {
-    let proxy = Proxy::start(&[free_port(), free_port()], "");
+    let proxy = Proxy::start(&TestConfig::new(&[free_port(), free_port()]));
     let mut conn = proxy.connect();
     let response = conn.roundtrip(&get_request("/"));
     assert_error(&response, 502);
@@ -65,7 +68,7 @@ fn all_backends_refusing_gives_502() {
 fn no_backend_up_gives_503_until_one_recovers() {
     let backend = LiveBackend::start("recovered");
     backend.set_health(HealthReply::Status(500));
-    let proxy = Proxy::start(&[backend.port], FAST_HEALTH_CHECKS);
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]).fast_health_checks());
     let mut conn = proxy.connect();
     let mut last = None;
     wait_until(IO_TIMEOUT, "a 503 once the health check failed", || {
@@ -85,7 +88,7 @@ fn no_backend_up_gives_503_until_one_recovers() {
 #[test]
 fn malformed_upstream_response_gives_502() {
     let backend = Backend::recording(|_| Reply::SendClose(b"this is not http\r\n\r\n".to_vec()));
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let response = proxy.connect().roundtrip(&get_request("/"));
     assert_error(&response, 502);
 }
@@ -95,8 +98,7 @@ fn silent_upstream_gives_504_after_request_timeout() {
     // The backend never answers; it reports whether the proxy then closed the upstream connection.
     let (backend, closed_rx) = Backend::watch_close(Vec::new());
     let proxy = Proxy::start(
-        &[backend.port],
-        "[timeouts]\nrequest_timeout_seconds = 0.5\n",
+        &TestConfig::new(&[backend.port]).with(|c| c.timeouts.request_timeout_seconds = Some(0.5)),
     );
     assert_prompt_504(&proxy);
     let upstream = closed_rx
@@ -115,13 +117,15 @@ fn connect_timeout_gives_504() {
     // so the proxy's connect hangs until connect_timeout.
     let (_listener, port) = raw_listener(false, 0);
     let _queued = TcpStream::connect(("127.0.0.1", port)).expect("fill the accept queue");
-    let proxy = Proxy::start(&[port], "[timeouts]\nconnect_timeout_seconds = 0.5\n");
+    let proxy = Proxy::start(
+        &TestConfig::new(&[port]).with(|c| c.timeouts.connect_timeout_seconds = Some(0.5)),
+    );
     assert_prompt_504(&proxy);
 }
 
 #[test]
 fn garbage_request_line_gives_400_then_close() {
-    let (response, mut conn, backend, _proxy) = respond_to("", b"GARBAGE\r\n\r\n");
+    let (response, mut conn, backend, _proxy) = respond_to(|_| {}, b"GARBAGE\r\n\r\n");
     assert_error(&response, 400);
     assert!(response.head.connection_has("close"), "{:?}", response.head);
     conn.expect_closed();
@@ -132,8 +136,8 @@ fn garbage_request_line_gives_400_then_close() {
 fn incomplete_request_head_gives_408_then_close() {
     let backend = Backend::fixed("unused");
     let proxy = Proxy::start(
-        &[backend.port],
-        "[timeouts]\nclient_header_timeout_seconds = 0.5\n",
+        &TestConfig::new(&[backend.port])
+            .with(|c| c.timeouts.client_header_timeout_seconds = Some(0.5)),
     );
     let mut conn = proxy.connect();
     conn.send(b"GET / HTTP/1.1\r\nHost: test.local\r\n");
@@ -146,7 +150,7 @@ fn incomplete_request_head_gives_408_then_close() {
 #[test]
 fn body_over_limit_gives_413() {
     let request = request_bytes("POST", "/big", &[], &[b'x'; 1000]);
-    let (response, ..) = respond_to("[limits]\nmax_body_bytes = 100\n", &request);
+    let (response, ..) = respond_to(|c| c.limits.max_body_bytes = Some(100), &request);
     assert_error(&response, 413);
 }
 
@@ -154,7 +158,7 @@ fn body_over_limit_gives_413() {
 fn long_request_line_gives_414() {
     let path = format!("/{}", "a".repeat(300));
     let (response, ..) = respond_to(
-        "[limits]\nmax_request_line_bytes = 200\n",
+        |c| c.limits.max_request_line_bytes = Some(200),
         &get_request(&path),
     );
     assert_error(&response, 414);
@@ -168,7 +172,7 @@ fn too_many_headers_gives_431() {
         .map(|(n, v)| (n.as_str(), v.as_str()))
         .collect();
     let request = request_bytes("GET", "/", &headers, b"");
-    let (response, ..) = respond_to("[limits]\nmax_headers = 5\n", &request);
+    let (response, ..) = respond_to(|c| c.limits.max_headers = Some(5), &request);
     assert_error(&response, 431);
 }
 
@@ -176,14 +180,14 @@ fn too_many_headers_gives_431() {
 fn oversized_header_block_gives_431() {
     let long = "v".repeat(4000);
     let request = request_bytes("GET", "/", &[("X-Long", &long)], b"");
-    let (response, ..) = respond_to("[limits]\nmax_header_bytes = 1024\n", &request);
+    let (response, ..) = respond_to(|c| c.limits.max_header_bytes = Some(1024), &request);
     assert_error(&response, 431);
 }
 
 #[test]
 fn unsupported_transfer_encoding_gives_501() {
     let request = b"POST / HTTP/1.1\r\nHost: test.local\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
-    let (response, _conn, backend, _proxy) = respond_to("", request);
+    let (response, _conn, backend, _proxy) = respond_to(|_| {}, request);
     assert_error(&response, 501);
     assert!(backend.requests().is_empty());
 }
@@ -192,7 +196,7 @@ fn unsupported_transfer_encoding_gives_501() {
 fn unknown_http_version_gives_505() {
     for version in ["HTTP/1.2", "HTTP/2.0"] {
         let request = format!("GET / {version}\r\nHost: test.local\r\n\r\n");
-        let (response, ..) = respond_to("", request.as_bytes());
+        let (response, ..) = respond_to(|_| {}, request.as_bytes());
         assert_error(&response, 505);
     }
 }
@@ -200,7 +204,9 @@ fn unknown_http_version_gives_505() {
 #[test]
 fn client_stalling_its_body_is_disconnected_after_io_timeout() {
     let backend = Backend::body_digest();
-    let proxy = Proxy::start(&[backend.port], "[timeouts]\nio_timeout_seconds = 0.5\n");
+    let proxy = Proxy::start(
+        &TestConfig::new(&[backend.port]).with(|c| c.timeouts.io_timeout_seconds = Some(0.5)),
+    );
     let mut conn = proxy.connect();
     conn.send(b"POST /stall HTTP/1.1\r\nHost: test.local\r\nContent-Length: 100\r\n\r\n0123456789");
     let rest = match conn.read_to_close() {

@@ -4,7 +4,6 @@
 //! with 503 and neither health check nor passive ejection blames the backends.
 
 use crate::common::admin::Admin;
-use crate::common::config::{two_ports, OpsConfig};
 use crate::common::*;
 use std::io::{self, Read};
 use std::os::unix::process::CommandExt;
@@ -47,22 +46,13 @@ fn limit_open_files(command: &mut Command, nofile: u64) {
     }
 }
 
-/// The proxy (one worker, admin on) in front of `backends` with `extra` TOML, started with
-/// `nofile` descriptors at most when given.
-fn start(backends: &[&Backend], extra: &str, nofile: Option<u64>) -> (Proxy, Admin) {
-    let weighted: Vec<(u16, u32)> = backends.iter().map(|b| (b.port, 1)).collect();
-    let (port, admin_port) = two_ports();
-    let toml = OpsConfig::new(&weighted, extra).toml(port, admin_port);
-    let proxy = Proxy::launch_with(port, &toml, &[], &[], |command| {
-        if let Some(nofile) = nofile {
-            limit_open_files(command, nofile);
-        }
+/// The proxy (one worker, admin on) on `config`, started with `nofile` descriptors at most.
+fn start(config: TestConfig, nofile: u64) -> (Proxy, Admin) {
+    let config = config.admin_api();
+    let proxy = Proxy::start_with(&config, &[], &[], |command| {
+        limit_open_files(command, nofile)
     });
-    let admin = Admin {
-        port: admin_port,
-        token: None,
-    };
-    (proxy, admin)
+    (proxy, Admin::of(&config))
 }
 
 /// Answers `/health` and other GETs with 200 (keep-alive), `/ws` with 101 and then echoes,
@@ -252,9 +242,8 @@ fn served_again(proxy: &Proxy) {
 fn slow_uploads_and_tunnels_reach_the_cap_before_descriptors_run_out() {
     let backends = [mixed_backend(), mixed_backend()];
     let (proxy, admin) = start(
-        &[&backends[0], &backends[1]],
-        FAST_HEALTH_CHECKS,
-        Some(NOFILE),
+        TestConfig::new(&[backends[0].port, backends[1].port]).fast_health_checks(),
+        NOFILE,
     );
     let cap = fitted_max_connections(&proxy);
     assert!(
@@ -351,15 +340,12 @@ fn out_of_descriptors_new_work_is_shed_with_503_and_no_backend_is_blamed() {
     let backends = [mixed_backend(), mixed_backend()];
     for (driver, env) in DRIVERS {
         // No idle pool: every request needs a new upstream socket.
-        let extra = format!("{FAST_HEALTH_CHECKS}[upstream]\nmax_idle_per_backend = 0\n");
-        let weighted = [(backends[0].port, 1), (backends[1].port, 1)];
-        let (port, admin_port) = two_ports();
-        let toml = OpsConfig::new(&weighted, &extra).toml(port, admin_port);
-        let proxy = Proxy::launch(port, &toml, &[], env);
-        let admin = Admin {
-            port: admin_port,
-            token: None,
-        };
+        let config = TestConfig::new(&[backends[0].port, backends[1].port])
+            .fast_health_checks()
+            .with(|c| c.upstream.max_idle_per_backend = Some(0))
+            .admin_api();
+        let proxy = Proxy::start_with_env(&config, env);
+        let admin = Admin::of(&config);
         let mut client = proxy.connect();
         client.get_ok("/before");
         // Parked (quiet for 0.5 s): its descriptors are all open before the shortage, and it
@@ -413,8 +399,8 @@ fn out_of_descriptors_new_work_is_shed_with_503_and_no_backend_is_blamed() {
         );
         let requests = |class| metrics.value("ringproxy_requests_total", &[("class", class)]);
         assert!(requests("5xx") >= 5.0, "{driver}");
-        for b in &weighted {
-            let url = crate::common::live_backend::backend_url(b.0);
+        for backend in &backends {
+            let url = crate::common::live_backend::backend_url(backend.port);
             let errors = metrics.value(
                 "ringproxy_backend_connect_errors_total",
                 &[("backend", url.as_str())],

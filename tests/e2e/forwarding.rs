@@ -84,7 +84,7 @@ fn assert_line(head: &str, line: &str) {
 
 fn start() -> (HeadRecorder, Proxy) {
     let upstream = HeadRecorder::start();
-    let proxy = Proxy::start(&[upstream.backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[upstream.backend.port]));
     (upstream, proxy)
 }
 
@@ -169,8 +169,8 @@ fn header_names_with_underscores_are_dropped_by_default() {
 fn header_names_with_underscores_pass_when_allowed() {
     let upstream = HeadRecorder::start();
     let proxy = Proxy::start(
-        &[upstream.backend.port],
-        "[limits]\nallow_underscores_in_headers = true\n",
+        &TestConfig::new(&[upstream.backend.port])
+            .with(|c| c.limits.allow_underscores_in_headers = Some(true)),
     );
     let head = forwarded(&proxy, &upstream, UNDERSCORED);
     assert_line(&head, "X_Forwarded_Proto: https");
@@ -183,7 +183,7 @@ fn header_names_with_underscores_pass_when_allowed() {
 fn trailer_names_with_underscores_are_dropped_by_default() {
     // The same folding applies to an upstream that merges trailers into the header section.
     let backend = Backend::fixed("ok");
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let request = b"POST /t HTTP/1.1\r\nHost: test.local\r\nTE: trailers\r\n\
                     Transfer-Encoding: chunked\r\n\r\n\
                     2\r\nhi\r\n0\r\nX_Forwarded_Proto: https\r\nX-Checksum: abc\r\n\r\n";
@@ -240,12 +240,11 @@ fn forwarded_is_appended_to_the_clients() {
 
 #[test]
 fn forwarded_quotes_an_ipv6_client() {
-    let port = free_port();
     let upstream = HeadRecorder::start();
-    let toml = config_toml(port, &[(upstream.backend.port, 1)], "")
-        .replace("host = \"127.0.0.1\"", "host = \"::1\"");
+    let config =
+        TestConfig::new(&[upstream.backend.port]).with(|c| c.server.host = Some("::1".into()));
     let ip = IpAddr::V6(Ipv6Addr::LOCALHOST);
-    let proxy = Proxy::launch_on(ip, port, &toml, &[], &[]);
+    let proxy = Proxy::start(&config);
     let stream = TcpStream::connect(SocketAddr::from((ip, proxy.port))).expect("connect [::1]");
     let mut conn = HttpConn::new(stream);
     let response = conn.roundtrip(b"GET /v6 HTTP/1.1\r\nHost: test.local\r\n\r\n");

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 /// A proxy in front of an echo backend, for the request families.
 fn echo_proxy() -> (Backend, Proxy) {
     let backend = Backend::echo_target();
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     (backend, proxy)
 }
 
@@ -430,7 +430,7 @@ fn malformed_upstream_head_gives_502_and_is_not_reused() {
         ),
     ];
     let backend = misbehaving_upstream(cases.iter().map(|(_, b)| b.to_vec()).collect());
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     // Warm the pool: the first bad answer then arrives on a reused connection.
     proxy.connect().get_ok("/warm");
     let mut failures = Vec::new();
@@ -465,7 +465,7 @@ fn malformed_upstream_head_gives_502_and_is_not_reused() {
 fn bad_upstream_chunk_before_anything_was_forwarded_gives_502() {
     let bad = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n";
     let backend = misbehaving_upstream(vec![bad.to_vec()]);
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let mut conn = proxy.connect();
     conn.send(&get_request("/bad/0"));
     let response = conn.read_response("GET");
@@ -509,7 +509,7 @@ fn breaking_backend(log: Arc<Mutex<Vec<(usize, String)>>>) -> Backend {
 fn upstream_failing_after_the_head_was_forwarded_resets_the_client() {
     let log: Arc<Mutex<Vec<(usize, String)>>> = Arc::default();
     let backend = breaking_backend(log.clone());
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let mut conn = proxy.connect();
     conn.send(&get_request("/break"));
     match conn.read_response("GET") {
@@ -530,7 +530,7 @@ fn upstream_failing_after_the_head_was_forwarded_resets_the_client() {
 #[test]
 fn cut_close_delimited_body_ends_in_a_reset_even_with_a_pipelined_request() {
     let backend = breaking_backend(Arc::default());
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let mut conn = proxy.connect();
     conn.send(b"GET /break HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /next HTTP/1.0\r\n\r\n");
     match conn.read_to_close() {
@@ -547,7 +547,7 @@ fn upstream_response_with_both_lengths_is_chunked_and_not_reused() {
     let both =
         b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
     let backend = misbehaving_upstream(vec![both.to_vec()]);
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let response = proxy.connect().roundtrip(&get_request("/bad/0"));
     assert_eq!(response.status(), 200, "{response:?}");
     assert_eq!(response.text(), "hello", "Transfer-Encoding must win");
@@ -566,8 +566,8 @@ fn upstream_response_with_both_lengths_is_chunked_and_not_reused() {
 fn trickled_request_head_gets_408_at_the_header_timeout() {
     let backend = Backend::echo_target();
     let proxy = Proxy::start(
-        &[backend.port],
-        "[timeouts]\nclient_header_timeout_seconds = 1\n",
+        &TestConfig::new(&[backend.port])
+            .with(|c| c.timeouts.client_header_timeout_seconds = Some(1.0)),
     );
     let mut conn = proxy.connect();
     let mut writer = conn.stream().try_clone().expect("clone stream");
@@ -603,7 +603,9 @@ fn trickled_request_head_gets_408_at_the_header_timeout() {
 #[test]
 fn stalled_request_body_is_cut_off_after_io_timeout() {
     let backend = Backend::body_digest();
-    let proxy = Proxy::start(&[backend.port], "[timeouts]\nio_timeout_seconds = 0.5\n");
+    let proxy = Proxy::start(
+        &TestConfig::new(&[backend.port]).with(|c| c.timeouts.io_timeout_seconds = Some(0.5)),
+    );
     let mut conn = proxy.connect();
     let started = Instant::now();
     conn.send(b"POST /stall HTTP/1.1\r\nHost: test.local\r\nContent-Length: 100\r\n\r\n0123456789");
@@ -652,7 +654,9 @@ fn client_not_reading_a_large_response_is_cut_off_after_io_timeout() {
         let outcome = (sent, result.map_err(|e| e.kind()), Instant::now());
         let _ = tx.lock().expect("lock").send(outcome);
     });
-    let proxy = Proxy::start(&[backend.port], "[timeouts]\nio_timeout_seconds = 0.5\n");
+    let proxy = Proxy::start(
+        &TestConfig::new(&[backend.port]).with(|c| c.timeouts.io_timeout_seconds = Some(0.5)),
+    );
 
     // A client with a small receive buffer that never reads.
     let socket =

@@ -3,7 +3,7 @@
 //! itself are access-logged (with the reason and what arrived of the target, cut at 2 KiB) and
 //! counted; `Content-Length: 0` kept both ways, so empty answers on keep-alive stay prompt.
 
-use crate::common::config::*;
+use crate::common::admin::start_with_admin;
 use crate::common::*;
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 /// client sends its body anyway); the body must arrive whole.
 fn upload_expecting_continue(version: &str) {
     let backend = Backend::body_digest();
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let mut conn = proxy.connect();
     let head = format!(
         "POST /up {version}\r\nHost: test.local\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
@@ -45,7 +45,7 @@ fn http11_client_still_gets_100_continue() {
 fn answering(reply: &[u8]) -> (Backend, Proxy) {
     let reply = reply.to_vec();
     let backend = Backend::recording(move |_| Reply::SendClose(reply.clone()));
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     (backend, proxy)
 }
 
@@ -72,10 +72,12 @@ fn response_status_outside_100_to_599_is_502() {
 
 #[test]
 fn refused_requests_are_access_logged_and_counted() {
-    let extra = "[limits]\nmax_body_bytes = 100\nmax_headers = 10\n\n\
-                 [timeouts]\nclient_header_timeout_seconds = 0.5\n\n";
     let backend = Backend::fixed("ok");
-    let (proxy, admin) = start_with_admin(&[backend.port], extra);
+    let (proxy, admin) = start_with_admin(TestConfig::new(&[backend.port]).with(|c| {
+        c.limits.max_body_bytes = Some(100);
+        c.limits.max_headers = Some(10);
+        c.timeouts.client_header_timeout_seconds = Some(0.5);
+    }));
     let long = format!("/long-{}", "a".repeat(3000));
     let too_long = format!("/too-long-{}", "b".repeat(9000));
     let many_headers: String = (0..11).map(|i| format!("X-H{i}: v\r\n")).collect();
@@ -183,7 +185,7 @@ fn empty_answers_keep_content_length_zero_on_a_keep_alive_connection() {
             _ => response_bytes("200 OK", &[], b""),
         })
     });
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let mut conn = proxy.connect();
     conn.stream()
         .set_read_timeout(Some(Duration::from_secs(2)))

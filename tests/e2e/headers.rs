@@ -7,7 +7,7 @@ use crate::common::*;
 /// Sends `request` (raw bytes) through a fresh proxy and returns the head the backend saw.
 fn upstream_head_for(request: &[u8]) -> Head {
     let backend = Backend::fixed("ok");
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let mut conn = proxy.connect();
     let response = conn.roundtrip(request);
     assert_eq!(response.status(), 200, "{response:?}");
@@ -79,7 +79,7 @@ fn response_hop_by_hop_headers_are_removed() {
         b"body",
     );
     let backend = Backend::recording(move |_| Reply::Send(reply.clone()));
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let mut conn = proxy.connect();
     for _ in 0..2 {
         let response = conn.get_ok("/hop");
@@ -147,7 +147,7 @@ fn repeated_end_to_end_headers_pass_in_order() {
         b"x",
     );
     let backend = Backend::recording(move |_| Reply::Send(reply.clone()));
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let mut conn = proxy.connect();
     let request = request_bytes("GET", "/multi", &[("X-Multi", "a"), ("X-Multi", "b")], b"");
     let response = conn.roundtrip(&request);

@@ -5,12 +5,13 @@
 //! failed request while a backend dies under load; a backend down at startup gets no request.
 
 use crate::common::*;
-use crate::common::{admin::*, config::*, live_backend::*, load::*};
+use crate::common::{admin::*, live_backend::*, load::*};
 use std::time::{Duration, Instant};
 
-/// Active checks every 0.2 s with a 0.5 s timeout and the given fall/rise thresholds.
-fn checks(fall: u32, rise: u32) -> String {
-    health_toml(0.2, 0.5, fall, rise)
+/// The proxy in front of `backends` with active checks every 0.2 s, a 0.5 s timeout and the
+/// given fall/rise thresholds.
+fn checks(backends: &[u16], fall: u32, rise: u32) -> TestConfig {
+    TestConfig::new(backends).health_checks(0.2, 0.5, fall, rise)
 }
 
 /// Slack on top of a documented bound, for scheduling on a busy 2-core machine.
@@ -37,8 +38,9 @@ fn killed_backend_is_taken_out_in_time_and_returns_after_rise_checks() {
     let a = LiveBackend::start("a");
     let mut b = LiveBackend::start("b");
     // Passive ejection off: the active checks alone must take b out.
-    let extra = format!("{}[passive_health]\nenabled = false\n\n", checks(2, 2));
-    let (proxy, admin) = start_with_admin(&[a.port, b.port], &extra);
+    let (proxy, admin) = start_with_admin(
+        checks(&[a.port, b.port], 2, 2).with(|c| c.passive_health.enabled = Some(false)),
+    );
     b.wait_probes(2); // passed its first check: from now on it takes two failures
 
     b.kill();
@@ -95,7 +97,7 @@ fn killed_backend_is_taken_out_in_time_and_returns_after_rise_checks() {
 fn health_500_takes_backend_down_although_it_accepts_connections() {
     let a = LiveBackend::start("a");
     let b = LiveBackend::start("b");
-    let (proxy, admin) = start_with_admin(&[a.port, b.port], &checks(2, 1));
+    let (proxy, admin) = start_with_admin(checks(&[a.port, b.port], 2, 1));
     b.wait_probes(1);
     admin.wait_up(1, true, IO_TIMEOUT);
 
@@ -142,7 +144,7 @@ fn hanging_health_endpoint_fails_at_the_check_timeout() {
     let a = LiveBackend::start("a");
     let b = LiveBackend::start("b");
     // One failure takes it down; the timeout (0.5 s) is longer than the interval (0.2 s).
-    let (proxy, admin) = start_with_admin(&[a.port, b.port], &health_toml(0.2, 0.5, 1, 1));
+    let (proxy, admin) = start_with_admin(checks(&[a.port, b.port], 1, 1));
     b.wait_probes(1);
     admin.wait_up(1, true, IO_TIMEOUT);
 
@@ -183,7 +185,8 @@ fn all_backends_down_gives_fast_503_with_retry_after() {
     let b = LiveBackend::start("b");
     a.set_health(HealthReply::Hang);
     b.set_health(HealthReply::Hang);
-    let (proxy, admin) = start_with_admin(&[a.port, b.port], &health_toml(0.2, 0.3, 1, 1));
+    let (proxy, admin) =
+        start_with_admin(TestConfig::new(&[a.port, b.port]).health_checks(0.2, 0.3, 1, 1));
     admin.wait_up(0, false, IO_TIMEOUT);
     admin.wait_up(1, false, IO_TIMEOUT);
 
@@ -227,14 +230,21 @@ fn resetting_backend() -> Backend {
     })
 }
 
-const PASSIVE_ONLY: &str = "[health_checks]\nenabled = false\n\n\
-    [passive_health]\nenabled = true\nmax_fails = 2\nfail_timeout_seconds = 1\n\n";
+/// Active checks off, passive ejection after 2 failures for 1 s.
+fn passive_only(backends: &[u16]) -> TestConfig {
+    TestConfig::new(backends).with(|c| {
+        c.health_checks.enabled = Some(false);
+        c.passive_health.enabled = Some(true);
+        c.passive_health.max_fails = Some(2);
+        c.passive_health.fail_timeout_seconds = Some(1.0);
+    })
+}
 
 #[test]
 fn passive_ejection_of_a_resetting_backend_then_one_trial() {
     let a = LiveBackend::start("a");
     let bad = resetting_backend();
-    let (proxy, admin) = start_with_admin(&[a.port, bad.port], PASSIVE_ONLY);
+    let (proxy, admin) = start_with_admin(passive_only(&[a.port, bad.port]));
 
     // Every request succeeds (retried on a); bad is tried exactly max_fails times.
     assert_all_served_by(&proxy, 20, "a");
@@ -280,7 +290,7 @@ fn passive_ejection_of_a_resetting_backend_then_one_trial() {
 fn passive_ejection_of_a_refusing_backend_then_one_trial() {
     let a = LiveBackend::start("a");
     let dead = free_port();
-    let (proxy, admin) = start_with_admin(&[a.port, dead], PASSIVE_ONLY);
+    let (proxy, admin) = start_with_admin(passive_only(&[a.port, dead]));
 
     assert_all_served_by(&proxy, 20, "a");
     assert_eq!(
@@ -301,10 +311,10 @@ fn passive_ejection_of_a_refusing_backend_then_one_trial() {
 #[test]
 fn disabled_active_checks_send_no_probe() {
     let backend = Backend::fixed("a");
-    let (proxy, admin) = start_with_admin(
-        &[backend.port],
-        "[health_checks]\nenabled = false\ninterval_seconds = 0.2\n\n",
-    );
+    let (proxy, admin) = start_with_admin(TestConfig::new(&[backend.port]).with(|c| {
+        c.health_checks.enabled = Some(false);
+        c.health_checks.interval_seconds = Some(0.2);
+    }));
     std::thread::sleep(Duration::from_millis(1000)); // five intervals
     let mut conn = proxy.connect();
     for i in 0..3 {
@@ -325,11 +335,8 @@ fn disabled_active_checks_send_no_probe() {
 fn no_failed_request_while_a_backend_dies_under_load() {
     let a = LiveBackend::start("a");
     let mut b = LiveBackend::start("b");
-    let backends = [(a.port, 1), (b.port, 1)];
-    let extra = checks(2, 2);
-    let mut config = OpsConfig::new(&backends, &extra);
-    config.workers = 2;
-    let (proxy, _admin) = config.start();
+    let (proxy, _admin) =
+        start_with_admin(checks(&[a.port, b.port], 2, 2).with(|c| c.server.workers = Some(2)));
     b.wait_probes(1);
 
     let clients = 4;
@@ -362,7 +369,8 @@ fn backend_down_at_startup_gets_no_request_once_checked() {
     let b = LiveBackend::start("b");
     b.set_health(HealthReply::Status(503));
     // A long interval and failure_threshold = 3: only the startup rules can take b down fast.
-    let (proxy, admin) = start_with_admin(&[a.port, b.port], &health_toml(5.0, 3.0, 3, 2));
+    let (proxy, admin) =
+        start_with_admin(TestConfig::new(&[a.port, b.port]).health_checks(5.0, 3.0, 3, 2));
     let started = Instant::now();
     b.wait_probes(1);
     assert!(

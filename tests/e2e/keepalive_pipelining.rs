@@ -13,7 +13,7 @@ const HTTP10_KEEPALIVE_GET: &[u8] =
 #[test]
 fn keep_alive_serves_several_requests_on_one_connection() {
     let backend = Backend::echo_target();
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let mut conn = proxy.connect();
     for i in 0..5 {
         let path = format!("/ka/{i}");
@@ -44,7 +44,7 @@ fn pipelined_requests_are_answered_in_order() {
         );
         Reply::Send(response_bytes("200 OK", &[], body.as_bytes()))
     });
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let mut conn = proxy.connect();
     let batch = [
         get_request("/slow"),
@@ -73,7 +73,7 @@ fn pipelined_requests_are_answered_in_order() {
 #[test]
 fn http11_connection_close_is_honoured() {
     let backend = Backend::fixed("bye");
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let mut conn = proxy.connect();
     let response = conn.roundtrip(&request_bytes("GET", "/", &[("Connection", "close")], b""));
     assert_eq!(response.status(), 200);
@@ -84,7 +84,7 @@ fn http11_connection_close_is_honoured() {
 #[test]
 fn http10_client_without_keep_alive_gets_response_then_close() {
     let backend = Backend::fixed("hello-ten");
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let mut conn = proxy.connect();
     let response = conn.roundtrip(HTTP10_GET);
     assert_eq!(response.status(), 200);
@@ -100,7 +100,7 @@ fn http10_client_without_keep_alive_gets_response_then_close() {
 #[test]
 fn http10_keep_alive_client_stays_open_when_response_has_length() {
     let backend = Backend::fixed("hello-ten");
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let mut conn = proxy.connect();
     for _ in 0..2 {
         let response = conn.roundtrip(HTTP10_KEEPALIVE_GET);
@@ -125,7 +125,7 @@ fn http10_keep_alive_client_stays_open_when_response_has_length() {
 fn assert_chunked_upstream_unchunked_for_http10(request: &[u8]) {
     let reply = chunked_response_bytes("200 OK", &[], &[b"hello", b", ", b"world", &[b'x'; 3000]]);
     let backend = Backend::recording(move |_| Reply::Send(reply.clone()));
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let mut conn = proxy.connect();
     let response = conn.roundtrip(request);
     assert_eq!(response.status(), 200);
@@ -158,7 +158,9 @@ fn chunked_upstream_reaches_http10_keep_alive_client_close_delimited() {
 #[test]
 fn idle_client_connection_is_closed_silently() {
     let backend = Backend::fixed("ok");
-    let proxy = Proxy::start(&[backend.port], "[timeouts]\nidle_timeout_seconds = 0.5\n");
+    let proxy = Proxy::start(
+        &TestConfig::new(&[backend.port]).with(|c| c.timeouts.idle_timeout_seconds = Some(0.5)),
+    );
     let mut conn = proxy.connect();
     conn.get_ok("/");
     conn.expect_closed();
@@ -167,7 +169,7 @@ fn idle_client_connection_is_closed_silently() {
 #[test]
 fn upstream_connection_is_reused_across_requests() {
     let backend = Backend::echo_target();
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     for client in 0..2 {
         let mut conn = proxy.connect();
         for i in 0..3 {
@@ -200,7 +202,7 @@ fn upstream_closing_an_idle_connection_does_not_fail_the_next_request() {
             thread::sleep(Duration::from_millis(100));
         }
     });
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let mut conn = proxy.connect();
     assert_eq!(conn.get_ok("/first").text(), "conn 0");
     thread::sleep(Duration::from_millis(400));
@@ -214,7 +216,9 @@ fn upstream_closing_an_idle_connection_does_not_fail_the_next_request() {
 #[test]
 fn pooled_upstream_connection_is_closed_after_idle_timeout() {
     let (backend, closed_rx) = Backend::watch_close(response_bytes("200 OK", &[], b"pooled"));
-    let proxy = Proxy::start(&[backend.port], "[upstream]\nidle_timeout_seconds = 0.5\n");
+    let proxy = Proxy::start(
+        &TestConfig::new(&[backend.port]).with(|c| c.upstream.idle_timeout_seconds = Some(0.5)),
+    );
     assert_eq!(proxy.connect().get_ok("/").text(), "pooled");
     let outcome = closed_rx
         .recv_timeout(IO_TIMEOUT + IO_TIMEOUT)
@@ -231,7 +235,7 @@ fn connection_idle_past_the_buffer_release_point_keeps_serving() {
     // A kept-alive connection that stays quiet for a while gives its buffers back and waits for
     // readability alone; the next requests (one, then a pipelined pair) must be served whole.
     let backend = Backend::echo_target();
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let mut conn = proxy.connect();
     assert_eq!(conn.get_ok("/before").text(), "/before");
     thread::sleep(Duration::from_millis(900));
@@ -252,7 +256,9 @@ fn parked_connection_is_closed_at_its_idle_timeout() {
     // Past half a second of silence the connection waits in the parking lot, whose expiry
     // closes it at the idle timeout, not much later.
     let backend = Backend::fixed("ok");
-    let proxy = Proxy::start(&[backend.port], "[timeouts]\nidle_timeout_seconds = 2\n");
+    let proxy = Proxy::start(
+        &TestConfig::new(&[backend.port]).with(|c| c.timeouts.idle_timeout_seconds = Some(2.0)),
+    );
     let mut conn = proxy.connect();
     conn.get_ok("/");
     let answered = Instant::now();
@@ -268,7 +274,7 @@ fn parked_connection_is_closed_at_its_idle_timeout() {
 fn many_parked_connections_resume_in_any_order() {
     // Connections parked together wake independently: every one is served, newest first.
     let backend = Backend::echo_target();
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let mut conns: Vec<HttpConn> = (0..50).map(|_| proxy.connect()).collect();
     for (i, conn) in conns.iter_mut().enumerate() {
         assert_eq!(conn.get_ok(&format!("/a/{i}")).text(), format!("/a/{i}"));

@@ -12,9 +12,6 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
-const SMALL_LIMITS: &str = "[limits]\nmax_request_line_bytes = 256\nmax_header_bytes = 1024\n\
-    max_headers = 8\nmax_body_bytes = 64\n";
-
 /// `count` header lines `X-N: v`.
 fn header_lines(count: usize) -> String {
     (0..count).map(|i| format!("X-{i}: v\r\n")).collect()
@@ -35,7 +32,12 @@ fn chunks(count: usize, size: usize) -> Vec<u8> {
 #[test]
 fn oversized_requests_are_refused_and_nothing_is_smuggled() {
     let backend = Backend::echo_target();
-    let proxy = Proxy::start(&[backend.port], SMALL_LIMITS);
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]).with(|c| {
+        c.limits.max_request_line_bytes = Some(256);
+        c.limits.max_header_bytes = Some(1024);
+        c.limits.max_headers = Some(8);
+        c.limits.max_body_bytes = Some(64);
+    }));
     let long_target = format!("/{}", "a".repeat(400));
     let cases = [
         refusal(
@@ -165,7 +167,9 @@ fn assert_refused_over_cap(proxy: &Proxy) {
 #[test]
 fn connection_cap_refuses_with_503_and_recovers() {
     let backend = Backend::echo_target();
-    let proxy = Proxy::start(&[backend.port], "[limits]\nmax_connections = 5\n");
+    let proxy = Proxy::start(
+        &TestConfig::new(&[backend.port]).with(|c| c.limits.max_connections = Some(5)),
+    );
     // Two that send nothing, then three with a request answered and kept alive: once those are
     // answered, the silent ones (accepted before them) hold their slots too.
     let silent: Vec<TcpStream> = (0..2)
@@ -197,7 +201,9 @@ fn parked_idle_connections_hold_their_slots() {
     // Connections quiet for over half a second leave their task for the parking lot; they are
     // still open, so they still count against the cap, and closing one frees its slot.
     let backend = Backend::echo_target();
-    let proxy = Proxy::start(&[backend.port], "[limits]\nmax_connections = 3\n");
+    let proxy = Proxy::start(
+        &TestConfig::new(&[backend.port]).with(|c| c.limits.max_connections = Some(3)),
+    );
     let mut held: Vec<HttpConn> = (0..3)
         .map(|i| served_connection(&proxy, &format!("/held/{i}")))
         .collect();
@@ -243,7 +249,7 @@ fn thousand_concurrent_connections_are_all_served() {
     // Client sockets plus the test backend's side of as many upstream connections.
     raise_open_files_limit(4096);
     let backend = Backend::echo_target();
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let deadline = Instant::now() + Duration::from_secs(20);
 
     // All open at the same time before any request is sent.

@@ -3,8 +3,9 @@
 //! where it started, every request is still answered (workers never wait on the log), and the
 //! lines that did not fit are counted in `ringproxy_log_lines_dropped_total`.
 
+use crate::common::admin::Admin;
+use crate::common::config::LogFormat;
 use crate::common::*;
-use crate::common::{admin::*, config::*};
 use std::thread;
 
 /// The log budget under test; small, so the bound below is tight next to what leaks without it.
@@ -48,23 +49,16 @@ fn client(port: u16, target: String) {
 #[test]
 fn stalled_stdout_holds_log_memory_to_buffer_bytes_and_counts_dropped_lines() {
     let backend = quiet_backend();
-    let (port, admin_port) = two_ports();
-    let extra = format!(
-        "{}[limits]\nmax_request_line_bytes = {}\n\n",
-        admin_toml(admin_port, None),
-        QUOTES + 1024
-    );
-    let toml = config_toml(port, &[(backend.port, 1)], &extra).replacen(
-        "format = \"text\"\n",
-        &format!("format = \"json\"\nbuffer_bytes = {BUFFER_BYTES}\n"),
-        1,
-    );
-    assert!(toml.contains("buffer_bytes"), "{toml}");
-    let (proxy, _unread_stdout) = Proxy::launch_with_unread_stdout(port, &toml);
-    let admin = Admin {
-        port: admin_port,
-        token: None,
-    };
+    let config = TestConfig::new(&[backend.port])
+        .with(|c| {
+            c.limits.max_request_line_bytes = Some(QUOTES as u64 + 1024);
+            c.logging.format = Some(LogFormat::Json);
+            c.logging.buffer_bytes = Some(BUFFER_BYTES);
+        })
+        .admin_api();
+    let (proxy, _unread_stdout) = Proxy::start_with_unread_stdout(&config);
+    let admin = Admin::of(&config);
+    let port = proxy.port;
     // The baseline: started, with one request through (pools, buffers, the formatter's).
     HttpConn::connect(port).get_ok("/warm-up");
     let baseline = proxy.rss_kib();

@@ -5,7 +5,7 @@
 //! ends fails fast. Needs what `scripts/test-deps.sh` installs; fails, never skips, without it.
 
 use crate::common::proxy::wait_or_kill;
-use crate::common::{free_port, poll, sha256_hex, Proxy};
+use crate::common::{free_port, poll, sha256_hex, Proxy, TestConfig};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -58,7 +58,7 @@ fn websocket_echo_same_through_proxy() {
 fn same_through_proxy(suite: &str, start: impl FnOnce(&Fixture) -> Server) {
     let fixture = Fixture::new();
     let server = start(&fixture);
-    let proxy = Proxy::start(&[server.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[server.port]));
     fixture.compare_with_python(suite, server.port, proxy.port);
 }
 
@@ -69,8 +69,8 @@ fn curl_same_through_proxy() {
     let fixture = Fixture::new();
     let nginx = fixture.start_nginx();
     let app = fixture.start_gunicorn("gthread");
-    let nginx_proxy = Proxy::start(&[nginx.port], "");
-    let app_proxy = Proxy::start(&[app.port], "");
+    let nginx_proxy = Proxy::start(&TestConfig::new(&[nginx.port]));
+    let app_proxy = Proxy::start(&TestConfig::new(&[app.port]));
     let upload = fixture.dir.path().join("upload.bin");
     fs::write(&upload, crate::common::pattern(3 << 20, 9)).expect("write upload");
     let upload = upload.to_str().expect("utf-8 path").to_owned();

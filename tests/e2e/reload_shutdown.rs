@@ -3,18 +3,15 @@
 //! letting an in-flight request finish while refusing new connections and closing idle ones;
 //! the shutdown timeout; sd_notify messages; and `systemd-analyze verify` of the unit file.
 
+use crate::common::config::Strategy;
 use crate::common::proxy::wait_or_kill;
 use crate::common::*;
-use crate::common::{admin::*, config::*, live_backend::*, load::*, notify::*};
+use crate::common::{admin::*, live_backend::*, load::*, notify::*};
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
-
-fn rewrite_config(proxy: &Proxy, toml: &str) {
-    std::fs::write(&proxy.config.path, toml).expect("rewrite config");
-}
 
 /// A client thread sending `GET path` on its own connection; yields the outcome and its time.
 fn spawn_request(
@@ -36,26 +33,23 @@ fn sighup_under_load_adds_removes_and_reweights_without_a_failed_request() {
         LiveBackend::start("b"),
         LiveBackend::start("c"),
     );
-    let extra = format!(
-        "[load_balancing]\nstrategy = \"weighted\"\n\n{}",
-        health_toml(0.2, 0.5, 2, 1)
-    );
-    let before = [(a.port, 1), (b.port, 1)];
-    let after = [(a.port, 3), (c.port, 1)];
-    let mut config = OpsConfig::new(&before, &extra);
-    config.workers = 2;
-    let (proxy, admin) = config.start();
-    let new_toml = OpsConfig {
-        backends: &after,
-        ..config
-    }
-    .toml(proxy.port, admin.port);
+    let config = TestConfig::weighted(&[(a.port, 1), (b.port, 1)])
+        .health_checks(0.2, 0.5, 2, 1)
+        .with(|c| {
+            c.load_balancing.strategy = Some(Strategy::Weighted);
+            c.server.workers = Some(2);
+        });
+    let (proxy, admin) = start_with_admin(config.clone());
+    let new_toml = config
+        .admin_api()
+        .in_front_of(&[(a.port, 3), (c.port, 1)])
+        .to_toml();
     b.wait_probes(1);
 
     let clients = 4;
     let load = Load::start(proxy.port, clients, Duration::from_millis(2));
     std::thread::sleep(Duration::from_millis(600));
-    rewrite_config(&proxy, &new_toml);
+    proxy.write_config(&new_toml);
     let signalled = Instant::now();
     proxy.signal(libc::SIGHUP);
     wait_until(Duration::from_secs(3), "config generation 2", || {
@@ -108,21 +102,12 @@ fn post_reload_answers_the_changes_as_json() {
         LiveBackend::start("b"),
         LiveBackend::start("c"),
     );
-    let before = [(a.port, 1), (b.port, 1)];
-    let config = OpsConfig::new(&before, "");
-    let (proxy, admin) = config.start();
+    let config = TestConfig::weighted(&[(a.port, 1), (b.port, 1)]).admin_api();
+    let (proxy, admin) = (Proxy::start(&config), Admin::of(&config));
     let counts = spread(&proxy, 10);
     assert_eq!((counts.get("a"), counts.get("b")), (Some(&5), Some(&5)));
 
-    let after = [(a.port, 2), (c.port, 1)];
-    rewrite_config(
-        &proxy,
-        &OpsConfig {
-            backends: &after,
-            ..config
-        }
-        .toml(proxy.port, admin.port),
-    );
+    proxy.write_config(&config.in_front_of(&[(a.port, 2), (c.port, 1)]).to_toml());
     let response = admin.post("/reload", "");
     assert_eq!(response.status(), 200, "{response:?}");
     let body = json_body(&response);
@@ -168,9 +153,8 @@ fn invalid_config_on_sighup_or_post_reload_keeps_the_running_one() {
         LiveBackend::start("b"),
         LiveBackend::start("c"),
     );
-    let before = [(a.port, 1), (b.port, 1)];
-    let config = OpsConfig::new(&before, "");
-    let (proxy, admin) = config.start();
+    let config = TestConfig::weighted(&[(a.port, 1), (b.port, 1)]).admin_api();
+    let (proxy, admin) = (Proxy::start(&config), Admin::of(&config));
     let expect_old_spread = || {
         let counts = spread(&proxy, 10);
         assert_eq!(
@@ -187,15 +171,7 @@ fn invalid_config_on_sighup_or_post_reload_keeps_the_running_one() {
     expect_old_spread();
 
     // Weight 0 is out of range; c would be added if the file were taken.
-    let invalid = [(a.port, 0), (c.port, 1)];
-    rewrite_config(
-        &proxy,
-        &OpsConfig {
-            backends: &invalid,
-            ..config
-        }
-        .toml(proxy.port, admin.port),
-    );
+    proxy.write_config(&config.in_front_of(&[(a.port, 0), (c.port, 1)]).to_toml());
     proxy.signal(libc::SIGHUP);
     proxy.wait_log_lines(1, "the refused reload", |l| {
         l.contains("ERROR") && l.contains("reload refused") && l.contains("backends[0].weight")
@@ -216,7 +192,7 @@ fn invalid_config_on_sighup_or_post_reload_keeps_the_running_one() {
     );
 
     // Not TOML at all: refused the same way.
-    rewrite_config(&proxy, "this is = = not toml\n");
+    proxy.write_config("this is = = not toml\n");
     assert_eq!(admin.post("/reload", "").status(), 422);
     proxy.signal(libc::SIGHUP);
     proxy.wait_log_lines(2, "two refused SIGHUP reloads", |l| {
@@ -226,13 +202,13 @@ fn invalid_config_on_sighup_or_post_reload_keeps_the_running_one() {
     expect_old_spread();
 }
 
-/// A proxy with one live backend and the given `[server]` line (its shutdown timeout).
-fn proxy_with_shutdown_timeout(server: &'static str) -> (LiveBackend, Proxy) {
+/// A proxy with one live backend and the given `[server] shutdown_timeout_seconds`.
+fn proxy_with_shutdown_timeout(seconds: f64) -> (LiveBackend, Proxy) {
     let backend = LiveBackend::start("a");
-    let backends = [(backend.port, 1)];
-    let mut config = OpsConfig::new(&backends, "");
-    config.server = server;
-    let (proxy, _admin) = config.start();
+    let (proxy, _admin) = start_with_admin(
+        TestConfig::new(&[backend.port])
+            .with(|c| c.server.shutdown_timeout_seconds = Some(seconds)),
+    );
     (backend, proxy)
 }
 
@@ -244,7 +220,7 @@ fn sigterm(proxy: &Proxy) -> Instant {
 
 #[test]
 fn sigterm_finishes_the_in_flight_request_and_refuses_new_connections() {
-    let (backend, mut proxy) = proxy_with_shutdown_timeout("shutdown_timeout_seconds = 5\n");
+    let (backend, mut proxy) = proxy_with_shutdown_timeout(5.0);
     let slow = spawn_request(proxy.port, "/slow");
     wait_until(IO_TIMEOUT, "the slow request at the backend", || {
         backend.requests_to("/slow") == 1
@@ -290,7 +266,7 @@ fn sigterm_closes_a_parked_keep_alive_connection_promptly() {
 }
 
 fn assert_sigterm_closes_idle_connection(quiet_before: Duration) {
-    let (_backend, mut proxy) = proxy_with_shutdown_timeout("shutdown_timeout_seconds = 5\n");
+    let (_backend, mut proxy) = proxy_with_shutdown_timeout(5.0);
     let mut conn = proxy.connect();
     conn.get_ok("/one");
     thread::sleep(quiet_before);
@@ -314,7 +290,7 @@ fn assert_sigterm_closes_idle_connection(quiet_before: Duration) {
 
 #[test]
 fn shutdown_timeout_bounds_a_request_that_never_completes() {
-    let (backend, mut proxy) = proxy_with_shutdown_timeout("shutdown_timeout_seconds = 1\n");
+    let (backend, mut proxy) = proxy_with_shutdown_timeout(1.0);
     let hanging = spawn_request(proxy.port, "/hang");
     wait_until(IO_TIMEOUT, "the hanging request at the backend", || {
         backend.requests_to("/hang") == 1
@@ -349,11 +325,10 @@ fn sd_notify_ready_reloading_and_stopping() {
     let mut notify = NotifySocket::bind();
     let socket_path = notify.path_str().to_string();
     let backend = LiveBackend::start("a");
-    let backends = [(backend.port, 1)];
-    let mut config = OpsConfig::new(&backends, "");
+    let config = TestConfig::new(&[backend.port]).admin_api();
     let env = [("NOTIFY_SOCKET", socket_path.as_str())];
-    config.env = &env;
-    let (mut proxy, admin) = config.start();
+    let mut proxy = Proxy::start_with_env(&config, &env);
+    let admin = Admin::of(&config);
     notify.expect_line("READY=1");
     // A SIGHUP right at READY=1 can kill the process: that is
     // `sighup_as_soon_as_the_proxy_accepts_reloads_it`; this test is about the messages.
@@ -389,8 +364,8 @@ struct EagerProxy {
 }
 
 impl EagerProxy {
-    fn start(port: u16, toml: &str) -> EagerProxy {
-        let config = TempConfig::new(toml);
+    fn start(config: &TestConfig) -> EagerProxy {
+        let (port, config) = (config.port(), config.write());
         let log =
             |name: &str| std::fs::File::create(config.dir.path().join(name)).expect("log file");
         let child = Command::new(crate::common::proxy::BIN)
@@ -435,8 +410,9 @@ fn sighup_as_soon_as_the_proxy_accepts_reloads_it() {
     // gap being checked is short.
     let backend = LiveBackend::start("a");
     for attempt in 0..5 {
-        let port = free_port();
-        let mut proxy = EagerProxy::start(port, &config_toml(port, &[(backend.port, 1)], ""));
+        let config = TestConfig::new(&[backend.port]);
+        let port = config.port();
+        let mut proxy = EagerProxy::start(&config);
         let pid = libc::pid_t::try_from(proxy.child.id()).expect("pid");
         // SAFETY: kill(2) on our own child.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
@@ -524,7 +500,7 @@ fn systemd_unit_verifies_against_the_built_binary() {
     }
 
     let config = dir.path().join("config.toml");
-    std::fs::write(&config, config_toml(free_port(), &[(free_port(), 1)], "")).expect("config");
+    std::fs::write(&config, TestConfig::new(&[free_port()]).to_toml()).expect("config");
     let config = config.to_str().expect("UTF-8 path");
     // The unit's ExecStartPre, run for real: the config passes --check.
     let check = crate::common::proxy::run_to_exit(&["--check", "-c", config], &[], None);

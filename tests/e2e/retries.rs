@@ -15,17 +15,21 @@ fn closes_without_answering() -> Backend {
 /// Sends `request` through a proxy in front of [A, B] where A (picked first: round robin
 /// starts at the first backend, and tests run one worker) takes the request and closes.
 /// Returns the response and the requests A and B received.
-fn first_backend_closes(request: &[u8], extra: &str) -> (Message, Vec<Recorded>, Vec<Recorded>) {
+/// The proxy's config is changed by `change`.
+fn first_backend_closes(
+    request: &[u8],
+    change: impl FnOnce(&mut TestConfig),
+) -> (Message, Vec<Recorded>, Vec<Recorded>) {
     let a = closes_without_answering();
     let b = Backend::fixed("b");
-    let proxy = Proxy::start(&[a.port, b.port], extra);
+    let proxy = Proxy::start(&TestConfig::new(&[a.port, b.port]).with(change));
     let response = proxy.connect().roundtrip(request);
     (response, a.requests(), b.requests())
 }
 
 /// The request reached A, A did not answer: 502, and B never saw it.
 fn assert_not_repeated(request: &[u8]) {
-    let (response, on_a, on_b) = first_backend_closes(request, "");
+    let (response, on_a, on_b) = first_backend_closes(request, |_| {});
     let line = String::from_utf8_lossy(&request[..request.len().min(40)]).into_owned();
     assert_eq!(response.status(), 502, "{line:?}: {response:?}");
     assert_eq!(on_a.len(), 1, "{line:?} never reached A: {on_a:?}");
@@ -53,7 +57,7 @@ fn post_with_a_small_body_is_not_repeated_on_another_backend() {
 
 #[test]
 fn get_is_retried_on_the_next_backend() {
-    let (response, on_a, on_b) = first_backend_closes(&get_request("/idempotent"), "");
+    let (response, on_a, on_b) = first_backend_closes(&get_request("/idempotent"), |_| {});
     assert_eq!(response.status(), 200, "{response:?}");
     assert_eq!(response.text(), "b");
     assert_eq!(on_a.len(), 1, "{on_a:?}");
@@ -64,8 +68,9 @@ fn get_is_retried_on_the_next_backend() {
 #[test]
 fn post_is_retried_when_the_operator_opts_in() {
     let request = request_bytes("POST", "/charge", &[], b"amount=5");
-    let extra = "[upstream]\nretry_non_idempotent = true\n";
-    let (response, on_a, on_b) = first_backend_closes(&request, extra);
+    let (response, on_a, on_b) = first_backend_closes(&request, |c| {
+        c.upstream.retry_non_idempotent = Some(true);
+    });
     assert_eq!(response.status(), 200, "{response:?}");
     assert_eq!(response.text(), "b");
     assert_eq!(on_a.len(), 1, "{on_a:?}");
@@ -81,7 +86,7 @@ fn post_after_the_upstream_closed_the_idle_connection_goes_on_a_fresh_one() {
         let reply = response_bytes("200 OK", &[("X-Conn", &r.conn.to_string())], b"ok");
         Reply::SendClose(reply)
     });
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let mut client = proxy.connect();
     assert_eq!(client.get_ok("/warm").header("x-conn"), Some("0"));
     thread::sleep(Duration::from_millis(300));

@@ -12,7 +12,7 @@ fn is_driver_line(line: &str) -> bool {
 #[test]
 fn worker_logs_its_driver_and_listening() {
     let backend = Backend::fixed("ok");
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     proxy.wait_log_lines(1, "naming the driver", is_driver_line);
     proxy.wait_log_lines(1, "containing `listening`", |l| l.contains("listening"));
 }
@@ -20,9 +20,7 @@ fn worker_logs_its_driver_and_listening() {
 /// Driver lines logged by a one-worker config started with `args`, once `expected` appeared.
 fn driver_lines_with(args: &[&str], expected: usize) -> usize {
     let backend = Backend::fixed("ok");
-    let port = free_port();
-    let toml = config_toml(port, &[(backend.port, 1)], "");
-    let proxy = Proxy::launch(port, &toml, args, &[]);
+    let proxy = Proxy::start_with(&TestConfig::new(&[backend.port]), args, &[], |_| {});
     proxy.wait_log_lines(expected, "naming the driver", is_driver_line);
     proxy.connect().get_ok("/");
     thread::sleep(Duration::from_millis(200));
@@ -44,9 +42,10 @@ fn workers_flag_overrides_config() {
 #[test]
 fn epoll_fallback_still_proxies() {
     let backend = Backend::body_digest();
-    let port = free_port();
-    let toml = config_toml(port, &[(backend.port, 1)], "");
-    let proxy = Proxy::launch(port, &toml, &[], &[("MONOIO_FORCE_LEGACY_DRIVER", "1")]);
+    let proxy = Proxy::start_with_env(
+        &TestConfig::new(&[backend.port]),
+        &[("MONOIO_FORCE_LEGACY_DRIVER", "1")],
+    );
     proxy.wait_log_lines(1, "with driver epoll", |l| {
         l.contains("driver") && l.contains("epoll")
     });
@@ -73,7 +72,7 @@ fn epoll_fallback_still_proxies() {
 #[test]
 fn each_request_is_access_logged() {
     let backend = Backend::fixed("ok");
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     proxy.connect().get_ok("/logged-path?x=1");
     let lines = proxy.wait_log_lines(1, "access-logging /logged-path", |l| {
         l.contains("access") && l.contains("/logged-path")
@@ -90,11 +89,11 @@ fn each_request_is_access_logged() {
 #[test]
 fn logs_are_json_by_default() {
     let backend = Backend::fixed("ok");
-    let port = free_port();
-    // The base config without its `format = "text"` line: the default format applies.
-    let toml = config_toml(port, &[(backend.port, 1)], "").replace("format = \"text\"\n", "");
+    // The base config without its log format: the default format applies.
+    let config = TestConfig::new(&[backend.port]).with(|c| c.logging.format = None);
+    let toml = config.to_toml();
     assert!(!toml.contains("format"), "{toml}");
-    let proxy = Proxy::launch(port, &toml, &[], &[]);
+    let proxy = Proxy::start(&config);
     proxy.connect().get_ok("/json");
     proxy.wait_log_lines(1, "naming the driver", is_driver_line);
     proxy.wait_log_lines(1, "access-logging /json", |l| l.contains("/json"));

@@ -42,7 +42,7 @@ fn large_response_streams_through_with_bounded_memory() {
             }
         }
     });
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let baseline = proxy.rss_kib();
 
     let mut conn = proxy.connect();
@@ -130,7 +130,7 @@ fn close_delimited_upstream_is_rechunked_for_http11_client() {
         reply.extend_from_slice(&sent);
         Reply::SendClose(reply)
     });
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let mut conn = proxy.connect();
     let response = conn.roundtrip(&get_request("/close-delimited"));
     assert_eq!(response.status(), 200);
@@ -152,7 +152,7 @@ fn chunked_upstream_reaches_http11_client_chunked() {
         &[b"first;", b"second;", &tail],
     );
     let backend = Backend::recording(move |_| Reply::Send(reply.clone()));
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let mut conn = proxy.connect();
     for _ in 0..2 {
         let response = conn.roundtrip(&get_request("/chunked"));
@@ -165,7 +165,12 @@ fn chunked_upstream_reaches_http11_client_chunked() {
 
 /// The backend sends a head plus `partial` body bytes, then closes (or, with `hold`, stalls until
 /// the proxy gives up); the client must see the connection end without a complete response.
-fn assert_upstream_failure_is_not_a_complete_response(partial: Vec<u8>, hold: bool, extra: &str) {
+/// The proxy's config is changed by `change`.
+fn assert_upstream_failure_is_not_a_complete_response(
+    partial: Vec<u8>,
+    hold: bool,
+    change: impl FnOnce(&mut TestConfig),
+) {
     let backend = Backend::raw(move |mut conn, _| {
         if let Ok(Some(_)) = conn.read_request() {
             conn.send(&partial);
@@ -174,7 +179,7 @@ fn assert_upstream_failure_is_not_a_complete_response(partial: Vec<u8>, hold: bo
             }
         }
     });
-    let proxy = Proxy::start(&[backend.port], extra);
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]).with(change));
     let mut conn = proxy.connect();
     conn.send(&get_request("/dies"));
     match conn.read_response("GET") {
@@ -206,7 +211,7 @@ fn upstream_dying_mid_spliced_body_closes_client() {
     assert_upstream_failure_is_not_a_complete_response(
         content_length_head_and_300k_of_1_mib(),
         false,
-        "",
+        |_| {},
     );
 }
 
@@ -215,7 +220,7 @@ fn upstream_stalling_mid_spliced_body_closes_client_after_io_timeout() {
     assert_upstream_failure_is_not_a_complete_response(
         content_length_head_and_300k_of_1_mib(),
         true,
-        "[timeouts]\nio_timeout_seconds = 0.5\n",
+        |c| c.timeouts.io_timeout_seconds = Some(0.5),
     );
 }
 
@@ -236,7 +241,7 @@ fn spliced_bodies_arrive_whole_and_both_connections_stay_usable() {
             ))
         }
     });
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let mut conn = proxy.connect();
     for round in 0..2 {
         let response = conn.roundtrip(&get_request("/large"));
@@ -266,7 +271,7 @@ fn upstream_dying_mid_content_length_body_closes_client() {
     assert_upstream_failure_is_not_a_complete_response(
         content_length_head_and_1000_of_100000_bytes(),
         false,
-        "",
+        |_| {},
     );
 }
 
@@ -274,13 +279,13 @@ fn upstream_dying_mid_content_length_body_closes_client() {
 fn upstream_dying_mid_chunk_never_sends_terminator() {
     let mut partial = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n".to_vec();
     partial.extend_from_slice(&pattern(500, 2));
-    assert_upstream_failure_is_not_a_complete_response(partial, false, "");
+    assert_upstream_failure_is_not_a_complete_response(partial, false, |_| {});
 }
 
 #[test]
 fn upstream_dying_between_chunks_never_sends_terminator() {
     let partial = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n".to_vec();
-    assert_upstream_failure_is_not_a_complete_response(partial, false, "");
+    assert_upstream_failure_is_not_a_complete_response(partial, false, |_| {});
 }
 
 #[test]
@@ -288,6 +293,6 @@ fn upstream_stalling_mid_body_closes_client_after_io_timeout() {
     assert_upstream_failure_is_not_a_complete_response(
         content_length_head_and_1000_of_100000_bytes(),
         true,
-        "[timeouts]\nio_timeout_seconds = 0.5\n",
+        |c| c.timeouts.io_timeout_seconds = Some(0.5),
     );
 }

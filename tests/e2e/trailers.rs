@@ -30,7 +30,7 @@ fn fields(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 #[test]
 fn response_trailers_reach_an_http11_client() {
     let backend = trailer_backend();
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let mut conn = proxy.connect();
     let response = conn.roundtrip(b"GET /t HTTP/1.1\r\nHost: test.local\r\nTE: trailers\r\n\r\n");
     assert_eq!(response.status(), 200);
@@ -53,7 +53,7 @@ fn response_trailers_reach_an_http11_client() {
 #[test]
 fn http10_client_gets_the_body_without_trailers() {
     let backend = trailer_backend();
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let mut conn = proxy.connect();
     conn.send(b"GET /t HTTP/1.0\r\n\r\n");
     let raw = conn.read_to_close().expect("close-delimited response");
@@ -70,7 +70,7 @@ fn http10_client_gets_the_body_without_trailers() {
 #[test]
 fn request_trailers_reach_the_upstream() {
     let backend = Backend::recording(|_| Reply::Send(response_bytes("200 OK", &[], b"ok")));
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let mut conn = proxy.connect();
     let response = conn.roundtrip(
         b"POST /up HTTP/1.1\r\nHost: test.local\r\nTrailer: Digest\r\nTransfer-Encoding: chunked\r\n\r\n\

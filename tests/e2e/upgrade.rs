@@ -62,7 +62,7 @@ fn websocket_upgrade_is_tunnelled_both_ways() {
     let (heads_tx, heads) = mpsc::channel();
     let backend = echo_after_switch(heads_tx, b"server-hello");
     for (_driver, env) in DRIVERS {
-        let proxy = Proxy::start_with_env(backend.port, "", env);
+        let proxy = Proxy::start_with_env(&TestConfig::new(&[backend.port]), env);
         check_echo_tunnel(&proxy, &heads);
     }
 }
@@ -114,7 +114,7 @@ fn check_echo_tunnel(proxy: &Proxy, heads: &mpsc::Receiver<Head>) {
 fn open_tunnels_show_in_metrics() {
     let (heads_tx, _heads) = mpsc::channel();
     let backend = echo_after_switch(heads_tx, b"");
-    let (proxy, admin) = crate::common::config::start_with_admin(&[backend.port], "");
+    let (proxy, admin) = crate::common::admin::start_with_admin(TestConfig::new(&[backend.port]));
     let tunnels = || {
         admin
             .metrics()
@@ -133,7 +133,7 @@ fn open_tunnels_show_in_metrics() {
 #[test]
 fn upstream_declining_the_upgrade_keeps_plain_http() {
     let backend = Backend::echo_target();
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let mut conn = proxy.connect();
     let declined = conn.roundtrip(UPGRADE_REQUEST);
     assert_eq!(declined.status(), 200);
@@ -146,7 +146,7 @@ fn upstream_declining_the_upgrade_keeps_plain_http() {
 #[test]
 fn upgrade_that_may_not_be_passed_on_is_dropped() {
     let backend = Backend::echo_target();
-    let proxy = Proxy::start(&[backend.port], "");
+    let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let requests: [&[u8]; 4] = [
         b"GET /http10 HTTP/1.0\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
         b"POST /with-body HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\nContent-Length: 2\r\n\r\nhi",
@@ -182,7 +182,9 @@ fn quiet_tunnel_is_closed_after_io_timeout_but_one_way_traffic_keeps_it() {
         }
         let _ = conn.read_to_close();
     });
-    let proxy = Proxy::start(&[backend.port], "[timeouts]\nio_timeout_seconds = 1\n");
+    let proxy = Proxy::start(
+        &TestConfig::new(&[backend.port]).with(|c| c.timeouts.io_timeout_seconds = Some(1.0)),
+    );
     let mut conn = proxy.connect();
     conn.send(UPGRADE_REQUEST);
     let head = conn.read_head().expect("101").expect("101");
@@ -201,13 +203,9 @@ fn quiet_tunnel_is_closed_after_io_timeout_but_one_way_traffic_keeps_it() {
 fn shutdown_waits_for_a_tunnel_only_up_to_its_timeout() {
     let (heads_tx, _heads) = mpsc::channel();
     let backend = echo_after_switch(heads_tx, b"");
-    let port = free_port();
-    let toml = crate::common::config::with_server(
-        &config_toml(port, &[(backend.port, 1)], ""),
-        1,
-        "shutdown_timeout_seconds = 1\n",
+    let mut proxy = Proxy::start(
+        &TestConfig::new(&[backend.port]).with(|c| c.server.shutdown_timeout_seconds = Some(1.0)),
     );
-    let mut proxy = Proxy::launch(port, &toml, &[], &[]);
     let mut conn = proxy.connect();
     conn.send(UPGRADE_REQUEST);
     assert_eq!(conn.read_head().expect("101").expect("101").status(), 101);

@@ -4,7 +4,7 @@
 //! a reload that reorders the backends under load never crosses a request to the wrong backend.
 
 use crate::common::*;
-use crate::common::{config::*, live_backend::*, load::*};
+use crate::common::{admin::*, live_backend::*, load::*};
 use std::collections::{HashMap, HashSet};
 use std::net::TcpStream;
 use std::thread;
@@ -61,7 +61,7 @@ fn a_response_smuggled_behind_a_spliced_body_never_reaches_the_next_client() {
     // 200000 bytes: the proxy splices the body, taking exactly its length off the socket.
     let big = pattern(200_000, 9);
     let backend = smuggling_backend("/big", response_bytes("200 OK", &[], &big));
-    let (proxy, admin) = start_with_admin(&[backend.port], "");
+    let (proxy, admin) = start_with_admin(TestConfig::new(&[backend.port]));
 
     let first = proxy.connect().get_ok("/big");
     assert_eq!(first.body.len(), big.len());
@@ -84,7 +84,7 @@ fn a_response_smuggled_behind_a_chunked_body_is_discarded_and_counted() {
     // Read along with the chunked body: the proxy holds the stray bytes already.
     let answer = chunked_response_bytes("200 OK", &[], &[b"hello"]);
     let backend = smuggling_backend("/chunked", answer);
-    let (proxy, admin) = start_with_admin(&[backend.port], "");
+    let (proxy, admin) = start_with_admin(TestConfig::new(&[backend.port]));
     assert_eq!(proxy.connect().get_ok("/chunked").text(), "hello");
     assert_genuine(&proxy.connect().get_ok("/next"));
     let metrics = admin.metrics();
@@ -111,7 +111,7 @@ fn a_body_sent_after_a_head_answer_never_reaches_the_next_client() {
             }
         }
     });
-    let (proxy, admin) = start_with_admin(&[backend.port], "");
+    let (proxy, admin) = start_with_admin(TestConfig::new(&[backend.port]));
 
     let mut conn = proxy.connect();
     let head = conn.roundtrip(&request_bytes("HEAD", "/h", &[], b""));
@@ -137,7 +137,7 @@ fn an_idle_connection_the_upstream_closed_is_counted_and_replaced() {
             thread::sleep(Duration::from_millis(50));
         }
     });
-    let (proxy, admin) = start_with_admin(&[backend.port], "");
+    let (proxy, admin) = start_with_admin(TestConfig::new(&[backend.port]));
     let mut client = proxy.connect();
     assert_eq!(client.get_ok("/one").header("x-conn"), Some("0"));
     thread::sleep(Duration::from_millis(300));
@@ -173,19 +173,24 @@ fn reloads_reordering_the_backends_under_load_never_cross_a_request() {
     // connection to the backend now at that position.
     let (_stall_listener, stall) = raw_listener(false, 0);
     let _queued = TcpStream::connect(("127.0.0.1", stall)).expect("fill the accept queue");
-    let extra = "[timeouts]\nconnect_timeout_seconds = 0.2\n\n\
-                 [passive_health]\nenabled = false\n\n";
     let forward = [(stall, 1), (a.port, 1), (b.port, 1)];
     let reverse = [(stall, 1), (b.port, 1), (a.port, 1)];
-    let config = OpsConfig::new(&forward, extra);
-    let (proxy, admin) = config.start();
-    let toml = |backends| OpsConfig { backends, ..config }.toml(proxy.port, admin.port);
-    let orders = [toml(&reverse[..]), toml(&forward[..])];
+    let config = TestConfig::weighted(&forward)
+        .with(|c| {
+            c.timeouts.connect_timeout_seconds = Some(0.2);
+            c.passive_health.enabled = Some(false);
+        })
+        .admin_api();
+    let (proxy, admin) = (Proxy::start(&config), Admin::of(&config));
+    let orders = [
+        config.in_front_of(&reverse).to_toml(),
+        config.in_front_of(&forward).to_toml(),
+    ];
 
     let load = Load::start(proxy.port, 6, Duration::from_millis(1));
     for (round, order) in orders.iter().cycle().take(6).enumerate() {
         thread::sleep(Duration::from_millis(250));
-        std::fs::write(&proxy.config.path, order).expect("rewrite config");
+        proxy.write_config(order);
         proxy.signal(libc::SIGHUP);
         let generation = round as u64 + 2;
         wait_until(Duration::from_secs(3), "the reload", || {

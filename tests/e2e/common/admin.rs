@@ -1,8 +1,10 @@
 //! Client of the proxy's admin listener (`/status`, `/metrics`, drain, weight, reload), one
 //! request per connection as the server does, and raw admin requests for the guard tests.
 
+use super::config::TestConfig;
 use super::http::{HttpConn, Message};
 use super::metrics::Metrics;
+use super::proxy::Proxy;
 use super::wait_until;
 use std::time::Duration;
 
@@ -13,6 +15,19 @@ pub struct Admin {
 }
 
 impl Admin {
+    /// The client of the admin API `config` turns on (`TestConfig::admin_api`).
+    pub fn of(config: &TestConfig) -> Admin {
+        assert_eq!(
+            config.admin.enabled,
+            Some(true),
+            "admin API off: {config:?}"
+        );
+        Admin {
+            port: config.admin.port.expect("admin port"),
+            token: config.admin.token.clone(),
+        }
+    }
+
     /// `method path` with `body`, with the given `Authorization` header value (if any), as a
     /// script would send it: `Host` the admin's address, a JSON body type when there is a body.
     pub fn request_with_auth(
@@ -93,6 +108,13 @@ impl Admin {
         );
         Metrics::parse(&response.text())
     }
+}
+
+/// The proxy on `config` with the admin API on (on a port of its own unless `config` names
+/// one), and its client.
+pub fn start_with_admin(config: TestConfig) -> (Proxy, Admin) {
+    let config = config.admin_api();
+    (Proxy::start(&config), Admin::of(&config))
 }
 
 /// An admin request with exactly these `headers` (no `Host` unless given) and `Connection:

@@ -1,8 +1,10 @@
-//! Running the `ringproxy` binary: temp config files, a guard that kills the process on drop,
-//! readiness by polling TCP connect, log capture to files, and bounded one-shot CLI runs.
+//! Running the `ringproxy` binary on a `TestConfig`: a guard that kills the process on drop,
+//! readiness by polling TCP connect, log capture to files, signals and exit, temp config files
+//! and bounded one-shot CLI runs.
 
+use super::config::TestConfig;
 use super::http::{get_request, HttpConn};
-use super::{free_port, is_closed_error, poll, rss_kib, IO_TIMEOUT};
+use super::{is_closed_error, poll, rss_kib, IO_TIMEOUT};
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -18,34 +20,6 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_ringproxy");
 /// e.g. to show a new test fails on the code before a fix), else the one cargo built.
 pub fn bin() -> String {
     std::env::var("RINGPROXY_BIN").unwrap_or_else(|_| BIN.to_string())
-}
-
-/// Active health checks every 0.2 s, one probe to go down or up: for tests of up/down.
-pub const FAST_HEALTH_CHECKS: &str = "[health_checks]\nenabled = true\ninterval_seconds = 0.2\n\
-    timeout_seconds = 1\nfailure_threshold = 1\nsuccess_threshold = 1\n\n";
-
-/// Base config: the given port, one unpinned worker, text logs with access log, health
-/// checks off unless `extra` configures them (so backends see only the tests' requests), the
-/// admin listener off (its default port is fixed, and tests run side by side), the
-/// `(backend port, weight)` list, then `extra` (more TOML sections) appended verbatim.
-pub fn config_toml(port: u16, backends: &[(u16, u32)], extra: &str) -> String {
-    let mut toml = format!(
-        "[server]\nhost = \"127.0.0.1\"\nport = {port}\nworkers = 1\npin_cores = false\n\n\
-         [logging]\nformat = \"text\"\naccess_log = true\n\n"
-    );
-    if !extra.contains("[health_checks]") {
-        toml.push_str("[health_checks]\nenabled = false\n\n");
-    }
-    if !extra.contains("[admin]") {
-        toml.push_str("[admin]\nenabled = false\n\n");
-    }
-    for (backend, weight) in backends {
-        toml.push_str(&format!(
-            "[[backends]]\nurl = \"http://127.0.0.1:{backend}\"\nweight = {weight}\n\n"
-        ));
-    }
-    toml.push_str(extra);
-    toml
 }
 
 /// A config file in its own temp directory (removed on drop).
@@ -125,98 +99,58 @@ pub const DRIVERS: [(&str, &[(&str, &str)]); 2] = [
 /// A running proxy; killed and reaped when dropped.
 pub struct Proxy {
     child: Child,
-    /// The address it listens on (127.0.0.1 unless started with `launch_on`).
+    /// The address it listens on (`[server] host`).
     pub ip: IpAddr,
     pub port: u16,
+    /// Its config file, which a reload test rewrites (`write_config`).
     pub config: TempConfig,
 }
 
 impl Proxy {
-    /// Proxy on a fresh port in front of `backends` (weight 1 each), plus `extra` TOML.
-    pub fn start(backends: &[u16], extra: &str) -> Proxy {
-        let weighted: Vec<(u16, u32)> = backends.iter().map(|&port| (port, 1)).collect();
-        Proxy::start_weighted(&weighted, extra)
+    /// Writes `config`, runs `ringproxy -c <file>`, waits until its port accepts and the
+    /// proxy has logged that its workers listen.
+    pub fn start(config: &TestConfig) -> Proxy {
+        Proxy::start_with(config, &[], &[], |_| {})
     }
 
-    /// Proxy in front of one backend with `extra` TOML and environment `env` (see `DRIVERS`).
-    pub fn start_with_env(backend: u16, extra: &str, env: &[(&str, &str)]) -> Proxy {
-        let port = free_port();
-        Proxy::launch(port, &config_toml(port, &[(backend, 1)], extra), &[], env)
+    /// As `start`, with environment `env` (see `DRIVERS`).
+    pub fn start_with_env(config: &TestConfig, env: &[(&str, &str)]) -> Proxy {
+        Proxy::start_with(config, &[], env, |_| {})
     }
 
-    pub fn start_weighted(backends: &[(u16, u32)], extra: &str) -> Proxy {
-        let port = free_port();
-        Proxy::launch(port, &config_toml(port, backends, extra), &[], &[])
-    }
-
-    /// Writes `toml`, runs `ringproxy -c <file> args...` with `env`, waits until `port` accepts
-    /// and the proxy has logged that its workers listen.
-    pub fn launch(port: u16, toml: &str, args: &[&str], env: &[(&str, &str)]) -> Proxy {
-        Proxy::launch_with(port, toml, args, env, |_| {})
-    }
-
-    /// As `launch`, with `configure` applied to the command before it is spawned.
-    pub fn launch_with(
-        port: u16,
-        toml: &str,
+    /// As `start`, with `args` after `-c <file>`, environment `env`, and `configure` applied
+    /// to the command before it is spawned.
+    pub fn start_with(
+        config: &TestConfig,
         args: &[&str],
         env: &[(&str, &str)],
         configure: impl FnOnce(&mut Command),
     ) -> Proxy {
-        Proxy::launch_full(
-            IpAddr::from([127, 0, 0, 1]),
-            port,
-            toml,
-            args,
-            env,
-            configure,
-        )
-    }
-
-    /// As `launch`, for a config whose `[server] host` is `ip` (e.g. `::1`).
-    pub fn launch_on(
-        ip: IpAddr,
-        port: u16,
-        toml: &str,
-        args: &[&str],
-        env: &[(&str, &str)],
-    ) -> Proxy {
-        Proxy::launch_full(ip, port, toml, args, env, |_| {})
-    }
-
-    fn launch_full(
-        ip: IpAddr,
-        port: u16,
-        toml: &str,
-        args: &[&str],
-        env: &[(&str, &str)],
-        configure: impl FnOnce(&mut Command),
-    ) -> Proxy {
-        let config = TempConfig::new(toml);
+        let file = config.write();
         let mut command = Command::new(bin());
         command
             .arg("-c")
-            .arg(&config.path)
+            .arg(&file.path)
             .args(args)
             .env_remove("RUST_LOG")
             .envs(env.iter().copied());
         configure(&mut command);
-        let child = spawn_logged(&mut command, config.dir.path());
+        let child = spawn_logged(&mut command, file.dir.path());
         let mut proxy = Proxy {
             child,
-            ip,
-            port,
-            config,
+            ip: config.ip(),
+            port: config.port(),
+            config: file,
         };
         proxy.wait_ready();
         proxy
     }
 
-    /// Like `launch`, but stdout goes to a pipe read here only until the proxy says its workers
+    /// Like `start`, but stdout goes to a pipe read here only until the proxy says its workers
     /// listen; the pipe is returned and nobody reads it after that, as a log consumer that
     /// stalls (the pipe stays open while it is held). `stdout()` is empty for such a proxy.
-    pub fn launch_with_unread_stdout(port: u16, toml: &str) -> (Proxy, ChildStdout) {
-        let config = TempConfig::new(toml);
+    pub fn start_with_unread_stdout(config: &TestConfig) -> (Proxy, ChildStdout) {
+        let (ip, port, config) = (config.ip(), config.port(), config.write());
         let stderr = File::create(config.dir.path().join("stderr.log")).expect("create stderr.log");
         let mut child = Command::new(bin())
             .arg("-c")
@@ -242,7 +176,7 @@ impl Proxy {
         });
         let proxy = Proxy {
             child,
-            ip: IpAddr::from([127, 0, 0, 1]),
+            ip,
             port,
             config,
         };
@@ -252,7 +186,7 @@ impl Proxy {
                 proxy.logs()
             )
         });
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let addr = SocketAddr::from((ip, port));
         assert!(
             TcpStream::connect_timeout(&addr, IO_TIMEOUT).is_ok(),
             "ringproxy not accepting on {addr}:\n{}",
@@ -279,6 +213,11 @@ impl Proxy {
             "ringproxy not accepting on {addr} after {IO_TIMEOUT:?}:\n{}",
             self.logs()
         );
+    }
+
+    /// Replaces the config file's text, for a reload to read.
+    pub fn write_config(&self, text: &str) {
+        fs::write(&self.config.path, text).expect("rewrite config");
     }
 
     /// A new client connection to the proxy.
