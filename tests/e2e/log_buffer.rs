@@ -56,6 +56,8 @@ fn stalled_stdout_holds_log_memory_to_buffer_bytes_and_counts_dropped_lines() {
             c.logging.buffer_bytes = Some(BUFFER_BYTES);
         })
         .admin_api();
+    let toml = config.to_toml();
+    assert!(toml.contains("buffer_bytes"), "{toml}");
     let (proxy, _unread_stdout) = Proxy::start_with_unread_stdout(&config);
     let admin = Admin::of(&config);
     let port = proxy.port;
