@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end tests run besides the proxy itself, on Debian or Ubuntu, when it
 # is missing: nginx, gunicorn with Flask, Python requests and websockets, and curl, used by
-# tests/real_servers.rs to compare real servers and clients through the proxy and directly.
+# tests/e2e/real_servers.rs to compare real servers and clients through the proxy and directly.
 # Idempotent and quiet: does nothing when everything is there; otherwise apt-get update and
 # install, as root (or through sudo). Exits non-zero, naming what is missing, if it cannot.
 #

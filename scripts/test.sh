@@ -4,7 +4,7 @@
 # runs `cargo test` with any arguments given here.
 #
 #   bash scripts/test.sh                 # everything
-#   bash scripts/test.sh --test retries  # one test file
+#   bash scripts/test.sh --test e2e retries::  # one area of the end-to-end tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/test-deps.sh

@@ -1,0 +1,312 @@
+//! The proxy's config as the tests build it: one struct per section, every key optional,
+//! serialized to TOML with the `toml` crate, so a test names only the keys it is about and
+//! sections compose. `TestConfig::new` applies what the harness wants unless a test says else.
+
+use super::free_port;
+use super::proxy::TempConfig;
+use serde::Serialize;
+use std::net::IpAddr;
+
+/// A whole config file; a section nobody set writes nothing.
+///
+/// Adding a section is adding a field here, in the file's order:
+/// - a table (`[tls]`): a struct of `Option` keys (each `skip_serializing_if =
+///   "Option::is_none"`) deriving `Serialize, Clone, Debug, Default, PartialEq`, on a field
+///   marked `skip_serializing_if = "is_unset"`, as `timeouts`;
+/// - a repeated table (`[[routes]]`): a `Vec` of such structs, `skip_serializing_if =
+///   "Vec::is_empty"`, as `backends`; a repeated table inside a section
+///   (`[[tls.certificates]]`) the same, as a field of the section's struct;
+/// - named tables (`[upstreams.<name>]`, `[rate_limits.<name>]`): a `BTreeMap<String, _>` of
+///   such structs, `skip_serializing_if = "BTreeMap::is_empty"`;
+/// - inside an entry, an inline table (`redirect = { to = "/new", status = 308 }`) or a
+///   sub-table (`[tls.client_auth]`) is an `Option` of a struct, a map
+///   (`set_request_headers = { "X-Env" = "prod" }`) an `Option<BTreeMap<String, String>>`;
+///   `toml` writes them as sub-tables (`[routes.redirect]`), which TOML reads the same.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+pub struct TestConfig {
+    pub server: ServerSection,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<BackendEntry>,
+    #[serde(skip_serializing_if = "is_unset")]
+    pub load_balancing: LoadBalancingSection,
+    #[serde(skip_serializing_if = "is_unset")]
+    pub health_checks: HealthChecksSection,
+    #[serde(skip_serializing_if = "is_unset")]
+    pub passive_health: PassiveHealthSection,
+    #[serde(skip_serializing_if = "is_unset")]
+    pub logging: LoggingSection,
+    #[serde(skip_serializing_if = "is_unset")]
+    pub timeouts: TimeoutsSection,
+    #[serde(skip_serializing_if = "is_unset")]
+    pub upstream: UpstreamSection,
+    #[serde(skip_serializing_if = "is_unset")]
+    pub limits: LimitsSection,
+    #[serde(skip_serializing_if = "is_unset")]
+    pub admin: AdminSection,
+}
+
+/// True for a section with no key set, which is left out of the file.
+fn is_unset<T: Default + PartialEq>(section: &T) -> bool {
+    *section == T::default()
+}
+
+/// `[server]`.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+pub struct ServerSection {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// A count; `None` leaves the proxy's default, `"auto"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pin_cores: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shutdown_timeout_seconds: Option<f64>,
+}
+
+/// One `[[backends]]` entry.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+pub struct BackendEntry {
+    pub url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check_path: Option<String>,
+}
+
+impl BackendEntry {
+    /// `http://127.0.0.1:<port>` with this weight, for each `(port, weight)`.
+    pub fn list(backends: &[(u16, u32)]) -> Vec<BackendEntry> {
+        backends
+            .iter()
+            .map(|&(port, weight)| BackendEntry {
+                url: format!("http://127.0.0.1:{port}"),
+                weight: Some(weight),
+                health_check_path: None,
+            })
+            .collect()
+    }
+}
+
+/// `[load_balancing] strategy`.
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    RoundRobin,
+    Weighted,
+    LeastConn,
+}
+
+/// `[load_balancing]`.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+pub struct LoadBalancingSection {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
+}
+
+/// `[health_checks]`.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+pub struct HealthChecksSection {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub success_threshold: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_status: Option<String>,
+}
+
+/// `[passive_health]`.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+pub struct PassiveHealthSection {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_fails: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fail_timeout_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eject_on_5xx: Option<bool>,
+}
+
+/// `[logging] format`.
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// `[logging]`.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+pub struct LoggingSection {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<LogFormat>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub buffer_bytes: Option<u64>,
+}
+
+/// `[timeouts]`.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+pub struct TimeoutsSection {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_timeout_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_timeout_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_header_timeout_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub io_timeout_seconds: Option<f64>,
+}
+
+/// `[upstream]`.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+pub struct UpstreamSection {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_idle_per_backend: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_non_idempotent: Option<bool>,
+}
+
+/// `[limits]`.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+pub struct LimitsSection {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_request_line_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_header_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_headers: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_underscores_in_headers: Option<bool>,
+}
+
+/// `[admin]`.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+pub struct AdminSection {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_unauthenticated_remote: Option<bool>,
+}
+
+impl TestConfig {
+    /// The harness's config in front of `backends` (weight 1 each): a fresh port on 127.0.0.1,
+    /// one unpinned worker, text logs with the access log, active health checks off (so
+    /// backends see only the tests' requests) and the admin listener off (its default port is
+    /// fixed, and tests run side by side).
+    pub fn new(backends: &[u16]) -> TestConfig {
+        let weighted: Vec<(u16, u32)> = backends.iter().map(|&port| (port, 1)).collect();
+        TestConfig::weighted(&weighted)
+    }
+
+    /// As `new`, with a `(port, weight)` per backend.
+    pub fn weighted(backends: &[(u16, u32)]) -> TestConfig {
+        let mut config = TestConfig {
+            backends: BackendEntry::list(backends),
+            ..TestConfig::default()
+        };
+        config.server = ServerSection {
+            host: Some("127.0.0.1".into()),
+            port: Some(free_port()),
+            workers: Some(1),
+            pin_cores: Some(false),
+            shutdown_timeout_seconds: None,
+        };
+        config.logging.format = Some(LogFormat::Text);
+        config.logging.access_log = Some(true);
+        config.health_checks.enabled = Some(false);
+        config.admin.enabled = Some(false);
+        config
+    }
+
+    /// `change` applied: `config.with(|c| c.timeouts.io_timeout_seconds = Some(0.5))`.
+    pub fn with(mut self, change: impl FnOnce(&mut TestConfig)) -> TestConfig {
+        change(&mut self);
+        self
+    }
+
+    /// A copy in front of other `(port, weight)` backends, for the next file of a reload test.
+    pub fn in_front_of(&self, backends: &[(u16, u32)]) -> TestConfig {
+        TestConfig {
+            backends: BackendEntry::list(backends),
+            ..self.clone()
+        }
+    }
+
+    /// Active health checks every `interval` seconds with a `timeout`, down after `fall`
+    /// failures, up after `rise` successes.
+    pub fn health_checks(mut self, interval: f64, timeout: f64, fall: u32, rise: u32) -> Self {
+        self.health_checks = HealthChecksSection {
+            enabled: Some(true),
+            interval_seconds: Some(interval),
+            timeout_seconds: Some(timeout),
+            failure_threshold: Some(fall),
+            success_threshold: Some(rise),
+            expected_status: None,
+        };
+        self
+    }
+
+    /// Active checks every 0.2 s, one probe to go down or up: for tests of up and down.
+    pub fn fast_health_checks(self) -> Self {
+        self.health_checks(0.2, 1.0, 1, 1)
+    }
+
+    /// The admin API on, on 127.0.0.1 and a port of its own unless already set.
+    pub fn admin_api(mut self) -> Self {
+        self.admin.enabled = Some(true);
+        self.admin.host.get_or_insert_with(|| "127.0.0.1".into());
+        self.admin.port.get_or_insert_with(free_port);
+        self
+    }
+
+    /// The proxy's port.
+    pub fn port(&self) -> u16 {
+        self.server.port.expect("a TestConfig has a port")
+    }
+
+    /// The proxy's listening address (`[server] host`, 127.0.0.1 unless set).
+    pub fn ip(&self) -> IpAddr {
+        let host = self.server.host.as_deref().unwrap_or("127.0.0.1");
+        host.parse()
+            .unwrap_or_else(|e| panic!("[server] host {host:?}: {e}"))
+    }
+
+    /// The config file's text.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a TestConfig serializes to TOML")
+    }
+
+    /// The config written to a file of its own.
+    pub fn write(&self) -> TempConfig {
+        TempConfig::new(&self.to_toml())
+    }
+}

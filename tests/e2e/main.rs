@@ -1,0 +1,32 @@
+//! The end-to-end tests: the real `ringproxy` binary against raw-socket backends on 127.0.0.1,
+//! one module per area. One test binary, so the harness in `common` is compiled once and every
+//! helper in it is used by some test.
+
+mod common;
+
+mod admin_guard;
+mod admin_metrics;
+mod balancing;
+mod bodies;
+mod config_cli;
+mod delimitation;
+mod duplex;
+mod early_answers;
+mod errors;
+mod fd_budget;
+mod forwarding;
+mod hardening;
+mod hardening_errors;
+mod headers;
+mod health;
+mod keepalive_pipelining;
+mod limits;
+mod log_buffer;
+mod real_servers;
+mod reload_shutdown;
+mod retries;
+mod startup_logs;
+mod streaming;
+mod trailers;
+mod upgrade;
+mod upstream_reuse;
