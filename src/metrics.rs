@@ -49,6 +49,11 @@ pub const FD_OP_LABELS: [&str; 6] = [
 pub static FD_EXHAUSTED: [AtomicU64; FD_OP_LABELS.len()] =
     [const { AtomicU64::new(0) }; FD_OP_LABELS.len()];
 
+/// Operations a worker did without because its descriptor share was full (the kernel was never
+/// asked), by `FD_OP_LABELS`.
+pub static FD_SHARE_FULL: [AtomicU64; FD_OP_LABELS.len()] =
+    [const { AtomicU64::new(0) }; FD_OP_LABELS.len()];
+
 pub fn read(counter: &AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
 }

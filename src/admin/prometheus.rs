@@ -2,7 +2,8 @@
 //! are summed here, on read.
 
 use crate::metrics::{
-    read, HistogramTotals, WorkerMetrics, CLASS_LABELS, FD_EXHAUSTED, FD_OP_LABELS, LATENCY_BUCKETS,
+    read, HistogramTotals, WorkerMetrics, CLASS_LABELS, FD_EXHAUSTED, FD_OP_LABELS, FD_SHARE_FULL,
+    LATENCY_BUCKETS,
 };
 use crate::state::Shared;
 use crate::upstream::passive::now_ms;
@@ -113,6 +114,19 @@ pub fn render(shared: &Shared) -> String {
         let _ = writeln!(
             out,
             "ringproxy_fd_exhausted_total{{op=\"{op}\"}} {}",
+            read(n)
+        );
+    }
+    family(
+        &mut out,
+        "ringproxy_fd_share_full_total",
+        "counter",
+        "Operations a worker did without because its share of the open-files limit was full (before the kernel ran out), by what was shed or done without.",
+    );
+    for (op, n) in FD_OP_LABELS.iter().zip(&FD_SHARE_FULL) {
+        let _ = writeln!(
+            out,
+            "ringproxy_fd_share_full_total{{op=\"{op}\"}} {}",
             read(n)
         );
     }

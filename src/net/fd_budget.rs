@@ -8,7 +8,7 @@
 //! limit is never reached by surprise, and 10,000 idle clients need about 10,000 descriptors,
 //! not the worst case of each.
 
-use crate::metrics::{FD_EXHAUSTED, FD_OP_LABELS};
+use crate::metrics::{FD_EXHAUSTED, FD_OP_LABELS, FD_SHARE_FULL};
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::marker::PhantomData;
@@ -169,9 +169,10 @@ pub fn lease(n: usize, op: FdOp) -> Option<Lease> {
         (l.used + n <= l.share).then(|| l.used += n).is_some()
     });
     if !granted {
-        exhausted(op, &io::Error::from_raw_os_error(libc::EMFILE));
+        share_full(op);
         return None;
     }
+    recovered(op);
     Some(Lease {
         n,
         client: false,
@@ -196,8 +197,12 @@ pub fn lease_client() -> Option<Lease> {
         }
         room
     });
-    // `then`, not `then_some`: a lease built and dropped would give back what was not taken.
-    granted.then(|| Lease {
+    if !granted {
+        share_full(FdOp::Accept);
+        return None;
+    }
+    // Built only when granted: a lease built and dropped would give back what was not taken.
+    Some(Lease {
         n: 1,
         client: true,
         _thread: PhantomData,
@@ -320,6 +325,16 @@ thread_local! {
     static SHORTAGES: RefCell<[Shortage; FD_OP_LABELS.len()]> = RefCell::default();
 }
 
+/// Counts an operation done without because the worker's share was full, and logs it as a
+/// shortage (once when it starts, then at most every 10 s).
+fn share_full(op: FdOp) {
+    FD_SHARE_FULL[op as usize].fetch_add(1, Ordering::Relaxed);
+    note_shortage(
+        op,
+        &io::Error::other("the worker's share of the open-files limit is full"),
+    );
+}
+
 /// Counts an operation that found no descriptor, and logs the shortage when it starts and at
 /// most every 10 s while it lasts (per thread), never once per hit.
 pub fn exhausted(op: FdOp, error: &io::Error) {
@@ -328,6 +343,11 @@ pub fn exhausted(op: FdOp, error: &io::Error) {
         // The budget doing its job under load, not a shortage: counted only.
         return;
     }
+    note_shortage(op, error);
+}
+
+/// Logs a shortage of `op` when it starts and at most every 10 s while it lasts (per thread).
+fn note_shortage(op: FdOp, error: &io::Error) {
     SHORT.set(SHORT.get() | 1 << op as u8);
     let now = Instant::now();
     SHORTAGES.with(|s| {

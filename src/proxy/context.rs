@@ -70,7 +70,7 @@ impl WorkerCtx {
         let snapshot = shared.snapshot();
         let generation = snapshot.generation;
         let balancer = Balancer::new(snapshot.config.strategy, snapshot.backends.len());
-        let pool = UpstreamPool::new(snapshot.config.pool.clone());
+        let pool = UpstreamPool::new(&snapshot.backends, snapshot.config.pool.clone());
         Ok(WorkerCtx {
             worker_id,
             metrics: shared.workers[worker_id].clone(),

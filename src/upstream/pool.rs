@@ -52,15 +52,21 @@ impl Hasher for IdHasher {
     }
 }
 
+type IdMap<T> = HashMap<u64, T, BuildHasherDefault<IdHasher>>;
+
 pub struct UpstreamPool {
-    idle: HashMap<u64, VecDeque<IdleConn>, BuildHasherDefault<IdHasher>>,
+    idle: IdMap<VecDeque<IdleConn>>,
+    /// The backends of the configuration in force: a connection to another one (a request of
+    /// the previous configuration finishing after a reload) is not taken back.
+    current: IdMap<()>,
     settings: PoolSettings,
 }
 
 impl UpstreamPool {
-    pub fn new(settings: PoolSettings) -> Self {
+    pub fn new(backends: &BackendSet, settings: PoolSettings) -> Self {
         UpstreamPool {
             idle: HashMap::default(),
+            current: backends.iter().map(|b| (b.id, ())).collect(),
             settings,
         }
     }
@@ -68,8 +74,9 @@ impl UpstreamPool {
     /// After a reload: idle connections to backends still present stay (they are keyed by
     /// identity); those to removed backends are closed.
     pub fn rebuild(&mut self, backends: &BackendSet, settings: PoolSettings) {
-        self.idle
-            .retain(|id, _| backends.iter().any(|b| b.id == *id));
+        self.current = backends.iter().map(|b| (b.id, ())).collect();
+        let current = &self.current;
+        self.idle.retain(|id, _| current.contains_key(id));
         self.settings = settings;
     }
 
@@ -125,6 +132,9 @@ impl UpstreamPool {
         let max = self.settings.max_idle_per_backend;
         if !conn.rbuf.is_empty() {
             return Err(IdleState::StrayBytes);
+        }
+        if !self.current.contains_key(&conn.backend_id) {
+            return Ok(()); // a backend a reload removed: closed
         }
         if spliced {
             match idle_state(conn.stream.socket_fd()) {

@@ -74,7 +74,7 @@ fn expect_100_continue_gets_interim_response_before_body() {
 }
 
 #[test]
-fn upstream_interim_responses_are_not_taken_for_the_final_one() {
+fn upstream_interim_responses_are_forwarded_and_not_taken_for_the_final_one() {
     let backend = Backend::raw(|mut conn, _| {
         while let Ok(Some(req)) = conn.read_request() {
             conn.send(b"HTTP/1.1 100 Continue\r\n\r\n");
@@ -87,20 +87,43 @@ fn upstream_interim_responses_are_not_taken_for_the_final_one() {
     });
     let proxy = Proxy::start(&TestConfig::new(&[backend.port]));
     let mut conn = proxy.connect();
-    let response = conn.roundtrip(&request_bytes("POST", "/a", &[], b"abc"));
+    // The upstream's 103 reaches an HTTP/1.1 client as it comes (RFC 9110 §15.2), its own 100
+    // does not (the proxy answers Expect itself and does not pass it on).
+    let expect_hints = |conn: &mut HttpConn, what: &str| {
+        let hints = conn.read_response("GET").expect("103 Early Hints");
+        assert_eq!(hints.status(), 103, "{what}: {:?}", hints.head);
+        assert_eq!(
+            hints.header("link"),
+            Some("</style.css>; rel=preload"),
+            "{what}"
+        );
+    };
+    conn.send(&request_bytes("POST", "/a", &[], b"abc"));
+    expect_hints(&mut conn, "POST");
+    let response = conn.read_response("POST").expect("final");
     assert_eq!(response.status(), 200);
     assert_eq!(response.text(), "final 3");
 
-    // With Expect, the client sees exactly one 100 (the proxy's own) and then the final answer.
+    // With Expect, the client sees exactly one 100 (the proxy's own), the 103, then the answer.
     conn.send(b"POST /b HTTP/1.1\r\nHost: test.local\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n");
     let interim = conn.read_response("POST").expect("100 Continue");
     assert_eq!(interim.status(), 100);
     conn.send(b"abcd");
+    expect_hints(&mut conn, "POST with Expect");
     let response = conn.read_response("POST").expect("final response");
     assert_eq!(response.status(), 200, "{:?}", response.head);
     assert_eq!(response.text(), "final 4");
 
-    assert_eq!(conn.get_ok("/c").text(), "final 0");
+    conn.send(&get_request("/c"));
+    expect_hints(&mut conn, "GET");
+    assert_eq!(conn.read_response("GET").expect("final").text(), "final 0");
+
+    // An HTTP/1.0 client gets no 1xx at all (RFC 9110 §15.2), only the final answer.
+    let mut old = proxy.connect();
+    old.send(b"GET /d HTTP/1.0\r\n\r\n");
+    let response = old.read_response("GET").expect("final");
+    assert_eq!(response.status(), 200, "{:?}", response.head);
+    assert_eq!(response.text(), "final 0");
 }
 
 /// The backend answers `/probe` with `upstream_head` (no body bytes) and anything else with

@@ -1,7 +1,9 @@
 //! The open-files budget, end to end: under a low RLIMIT_NOFILE, slow streamed uploads and
-//! WebSocket tunnels (the connections holding the most descriptors) reach `max_connections`
-//! before descriptors run out; and when descriptors run out anyway, the proxy sheds new work
-//! with 503 and neither health check nor passive ejection blames the backends.
+//! WebSocket tunnels (the connections holding the most descriptors) fill the worker's share of
+//! descriptors, and what does not fit is refused with 503 or done another way before the kernel
+//! runs out; when descriptors do run out anyway, the proxy sheds new work with 503; and neither
+//! health checks nor passive ejection ever blame the backends for it. Idle connections hold one
+//! descriptor each, not the worst case.
 
 use crate::common::admin::Admin;
 use crate::common::*;
@@ -11,10 +13,11 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// The proxy's open-files limit in the load test: low enough that the uploads below would
-/// exhaust it at 5 descriptors each, were the cap not fitted to their worst case.
+/// The proxy's open-files limit in the load test: low enough that the uploads below cannot all
+/// fit (each needs 2 descriptors, client and upstream, and would take up to 5: the early-answer
+/// watcher and a splice pipe where there is room).
 const NOFILE: u64 = 400;
-const UPLOADS: usize = 120;
+const UPLOADS: usize = 200;
 const TUNNELS: usize = 4;
 /// A body announced but never sent: the upload stays in flight, spliced or copied.
 const UPLOAD_HEAD: &[u8] =
@@ -90,18 +93,6 @@ fn mixed_backend() -> Backend {
             }
         }
     })
-}
-
-/// `max_connections` as the proxy fitted it to its limit (from the startup log).
-fn fitted_max_connections(proxy: &Proxy) -> usize {
-    let lines = proxy.wait_log_lines(1, "about max_connections lowered", |l| {
-        l.contains("max_connections lowered")
-    });
-    let value = lines[0]
-        .split_whitespace()
-        .find_map(|field| field.strip_prefix("effective="))
-        .and_then(|v| v.parse().ok());
-    value.unwrap_or_else(|| panic!("no effective= in {:?}", lines[0]))
 }
 
 fn open_tunnel(proxy: &Proxy, index: usize) -> HttpConn {
@@ -239,18 +230,12 @@ fn served_again(proxy: &Proxy) {
 }
 
 #[test]
-fn slow_uploads_and_tunnels_reach_the_cap_before_descriptors_run_out() {
+fn slow_uploads_and_tunnels_fill_the_share_and_the_kernel_never_runs_out() {
     let backends = [mixed_backend(), mixed_backend()];
     let (proxy, admin) = start(
         TestConfig::new(&[backends[0].port, backends[1].port]).fast_health_checks(),
         NOFILE,
     );
-    let cap = fitted_max_connections(&proxy);
-    assert!(
-        cap > TUNNELS && cap < UPLOADS,
-        "max_connections {cap} under nofile {NOFILE}: the test needs uploads over the cap"
-    );
-
     let mut tunnels: Vec<HttpConn> = (0..TUNNELS).map(|i| open_tunnel(&proxy, i)).collect();
     let mut uploads: Vec<HttpConn> = (0..UPLOADS)
         .map(|_| {
@@ -267,14 +252,16 @@ fn slow_uploads_and_tunnels_reach_the_cap_before_descriptors_run_out() {
         .map(upload_state)
         .filter(|state| *state == Upload::InFlight)
         .count();
-    assert_eq!(
-        in_flight,
-        cap - TUNNELS,
-        "uploads in flight: the cap, less the tunnels; the rest refused\n{}",
+    // Each upload in flight holds 2 to 5 descriptors: over 100 fit in the share of the 400,
+    // and not all 200 (every one of the others refused with 503 or closed, none hanging).
+    assert!(
+        (100..UPLOADS).contains(&in_flight),
+        "{in_flight} uploads in flight\n{}",
         proxy.logs()
     );
     for _ in 0..3 {
-        assert_eq!(new_client_answered(&proxy), 503, "over the cap");
+        let status = new_client_answered(&proxy);
+        assert!(status == 503 || status == 200, "{status}");
     }
     for (i, tunnel) in tunnels.iter_mut().enumerate() {
         check_echo(tunnel, i);
@@ -288,10 +275,46 @@ fn slow_uploads_and_tunnels_reach_the_cap_before_descriptors_run_out() {
     served_again(&proxy);
     assert_no_backend_blamed(&proxy, &admin);
     let metrics = admin.metrics();
+    // The workers' shares were full (what did not fit was refused or done without) ...
+    let full = |op| metrics.value("ringproxy_fd_share_full_total", &[("op", op)]);
+    assert!(
+        full("accept") + full("connect") > 0.0 && full("dup") + full("pipe") > 0.0,
+        "the share never filled: the test does not test it"
+    );
+    // ... but the kernel never ran out of descriptors.
     for op in ["accept", "connect", "health_check", "pipe", "dup"] {
         let short = metrics.value("ringproxy_fd_exhausted_total", &[("op", op)]);
-        assert_eq!(short, 0.0, "descriptors ran short for {op}");
+        assert_eq!(
+            short,
+            0.0,
+            "descriptors ran short for {op}\n{}",
+            proxy.logs()
+        );
     }
+}
+
+/// 2,000 idle keep-alive clients under an open-files limit of 3,000: they hold one descriptor
+/// each (a budget of their worst case, 4 each, would have refused most of them).
+#[test]
+fn idle_clients_hold_one_descriptor_each() {
+    let backend = Backend::fixed("ok");
+    let (proxy, admin) = start(TestConfig::new(&[backend.port]), 3000);
+    let mut clients: Vec<HttpConn> = Vec::new();
+    for i in 0..2000 {
+        let mut conn = proxy.connect();
+        let response = conn.roundtrip(&get_request(&format!("/idle/{i}")));
+        assert_eq!(response.status(), 200, "client {i}: {response:?}");
+        clients.push(conn);
+    }
+    for (i, conn) in clients.iter_mut().enumerate().step_by(97) {
+        assert_eq!(conn.get_ok("/again").status(), 200, "client {i}");
+    }
+    let metrics = admin.metrics();
+    let held = metrics.value("ringproxy_worker_descriptors", &[("worker", "0")]);
+    assert!(
+        held <= 2100.0,
+        "{held} descriptors counted for 2000 idle clients"
+    );
 }
 
 /// Lowers the running proxy's soft open-files limit to its lowest free descriptor number, so

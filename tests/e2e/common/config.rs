@@ -255,14 +255,16 @@ impl TestConfig {
 
     /// A copy in front of other `(port, weight)` backends, for the next file of a reload test.
     pub fn in_front_of(&self, backends: &[(u16, u32)]) -> TestConfig {
-        TestConfig {
+        let mut config = TestConfig {
             backends: BackendEntry::list(backends),
             ..self.clone()
-        }
+        };
+        config.check_health_urls();
+        config
     }
 
-    /// Active health checks every `interval` seconds with a `timeout`, down after `fall`
-    /// failures, up after `rise` successes.
+    /// Active HTTP health checks of `/health` (the test backends' health URL) every `interval`
+    /// seconds with a `timeout`, down after `fall` failures, up after `rise` successes.
     pub fn health_checks(mut self, interval: f64, timeout: f64, fall: u32, rise: u32) -> Self {
         self.health_checks = HealthChecksSection {
             enabled: Some(true),
@@ -272,7 +274,18 @@ impl TestConfig {
             success_threshold: Some(rise),
             expected_status: None,
         };
+        self.check_health_urls();
         self
+    }
+
+    /// With health checks on, backends without a path of their own are checked at `/health`.
+    fn check_health_urls(&mut self) {
+        if self.health_checks.enabled != Some(true) {
+            return;
+        }
+        for b in &mut self.backends {
+            b.health_check_path.get_or_insert_with(|| "/health".into());
+        }
     }
 
     /// Active checks every 0.2 s, one probe to go down or up: for tests of up and down.
