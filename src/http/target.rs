@@ -83,18 +83,38 @@ pub fn is_valid_host(value: &[u8]) -> bool {
     };
     let port_ok = port.len() <= 5
         && port.iter().all(u8::is_ascii_digit)
-        && std::str::from_utf8(port)
-            .ok()
-            .and_then(|p| {
-                if p.is_empty() {
-                    Some(0)
-                } else {
-                    p.parse::<u32>().ok()
-                }
-            })
-            .is_some_and(|p| p <= 65535);
+        && port.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= 65535;
     port_ok && (host.first() == Some(&b'[') || is_reg_name(host))
 }
+
+/// The bytes a reg-name may hold as they are: unreserved and sub-delims (RFC 3986 §3.2.2).
+const REG_NAME: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            );
+        b += 1;
+    }
+    table
+};
 
 /// RFC 3986 reg-name (which an IPv4 address also is): unreserved, sub-delims and `%XX`.
 fn is_reg_name(host: &[u8]) -> bool {
@@ -112,8 +132,7 @@ fn is_reg_name(host: &[u8]) -> bool {
             i += 3;
             continue;
         }
-        let allowed = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b);
-        if !allowed {
+        if !REG_NAME[usize::from(b)] {
             return false;
         }
         i += 1;

@@ -1,6 +1,7 @@
 //! Socket reads and writes with a bound on every wait. monoio takes buffers by value (io_uring
 //! owns them while the kernel works), so these helpers move the buffer in and put it back.
 
+use super::deadline;
 use super::fd_budget::{FdOp, Lease};
 use bytes::{Bytes, BytesMut};
 use monoio::buf::{IoBufMut, SliceMut};
@@ -46,7 +47,7 @@ pub async fn read_more<S: AsyncReadRent>(
     timeout: Duration,
 ) -> Result<usize, IoFail> {
     let tail = spare_tail(buf, reserve);
-    match monoio::time::timeout(timeout, stream.read(tail)).await {
+    match deadline::timeout(timeout, stream.read(tail)).await {
         Ok((result, tail)) => {
             *buf = tail.into_inner();
             result.map_err(IoFail::Io)
@@ -69,7 +70,7 @@ pub async fn read_more_or_give_up<S: CancelableAsyncReadRent>(
     let mut read = std::pin::pin!(stream.cancelable_read(tail, canceller.handle()));
     let (result, tail) = monoio::select! {
         done = &mut read => done,
-        _ = monoio::time::sleep(timeout) => {
+        _ = deadline::sleep(timeout) => {
             let _cancelled = canceller.cancel();
             read.await
         }
@@ -108,7 +109,7 @@ pub async fn write_buf_tracked<S: AsyncWriteRent>(
     while !buf.is_empty() {
         let left = deadline.saturating_duration_since(Instant::now());
         let pending = std::mem::take(buf);
-        let (result, returned) = match monoio::time::timeout(left, stream.write(pending)).await {
+        let (result, returned) = match deadline::timeout(left, stream.write(pending)).await {
             Ok(done) => done,
             Err(_) => return Err((IoFail::Timeout, written_any)),
         };
@@ -138,7 +139,7 @@ pub async fn write_buf<S: AsyncWriteRent>(
     if buf.is_empty() {
         return Ok(());
     }
-    match monoio::time::timeout(timeout, stream.write_all(std::mem::take(buf))).await {
+    match deadline::timeout(timeout, stream.write_all(std::mem::take(buf))).await {
         Ok((result, mut returned)) => {
             returned.clear();
             *buf = returned;
@@ -154,7 +155,7 @@ pub async fn write_bytes<S: AsyncWriteRent>(
     data: Bytes,
     timeout: Duration,
 ) -> Result<(), IoFail> {
-    match monoio::time::timeout(timeout, stream.write_all(data)).await {
+    match deadline::timeout(timeout, stream.write_all(data)).await {
         Ok((result, _)) => result.map(drop).map_err(IoFail::Io),
         Err(_) => Err(IoFail::Timeout),
     }
@@ -291,7 +292,7 @@ impl ReadyStream {
                 self.0.stream.readable(false).await
             }
         };
-        match monoio::time::timeout(timeout, ready).await {
+        match deadline::timeout(timeout, ready).await {
             Ok(r) => r.map_err(IoFail::Io),
             Err(_) => Err(IoFail::Timeout),
         }

@@ -233,7 +233,7 @@ async fn wait(
     ready: impl std::future::Future<Output = io::Result<()>>,
     timeout: Duration,
 ) -> Result<(), IoFail> {
-    match monoio::time::timeout(timeout, ready).await {
+    match super::deadline::timeout(timeout, ready).await {
         Ok(r) => r.map_err(IoFail::Io),
         Err(_) => Err(IoFail::Timeout),
     }

@@ -73,11 +73,13 @@ pub fn write_request_head(
         None => push_header(out, b"Host", backend.to_string().as_bytes()),
     }
     let mut vouched_seen = false;
+    // One scan of the whole head: most have no `_` at all, and then no name needs a look.
+    let check_underscores = !from.allow_underscores && memchr::memchr(b'_', raw).is_some();
     for h in &req.headers {
         let name = h.name.of(raw);
         if vouched(name).is_some() {
             vouched_seen = true;
-        } else if name.contains(&b'_') && !from.allow_underscores {
+        } else if check_underscores && name.contains(&b'_') {
             // Dropped, as nginx does by default: CGI-style servers fold `_` and `-` together,
             // so `X_Forwarded_Proto` would reach an app as the proxy's `X-Forwarded-Proto`.
         } else if framing != OutFraming::Chunked && name.eq_ignore_ascii_case(b"trailer") {

@@ -43,7 +43,7 @@ pub async fn relay(
                 backend,
                 ctx,
             };
-            relay_response(conn, req, body, up, resp, &relaying, rec).await
+            relay_response(conn, req, body, up, &resp, &relaying, rec).await
         }
         Answer::Duplexed(done) => {
             rec.status = done.status;
@@ -71,11 +71,11 @@ async fn relay_response(
     req: &RequestHead,
     body: &RequestBody,
     mut up: UpstreamConn,
-    resp: ResponseHead,
+    resp: &ResponseHead,
     from: &Relaying<'_>,
     rec: &mut AccessRecord<'_>,
 ) -> Result<bool, Failure> {
-    let framing = response_framing(req, &resp);
+    let framing = response_framing(req, resp);
     // While draining, this is the connection's last response.
     let client_keep = req.keep_alive
         && framing != OutFraming::Close
@@ -86,7 +86,7 @@ async fn relay_response(
     write_response_head(
         &mut conn.out,
         req,
-        &resp,
+        resp,
         framing,
         client_keep,
         redirects.as_ref(),
@@ -98,7 +98,7 @@ async fn relay_response(
         stream: &mut up.stream,
         buf: &mut up.rbuf,
         decoder: &mut decoder,
-        trailers: TrailerPolicy::of_response(&resp),
+        trailers: TrailerPolicy::of_response(resp),
     };
     let mut sink = Sink::new(&mut conn.stream, &mut conn.out, framing);
     let io_timeout = from.route.config.timeouts.io;

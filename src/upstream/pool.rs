@@ -220,7 +220,7 @@ pub async fn connect(
 ) -> Result<UpstreamConn, ConnectError> {
     let no_room = || ConnectError::NoDescriptor(std::io::Error::from_raw_os_error(libc::EMFILE));
     let descriptor = fd_budget::lease(1, FdOp::Connect).ok_or_else(no_room)?;
-    let connecting = monoio::time::timeout(timeout, TcpStream::connect_addr(addr));
+    let connecting = crate::net::deadline::timeout(timeout, TcpStream::connect_addr(addr));
     let stream = match connecting.await.map(|r| fd_budget::note(FdOp::Connect, r)) {
         Ok(Ok(s)) => s,
         Ok(Err(e)) if fd_budget::is_exhaustion(&e) => return Err(ConnectError::NoDescriptor(e)),

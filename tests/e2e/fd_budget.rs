@@ -252,10 +252,11 @@ fn slow_uploads_and_tunnels_fill_the_share_and_the_kernel_never_runs_out() {
         .map(upload_state)
         .filter(|state| *state == Upload::InFlight)
         .count();
-    // Each upload in flight holds 2 to 5 descriptors: over 100 fit in the share of the 400,
+    // Each upload in flight holds 2 to 5 descriptors (how many depends on how accepts and
+    // requests interleave): at least 60 fit in the worker's share of the 400 even at 5 each,
     // and not all 200 (every one of the others refused with 503 or closed, none hanging).
     assert!(
-        (100..UPLOADS).contains(&in_flight),
+        (60..UPLOADS).contains(&in_flight),
         "{in_flight} uploads in flight\n{}",
         proxy.logs()
     );
