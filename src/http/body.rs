@@ -247,18 +247,13 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, BodyError> {
     u64::from_str_radix(hex, 16).map_err(|_| BodyError::BadChunkSize)
 }
 
-/// A token character (RFC 9110 §5.6.2).
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
 /// `name: value` with a token name and no control bytes.
 fn is_valid_trailer(line: &[u8]) -> bool {
     let Some(colon) = line.iter().position(|&b| b == b':') else {
         return false;
     };
     colon > 0
-        && line[..colon].iter().all(|&b| is_tchar(b))
+        && line[..colon].iter().all(|&b| super::head::is_tchar(b))
         && line[colon + 1..]
             .iter()
             .all(|&b| b == b'\t' || b >= b' ' && b != 0x7f)

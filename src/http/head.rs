@@ -50,6 +50,45 @@ pub enum Version {
     Http11,
 }
 
+/// Token characters (RFC 9110 §5.6.2), by table: looked up per byte of names and hosts.
+const TCHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        b += 1;
+    }
+    table
+};
+
+/// A token character (RFC 9110 §5.6.2).
+pub fn is_tchar(b: u8) -> bool {
+    TCHAR[usize::from(b)]
+}
+
+/// A non-empty token (RFC 9110 §5.6.2).
+pub fn is_token(s: &[u8]) -> bool {
+    !s.is_empty() && s.iter().all(|&b| is_tchar(b))
+}
+
 /// Trimmed, non-empty elements of a comma-separated header value.
 pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value

@@ -75,16 +75,21 @@ pub fn is_valid_host(value: &[u8]) -> bool {
                 _ => return false,
             }
         }
-        Some(_) => match value.iter().position(|&b| b == b':') {
-            Some(colon) => (&value[..colon], &value[colon + 1..]),
-            None => (value, &[][..]),
-        },
+        Some(_) => {
+            let name_len = reg_name_len(value);
+            match &value[name_len..] {
+                _ if name_len == 0 => return false,
+                [] => return true,
+                [b':', port @ ..] => (&value[..name_len], port),
+                _ => return false,
+            }
+        }
         None => return false,
     };
     let port_ok = port.len() <= 5
         && port.iter().all(u8::is_ascii_digit)
         && port.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= 65535;
-    port_ok && (host.first() == Some(&b'[') || is_reg_name(host))
+    port_ok && !host.is_empty()
 }
 
 /// The bytes a reg-name may hold as they are: unreserved and sub-delims (RFC 3986 §3.2.2).
@@ -116,28 +121,24 @@ const REG_NAME: [bool; 256] = {
     table
 };
 
-/// RFC 3986 reg-name (which an IPv4 address also is): unreserved, sub-delims and `%XX`.
-fn is_reg_name(host: &[u8]) -> bool {
-    if host.is_empty() {
-        return false;
-    }
+/// How long the RFC 3986 reg-name (which an IPv4 address also is: unreserved, sub-delims and
+/// `%XX`) at the start of `s` is; one pass, by table.
+fn reg_name_len(s: &[u8]) -> usize {
     let mut i = 0;
-    while i < host.len() {
-        let b = host[i];
-        if b == b'%' {
-            let hex = host.get(i + 1..i + 3);
-            if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
-                return false;
-            }
+    while i < s.len() {
+        let b = s[i];
+        if REG_NAME[usize::from(b)] {
+            i += 1;
+        } else if b == b'%'
+            && s.get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+        {
             i += 3;
-            continue;
+        } else {
+            break;
         }
-        if !REG_NAME[usize::from(b)] {
-            return false;
-        }
-        i += 1;
     }
-    true
+    i
 }
 
 #[cfg(test)]

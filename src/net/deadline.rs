@@ -149,14 +149,18 @@ struct Registration {
 }
 
 impl Registration {
-    fn new(timeout: Duration, waker: &Waker) -> Registration {
+    fn new(due: Due, waker: &Waker) -> Registration {
         let key = WHEEL.with(|w| {
             let mut w = w.borrow_mut();
             if !w.sweeper {
                 w.sweeper = true;
                 monoio::spawn(sweep());
             }
-            let due = w.now + ticks_for(timeout);
+            let due = match due {
+                Due::In(timeout) => w.now + ticks_for(timeout),
+                // Never into a slot already swept: one already due fires at the next tick.
+                Due::At(Deadline(tick)) => tick.max(w.now + 1),
+            };
             w.insert(due, waker.clone())
         });
         Registration { key }
@@ -185,12 +189,55 @@ impl Drop for Registration {
     }
 }
 
+/// A moment on this thread's coarse clock, for a limit on a whole exchange of several reads or
+/// writes (a head arriving in pieces): taking one reads no clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Deadline(u64);
+
+impl Deadline {
+    /// `timeout` from now (to within `TICK`, never earlier).
+    pub fn after(timeout: Duration) -> Deadline {
+        WHEEL.with(|w| Deadline(w.borrow().now + ticks_for(timeout)))
+    }
+
+    /// What is left of it (to within `TICK`); zero once passed.
+    pub fn left(self) -> Duration {
+        TICK * self.0.saturating_sub(coarse_now()) as u32
+    }
+}
+
+/// Ticks of this thread's coarse clock (`TICK` each); it advances while a deadline is pending
+/// or the sweeper runs (once started, always). For idle times that need no precision.
+pub fn coarse_now() -> u64 {
+    WHEEL.with(|w| w.borrow().now)
+}
+
+/// `duration` in ticks of the coarse clock, rounded up.
+pub fn coarse_ticks(duration: Duration) -> u64 {
+    duration.as_nanos().div_ceil(TICK.as_nanos()) as u64
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Due {
+    In(Duration),
+    At(Deadline),
+}
+
 /// `fut` given at most `timeout`: `Err(Elapsed)` when the deadline passes first (the future is
 /// then dropped, cancelling its operation). The deadline starts at the first poll.
 pub fn timeout<F: Future>(timeout: Duration, fut: F) -> Timeout<F> {
     Timeout {
         fut,
-        timeout,
+        due: Due::In(timeout),
+        registration: None,
+    }
+}
+
+/// `fut` given until `deadline`, as `timeout`.
+pub fn timeout_at<F: Future>(deadline: Deadline, fut: F) -> Timeout<F> {
+    Timeout {
+        fut,
+        due: Due::At(deadline),
         registration: None,
     }
 }
@@ -203,7 +250,7 @@ pin_project_lite::pin_project! {
     pub struct Timeout<F> {
         #[pin]
         fut: F,
-        timeout: Duration,
+        due: Due,
         registration: Option<Registration>,
     }
 }
@@ -217,7 +264,7 @@ impl<F: Future> Future for Timeout<F> {
             return Poll::Ready(Ok(out));
         }
         match this.registration {
-            None => *this.registration = Some(Registration::new(*this.timeout, cx.waker())),
+            None => *this.registration = Some(Registration::new(*this.due, cx.waker())),
             Some(r) if r.fired(cx.waker()) => return Poll::Ready(Err(Elapsed)),
             Some(_) => {}
         }

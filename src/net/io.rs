@@ -46,14 +46,7 @@ pub async fn read_more<S: AsyncReadRent>(
     reserve: usize,
     timeout: Duration,
 ) -> Result<usize, IoFail> {
-    let tail = spare_tail(buf, reserve);
-    match deadline::timeout(timeout, stream.read(tail)).await {
-        Ok((result, tail)) => {
-            *buf = tail.into_inner();
-            result.map_err(IoFail::Io)
-        }
-        Err(_) => Err(IoFail::Timeout),
-    }
+    read_more_until(stream, buf, reserve, deadline::Deadline::after(timeout)).await
 }
 
 /// Waits up to `timeout` for more bytes without ever losing any: on timeout the read is cancelled
@@ -83,18 +76,22 @@ pub async fn read_more_or_give_up<S: CancelableAsyncReadRent>(
     }
 }
 
-/// Reads with a deadline instead of a duration; an expired deadline is a timeout.
+/// Reads with a deadline (on the coarse clock) instead of a duration: for a limit on the whole
+/// of a head that arrives in several reads.
 pub async fn read_more_until<S: AsyncReadRent>(
     stream: &mut S,
     buf: &mut BytesMut,
     reserve: usize,
-    deadline: Instant,
+    deadline: deadline::Deadline,
 ) -> Result<usize, IoFail> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return Err(IoFail::Timeout);
+    let tail = spare_tail(buf, reserve);
+    match deadline::timeout_at(deadline, stream.read(tail)).await {
+        Ok((result, tail)) => {
+            *buf = tail.into_inner();
+            result.map_err(IoFail::Io)
+        }
+        Err(_) => Err(IoFail::Timeout),
     }
-    read_more(stream, buf, reserve, left).await
 }
 
 /// Writes all of `buf`, then empties it for reuse. On failure, also says whether any byte of
@@ -104,12 +101,11 @@ pub async fn write_buf_tracked<S: AsyncWriteRent>(
     buf: &mut BytesMut,
     timeout: Duration,
 ) -> Result<(), (IoFail, bool)> {
-    let deadline = Instant::now() + timeout;
+    let deadline = deadline::Deadline::after(timeout);
     let mut written_any = false;
     while !buf.is_empty() {
-        let left = deadline.saturating_duration_since(Instant::now());
         let pending = std::mem::take(buf);
-        let (result, returned) = match deadline::timeout(left, stream.write(pending)).await {
+        let (result, returned) = match deadline::timeout_at(deadline, stream.write(pending)).await {
             Ok(done) => done,
             Err(_) => return Err((IoFail::Timeout, written_any)),
         };

@@ -9,6 +9,7 @@ use super::error::Failure;
 use super::forwarding::write_interim_head;
 use super::transfer::TransferError;
 use crate::http::{parse_response, RequestHead, ResponseHead};
+use crate::net::deadline::Deadline;
 use crate::net::io::{read_more_until, recv_now, second_stream, write_buf, IoFail, SecondStream};
 use crate::net::stream::ClientStream;
 use crate::net::stream::UpstreamStream;
@@ -16,7 +17,7 @@ use crate::upstream::UpstreamConn;
 use bytes::BytesMut;
 use std::future::Future;
 use std::pin::Pin;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Read size while waiting for an upstream response head.
 const UPSTREAM_HEAD_READ: usize = 16 * 1024;
@@ -82,7 +83,7 @@ impl Interim<'_> {
 pub async fn read_response_head(
     up: &mut UpstreamConn,
     req: &RequestHead,
-    deadline: Instant,
+    deadline: Deadline,
     mut interim: Option<&mut Interim<'_>>,
 ) -> Result<ResponseHead, HeadError> {
     let mut received_any = false;

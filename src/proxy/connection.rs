@@ -9,6 +9,7 @@ use super::handle::{handle, record_metrics, Next};
 use super::linger::linger_close;
 use super::{parking, ClientConn, ConnectionSlot, WorkerCtx};
 use crate::http::{parse_request, status, RequestError, RequestHead};
+use crate::net::deadline::Deadline;
 use crate::net::io::{read_more_or_give_up, read_more_until, write_buf, IoFail};
 use crate::net::stream::ClientStream;
 use bytes::BytesMut;
@@ -178,7 +179,7 @@ async fn read_request(
         registration.set_idle(false);
     }
     let started = Instant::now();
-    let deadline = started + timeouts.client_header;
+    let deadline = Deadline::after(timeouts.client_header);
     // Whether any byte of this request has arrived: decides 408 versus a quiet close on timeout
     // (the read buffer itself is gone after a timed-out read).
     let mut arrived = !conn.rbuf.is_empty();
@@ -191,7 +192,7 @@ async fn read_request(
         }
         if arrived {
             // Part of the head is in: a read that times out must keep it, for the log line.
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.left();
             let read =
                 read_more_or_give_up(&mut conn.stream, &mut conn.rbuf, CLIENT_READ_BUF, left);
             match read.await {

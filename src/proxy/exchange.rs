@@ -16,6 +16,7 @@ use super::transfer::{transfer_body, Sink, Source, TransferError};
 use super::{ClientConn, WorkerCtx};
 use crate::http::{status, BodyDecoder, OutFraming, RequestHead, ResponseHead, Version};
 use crate::metrics::bump;
+use crate::net::deadline::Deadline;
 use crate::net::io::{second_stream, write_buf, write_buf_tracked, IoFail, ReadyStream};
 use crate::upstream::{connect, group, ConnectError, InFlight, UpstreamConn};
 use smallvec::SmallVec;
@@ -191,7 +192,7 @@ async fn attempt(
     let answered = match send_request(conn, req, body, up, route, backend).await {
         Ok(Sent::Whole(body_bytes)) => {
             rec.bytes_in += body_bytes;
-            let deadline = Instant::now() + route.config.timeouts.request;
+            let deadline = Deadline::after(route.config.timeouts.request);
             // 1xx answers go on to HTTP/1.1 clients as they come (not to HTTP/1.0 ones).
             let mut interim = (req.version == Version::Http11).then_some(Interim {
                 client: &mut conn.stream,
@@ -379,7 +380,7 @@ async fn send_streaming_body(
         BodySent::Finished(Err(e @ TransferError::Destination(IoFail::Io(_)))) => {
             drop(transfer);
             // The upstream stopped taking the body: it may have answered, then closed.
-            let grace = Instant::now() + EARLY_ANSWER_GRACE;
+            let grace = Deadline::after(EARLY_ANSWER_GRACE);
             match read_response_head(up, req, grace, None).await {
                 Ok(mut head) => {
                     // Out of step (part of the body unsent): not reused.

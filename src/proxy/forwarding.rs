@@ -5,7 +5,7 @@
 //! The listener's scheme is an input: `X-Forwarded-Proto` says what the client used.
 
 use super::route::Route;
-use crate::http::Version;
+use crate::http::{head, Version};
 use crate::http::{
     BodyKind, ConnectionOptions, HeaderField, OutFraming, RequestHead, ResponseHead,
 };
@@ -140,7 +140,7 @@ fn write_vouched(out: &mut BytesMut, req: &RequestHead, from: &ForwardedFor<'_>,
 /// and `;host=<host>`. An IPv6 address is a quoted `"[...]"` (RFC 7239 §6); a host that is not a
 /// token (one with a port: `:`) is quoted. Hosts were validated, so they hold no `"` or `\`.
 fn write_forwarded_element(out: &mut BytesMut, from: &ForwardedFor<'_>, host: Option<&[u8]>) {
-    if from.client_ip.contains(':') {
+    if from.client_ip.bytes().any(|b| b == b':') {
         out.extend_from_slice(b"for=\"[");
         out.extend_from_slice(from.client_ip.as_bytes());
         out.extend_from_slice(b"]\"");
@@ -151,11 +151,8 @@ fn write_forwarded_element(out: &mut BytesMut, from: &ForwardedFor<'_>, host: Op
     out.extend_from_slice(b";proto=");
     out.extend_from_slice(from.scheme.as_str().as_bytes());
     if let Some(host) = host {
-        let token = host
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
         out.extend_from_slice(b";host=");
-        if token {
+        if head::is_token(host) {
             out.extend_from_slice(host);
         } else {
             out.extend_from_slice(b"\"");
@@ -355,7 +352,7 @@ impl<'a> TrailerPolicy<'a> {
         let name = line.split(|&b| b == b':').next().unwrap_or_default();
         let underscored = self.drop_underscored && name.contains(&b'_');
         !(underscored
-            || crate::http::head::is_hop_by_hop(name)
+            || head::is_hop_by_hop(name)
             || vouched(name).is_some()
             || NOT_AS_TRAILERS.iter().any(|n| n.eq_ignore_ascii_case(name))
             || self.connection.names(self.raw, name))

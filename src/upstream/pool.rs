@@ -4,6 +4,7 @@
 
 use super::BackendSet;
 use crate::config::PoolSettings;
+use crate::net::deadline;
 use crate::net::fd_budget::{self, FdOp, Lease};
 use crate::net::io::{idle_state, IdleState};
 use crate::net::stream::UpstreamStream;
@@ -12,7 +13,7 @@ use monoio::net::TcpStream;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Read buffer of a fresh upstream connection; it grows for large heads and bodies.
 const UPSTREAM_READ_BUF: usize = 16 * 1024;
@@ -31,7 +32,9 @@ pub struct UpstreamConn {
 
 struct IdleConn {
     conn: UpstreamConn,
-    since: Instant,
+    /// When it went idle, on the worker's coarse clock (`deadline::coarse_now`, 10 ms ticks):
+    /// idle timeouts are seconds, and no clock is read per request.
+    since: u64,
 }
 
 /// Backend ids are small sequential numbers: they hash to themselves.
@@ -105,9 +108,10 @@ impl UpstreamPool {
         backend_id: u64,
         mut discarded: impl FnMut(IdleState),
     ) -> Option<UpstreamConn> {
+        let expired = self.expired_before();
         let queue = self.idle.get_mut(&backend_id)?;
         while let Some(IdleConn { mut conn, since }) = queue.pop_back() {
-            if since.elapsed() >= self.settings.idle_timeout {
+            if since < expired {
                 // Everything older is expired too.
                 queue.clear();
                 return None;
@@ -151,20 +155,25 @@ impl UpstreamPool {
         }
         queue.push_back(IdleConn {
             conn,
-            since: Instant::now(),
+            since: deadline::coarse_now(),
         });
         Ok(())
     }
 
     /// Closes connections idle longer than the timeout; run periodically by the worker.
     pub fn sweep(&mut self) {
-        let timeout = self.settings.idle_timeout;
+        let expired = self.expired_before();
         for queue in self.idle.values_mut() {
-            while queue.front().is_some_and(|c| c.since.elapsed() >= timeout) {
+            while queue.front().is_some_and(|c| c.since < expired) {
                 queue.pop_front();
             }
         }
         self.idle.retain(|_, queue| !queue.is_empty());
+    }
+
+    /// Connections idle since before this tick have been idle for `idle_timeout`.
+    fn expired_before(&self) -> u64 {
+        deadline::coarse_now().saturating_sub(deadline::coarse_ticks(self.settings.idle_timeout))
     }
 
     pub fn idle_count(&self) -> usize {
