@@ -512,7 +512,8 @@ fn route(
         None => i.to_string(),
     };
     let hosts = hosts(ck, &key("hosts"), r.hosts.as_deref());
-    let path = path_match(ck, i, r)?;
+    // Every key is checked even when one is broken, so one run shows every problem.
+    let path = path_match(ck, i, r);
     let methods = methods(ck, &key("methods"), r.methods.as_deref());
     let headers = header_conditions(ck, &key("headers"), r.headers.as_ref());
     let response_headers = edits(
@@ -523,14 +524,14 @@ fn route(
         &r.remove_response_headers,
         &NOT_EDITABLE_IN_RESPONSES,
     );
-    let action = action(ck, i, r, &path, d)?;
+    let action = action(ck, i, r, path.as_ref(), d);
     Some(RouteRule {
         label,
         hosts,
-        path,
+        path: path?,
         methods,
         headers,
-        action,
+        action: action?,
         response_headers,
     })
 }
@@ -803,7 +804,7 @@ fn action(
     ck: &mut Checker,
     i: usize,
     r: &RouteConfig,
-    path: &PathMatch,
+    path: Option<&PathMatch>,
     d: &ForwardDefaults<'_>,
 ) -> Option<RouteAction> {
     let key = |field: &str| format!("routes[{i}].{field}");
@@ -818,7 +819,7 @@ fn action(
         return None;
     }
     let prefix = match path {
-        PathMatch::Prefix(p) => Some(p.as_str()),
+        Some(PathMatch::Prefix(p)) => Some(p.as_str()),
         _ => None,
     };
     if r.strip_prefix && r.path_prefix.is_none() {
@@ -946,7 +947,7 @@ fn redirect_action(
     ck: &mut Checker,
     key: &str,
     r: &RedirectConfig,
-    path: &PathMatch,
+    path: Option<&PathMatch>,
 ) -> Option<Redirect> {
     let status = match r.status {
         s @ (301 | 302 | 303 | 307 | 308) => s as u16,
@@ -974,7 +975,7 @@ fn redirect_action(
         return None;
     }
     if r.keep_path {
-        if !matches!(path, PathMatch::Prefix(_)) {
+        if matches!(path, Some(PathMatch::Exact(_) | PathMatch::Regex(_))) {
             ck.fail(
                 format!("{key}.keep_path"),
                 "keeps what follows a matched prefix: the route needs path_prefix (or no path condition)",
