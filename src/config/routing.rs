@@ -1104,3 +1104,166 @@ fn may_overlap(a: &RouteRule, b: &RouteRule) -> bool {
     });
     !(methods_disjoint || values_differ)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::time::Duration;
+
+    fn parse(text: &str) -> crate::config::ValidConfig {
+        crate::config::parse(Path::new("t.toml"), text).unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    #[test]
+    fn groups_take_the_global_sections_and_override_what_they_set() {
+        let c = parse(
+            r#"
+            [load_balancing]
+            strategy = "least_conn"
+            [health_checks]
+            interval_seconds = 7
+            [passive_health]
+            max_fails = 9
+            [upstream]
+            max_idle_per_backend = 5
+            host_header = "backend"
+
+            [[backends]]
+            url = "http://127.0.0.1:1"
+
+            [upstreams.api]
+            strategy = "hash"
+            hash_key = "cookie:sid"
+            health_check_path = "/healthz"
+            retries = 0
+            health_checks = { interval_seconds = 2, expected_status = "200" }
+            passive_health = { eject_on_5xx = true }
+            [[upstreams.api.backends]]
+            url = "http://127.0.0.1:2"
+            [[upstreams.api.backends]]
+            url = "http://127.0.0.1:3"
+            health_check_path = "/own"
+            [[upstreams.api.backends]]
+            url = "http://127.0.0.1:4"
+
+            [upstreams.static]
+            host_header = "files.internal"
+            backends = [{ url = "http://127.0.0.1:5" }, { url = "http://127.0.0.1:6" }]
+            "#,
+        );
+        let names: Vec<&str> = c.groups.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(names, ["default", "api", "static"]);
+        assert_eq!(c.default_group, Some(0));
+        let (default, api, files) = (&c.groups[0].settings, &c.groups[1], &c.groups[2]);
+        assert_eq!(default.strategy, Strategy::LeastConn);
+        assert_eq!(default.pool.retries, 0, "one backend: no other to retry on");
+        let s = &api.settings;
+        assert_eq!(s.strategy, Strategy::Hash);
+        assert_eq!(s.hash_key, HashKey::Cookie("sid".into()));
+        assert_eq!(s.hash_balance_factor, 1.25);
+        assert_eq!(s.pool.retries, 0);
+        assert_eq!(s.pool.max_idle_per_backend, 5, "inherited");
+        assert_eq!(s.host_header, HostHeader::Backend, "inherited");
+        assert_eq!(s.health.interval, Duration::from_secs(2));
+        assert_eq!(s.health.expected_status, vec![(200, 200)]);
+        assert_eq!(s.health.failure_threshold, 3, "the global default");
+        assert!(s.passive.eject_on_5xx);
+        assert_eq!(s.passive.max_fails, 9, "inherited");
+        let paths: Vec<Option<&str>> = api
+            .backends
+            .iter()
+            .map(|b| b.health_check_path.as_deref())
+            .collect();
+        assert_eq!(paths, [Some("/healthz"), Some("/own"), Some("/healthz")]);
+        assert_eq!(files.settings.strategy, Strategy::LeastConn);
+        assert_eq!(files.settings.pool.retries, 1, "two backends: one other");
+        assert_eq!(
+            files.settings.host_header,
+            HostHeader::Literal("files.internal".into())
+        );
+        assert_eq!(files.settings.health.interval, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn routes_are_compiled_into_rules() {
+        let c = parse(
+            r#"
+            [upstreams.api]
+            backends = [{ url = "http://127.0.0.1:2" }]
+            [[routes]]
+            name = "v1"
+            hosts = ["API.example.com.", "*.Example.com", "api.example.com"]
+            path_prefix = "/v1/"
+            methods = ["POST", "GET"]
+            headers = { "X-Canary" = "1", "x-debug" = "*" }
+            upstream = "api"
+            rewrite_prefix = "/api/"
+            request_timeout_seconds = 5
+            max_body_bytes = 0
+            [[routes]]
+            path = "/robots.txt"
+            respond = { body = "no" }
+            "#,
+        );
+        let r = &c.routes[0];
+        assert_eq!(r.label, "v1");
+        assert_eq!(
+            r.hosts,
+            [
+                HostPattern::Exact("api.example.com".into()),
+                HostPattern::Suffix(".example.com".into())
+            ]
+        );
+        assert_eq!(r.prefix(), Some("/v1/"));
+        assert_eq!(r.methods, ["GET", "POST"]);
+        assert_eq!(r.specificity(), 3);
+        assert_eq!(r.headers[0].value.as_deref(), Some("1"));
+        assert_eq!(
+            r.headers[1],
+            HeaderCondition {
+                name: "x-debug".into(),
+                value: None
+            }
+        );
+        let RouteAction::Forward(f) = &r.action else {
+            panic!("forward")
+        };
+        assert_eq!(f.rewrite, Some(PathRewrite::Replace("/api/".into())));
+        assert_eq!(f.timeouts.request, Duration::from_secs(5));
+        assert_eq!(f.max_body_bytes, None);
+        assert_eq!(c.routes[1].label, "1");
+        let RouteAction::Respond(respond) = &c.routes[1].action else {
+            panic!("respond")
+        };
+        assert_eq!(
+            (respond.status, respond.content_type.as_str()),
+            (200, "text/plain; charset=utf-8")
+        );
+        // No default group, routes present: unmatched requests get 404, which is fine.
+        assert_eq!(c.default_group, None);
+    }
+
+    #[test]
+    fn the_parser_body_limit_is_the_loosest_of_the_routes() {
+        let with = |route_max: &str| {
+            parse(&format!(
+                "[limits]\nmax_body_bytes = 100\n[[backends]]\nurl = \"http://127.0.0.1:1\"\n\
+                 [[routes]]\npath_prefix = \"/up/\"\nupstream = \"default\"\n{route_max}"
+            ))
+            .limits
+        };
+        let l = with("max_body_bytes = 5000\n");
+        assert_eq!(
+            (l.head.max_body_bytes, l.max_body_bytes),
+            (Some(5000), Some(100))
+        );
+        let l = with("max_body_bytes = 0\n");
+        assert_eq!((l.head.max_body_bytes, l.max_body_bytes), (None, Some(100)));
+        let l = with("max_body_bytes = 10\n");
+        assert_eq!(
+            (l.head.max_body_bytes, l.max_body_bytes),
+            (Some(100), Some(100))
+        );
+    }
+}
