@@ -562,16 +562,23 @@ fn header_is_forwarded(name: &str) -> bool {
     !(is_hop_by_hop(n) || n.eq_ignore_ascii_case(b"expect"))
 }
 
-fn hosts(ck: &mut Checker, key: &str, hosts: Option<&[String]>) -> Vec<HostPattern> {
-    let Some(hosts) = hosts else {
-        return Vec::new();
-    };
-    if hosts.is_empty() {
-        ck.fail(
-            key,
-            "an empty list matches nothing: leave hosts out to match any host",
-        );
+/// A condition's list (`hosts`, `methods`): none given is no condition; an empty one would
+/// match nothing, which is never what was meant.
+fn listed<'a>(ck: &mut Checker, key: &str, list: Option<&'a [String]>) -> &'a [String] {
+    let list = list.unwrap_or_default();
+    if list.is_empty() {
+        let what = key.rsplit('.').next().unwrap_or(key);
+        let why = format!("an empty list matches nothing: leave {what} out to match any");
+        ck.fail(key, why);
     }
+    list
+}
+
+fn hosts(ck: &mut Checker, key: &str, hosts: Option<&[String]>) -> Vec<HostPattern> {
+    if hosts.is_none() {
+        return Vec::new();
+    }
+    let hosts = listed(ck, key, hosts);
     let mut out = BTreeSet::new();
     for (j, raw) in hosts.iter().enumerate() {
         let name = raw.to_ascii_lowercase();
@@ -681,15 +688,10 @@ fn normalised_path(ck: &mut Checker, key: &str, p: &str) -> Option<String> {
 }
 
 fn methods(ck: &mut Checker, key: &str, methods: Option<&[String]>) -> Vec<String> {
-    let Some(methods) = methods else {
+    if methods.is_none() {
         return Vec::new();
-    };
-    if methods.is_empty() {
-        ck.fail(
-            key,
-            "an empty list matches nothing: leave methods out to match any method",
-        );
     }
+    let methods = listed(ck, key, methods);
     let mut out = BTreeSet::new();
     for (j, m) in methods.iter().enumerate() {
         if !is_token(m) || m.bytes().any(|b| b.is_ascii_lowercase()) {

@@ -174,6 +174,8 @@ fn rewritten<'v>(
     rewrite: Option<(&str, &PathRewrite)>,
 ) -> Cow<'v, [u8]> {
     let mut out = match (rewrite, path) {
+        // `OPTIONS *` is about the server as a whole: no path to rewrite.
+        _ if target == b"*" => return Cow::Borrowed(target),
         (None, Cow::Borrowed(_)) => return Cow::Borrowed(target),
         (None, Cow::Owned(p)) => p.clone(),
         (Some((prefix, how)), _) => {
@@ -295,6 +297,10 @@ mod tests {
             }
         };
         let b = |p: &'static str| Cow::Borrowed(p.as_bytes());
+        assert_eq!(
+            t("*", b("/"), None, Some(("/", &PathRewrite::Strip))),
+            "borrowed *"
+        );
         let o = |p: &str| Cow::Owned(p.as_bytes().to_vec());
         assert_eq!(t("/a?x", b("/a"), Some("?x"), None), "borrowed /a?x");
         assert_eq!(t("//a?x", o("/a"), Some("?x"), None), "/a?x");
