@@ -18,8 +18,8 @@ source "$LIB/common.sh"
 # shellcheck source=lib/configs.sh
 source "$LIB/configs.sh"
 
-ALL_SCENARIOS=(small-c64 small-c256 resp-16k resp-1m post-1m close idle-10k scaling)
-SCENARIOS="small-c64,small-c256,resp-16k,resp-1m,post-1m,close,idle-10k,scaling"
+ALL_SCENARIOS=(small-c64 small-c256 resp-16k resp-1m post-1m close routes-1 routes-1k idle-10k scaling)
+SCENARIOS="small-c64,small-c256,resp-16k,resp-1m,post-1m,close,routes-1,routes-1k,idle-10k,scaling"
 PROXIES="ringproxy,nginx,haproxy"
 DURATION=10
 REPS=3
@@ -209,7 +209,7 @@ load_cmd() { # load_cmd SCENARIO PORT SECONDS
     local url="http://127.0.0.1:$2" secs=$3 wrk
     wrk=(taskset -c "$OTHER_CORES" wrk -t"$LG_THREADS" -d"${secs}s" --timeout 5s --latency -s "$LIB/wrk_report.lua")
     case "$1" in
-        small-c64) LOAD_CMD=("${wrk[@]}" -c64 "$url/small") ;;
+        small-c64 | routes-1 | routes-1k) LOAD_CMD=("${wrk[@]}" -c64 "$url/small") ;;
         small-c256 | scaling) LOAD_CMD=("${wrk[@]}" -c256 "$url/small") ;;
         resp-16k) LOAD_CMD=("${wrk[@]}" -c64 "$url/16k") ;;
         resp-1m) LOAD_CMD=("${wrk[@]}" -c16 "$url/1m") ;;
@@ -303,6 +303,21 @@ start_proxies 1 "$PROXY_CORES"
 for s in small-c64 small-c256 resp-16k resp-1m post-1m close; do
     has_scenario "$s" && run_load_scenario "$s"
 done
+# Routing: each proxy restarted with the scenario's routes (bench/lib/configs.sh), then back
+# to the plain configs for what follows.
+for s in routes-1 routes-1k; do
+    has_scenario "$s" || continue
+    log "scenario $s: restarting the proxies with its routes"
+    stop_proxies
+    ROUTES=${s#routes-}
+    start_proxies 1 "$PROXY_CORES"
+    run_load_scenario "$s"
+done
+if [[ -n "$ROUTES" ]] && { has_scenario idle-10k || has_scenario scaling; }; then
+    ROUTES=""
+    stop_proxies
+    start_proxies 1 "$PROXY_CORES"
+fi
 has_scenario idle-10k && run_idle_scenario
 has_scenario scaling && run_scaling
 stop_proxies

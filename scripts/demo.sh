@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds ringproxy, starts two demo backends (9001, 9002) and the proxy on config.toml (port 3000,
-# admin API on 9901). Try: curl -i http://127.0.0.1:3000/   Stop with Ctrl-C.
+# admin API on 9901). Try: curl -i http://127.0.0.1:3000/ and the routes listed at the top of
+# config.toml (curl -i -H 'Host: api.localhost' http://127.0.0.1:3000/v1/users). Stop with Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release

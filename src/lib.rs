@@ -2,8 +2,8 @@
 //!
 //! Follow a request: `main.rs` -> `server::run` (workers, listeners, health and admin threads,
 //! signals) -> `worker` (one monoio runtime per core, accept loop) -> `proxy` (a connection's
-//! requests, each through its phases: route, admit, exchange, relay, log) -> `upstream`
-//! (groups, balancer, pool, health), `http` (framing) and `net` (sockets). Arrows point that
+//! requests, each through its phases: route, admit, exchange, relay, log) -> `route` (the route
+//! table), `upstream` (groups, balancers, pool, health), `http` (framing) and `net` (sockets). Arrows point that
 //! way only; `config` is data every layer may read, and `state` what all threads share.
 //!
 //! Public: what the binary (`main.rs`) and the fuzz targets use.
@@ -16,6 +16,7 @@ mod metrics;
 mod net;
 mod proxy;
 mod reload;
+mod route;
 pub mod server;
 mod state;
 mod upstream;

@@ -1,20 +1,26 @@
 //! Configuration reload (SIGHUP and `POST /reload`): re-read the file, and if it is valid publish
-//! a new snapshot that every worker picks up on its next request. Backends that did not change
-//! keep their state; requests in flight finish on the snapshot they started with. Settings that
-//! only take effect at start (listen address, workers, pinning, admin listener) are reported.
+//! a new snapshot (config, upstream groups and routes, all at once) that every worker picks up on
+//! its next request. Backends whose (group, URL) did not change keep their state; requests in
+//! flight finish on the snapshot they started with. Settings that only take effect at start
+//! (listen address, workers, pinning, admin listener) are reported.
 
-use crate::config::{self, ConfigError, ValidConfig};
-use crate::state::{build_backends, Shared};
+use crate::config::{self, ConfigError, ValidConfig, DEFAULT_GROUP};
+use crate::state::{build, Shared};
+use crate::upstream::{Backend, Upstreams};
 use serde::Serialize;
 use std::sync::Arc;
 
 #[derive(Debug, Serialize)]
 pub struct ReloadReport {
     pub generation: u64,
+    /// Backends added, removed and reweighted: by URL in the group `default`, as
+    /// `<group> <url>` in the others.
     pub added: Vec<String>,
     pub removed: Vec<String>,
-    /// (url, old weight, new weight)
+    /// (backend, old weight, new weight)
     pub reweighted: Vec<(String, u32, u32)>,
+    /// Routes in force.
+    pub routes: usize,
     /// Changed keys that need a restart; the running values are kept.
     pub restart_required: Vec<&'static str>,
 }
@@ -35,38 +41,31 @@ pub fn reload(shared: &Shared) -> Result<ReloadReport, Vec<ConfigError>> {
             message: problem,
         }]);
     }
-    let old_weights: Vec<(String, u32)> = current
-        .backends
-        .iter()
-        .map(|b| (b.url.clone(), b.weight()))
+    let old_weights: Vec<(u64, u32)> = current
+        .upstreams
+        .backends()
+        .map(|(_, b)| (b.id, b.weight()))
         .collect();
-    let backends = build_backends(&next, Some(&current.backends), shared.workers.len());
-
-    let added = backends
-        .iter()
-        .filter(|b| !current.backends.iter().any(|o| Arc::ptr_eq(o, b)))
-        .map(|b| b.url.clone())
-        .collect();
-    let removed = current
-        .backends
-        .iter()
-        .filter(|o| !backends.iter().any(|b| Arc::ptr_eq(o, b)))
-        .map(|o| o.url.clone())
-        .collect();
-    let reweighted = backends
-        .iter()
-        .filter_map(|b| {
-            let (_, before) = old_weights.iter().find(|(url, _)| *url == b.url)?;
-            (*before != b.weight()).then(|| (b.url.clone(), *before, b.weight()))
+    let built = build(&next, Some(&current), shared.workers.len());
+    let added = only_in(&built.upstreams, &current.upstreams);
+    let removed = only_in(&current.upstreams, &built.upstreams);
+    let reweighted = built
+        .upstreams
+        .backends()
+        .filter_map(|(group, b)| {
+            let (_, before) = old_weights.iter().find(|(id, _)| *id == b.id)?;
+            (*before != b.weight()).then(|| (named(&group.name, b), *before, b.weight()))
         })
         .collect();
+    let routes = next.routes.len();
     crate::logging::reconfigure(&next.logging);
-    let generation = shared.publish(next, backends);
+    let generation = shared.publish(next, built);
     let report = ReloadReport {
         generation,
         added,
         removed,
         reweighted,
+        routes,
         restart_required,
     };
     tracing::info!(
@@ -74,6 +73,7 @@ pub fn reload(shared: &Shared) -> Result<ReloadReport, Vec<ConfigError>> {
         added = ?report.added,
         removed = ?report.removed,
         reweighted = ?report.reweighted,
+        routes = report.routes,
         "configuration reloaded"
     );
     for key in &report.restart_required {
@@ -83,6 +83,24 @@ pub fn reload(shared: &Shared) -> Result<ReloadReport, Vec<ConfigError>> {
         );
     }
     Ok(report)
+}
+
+/// The backends of `these` that `those` does not have (by identity), named.
+fn only_in(these: &Upstreams, those: &Upstreams) -> Vec<String> {
+    these
+        .backends()
+        .filter(|(_, b)| !those.backends().any(|(_, o)| Arc::ptr_eq(o, b)))
+        .map(|(group, b)| named(&group.name, b))
+        .collect()
+}
+
+/// A backend in a report: its URL in the group `default`, else `<group> <url>`.
+fn named(group: &str, b: &Backend) -> String {
+    if group == DEFAULT_GROUP {
+        b.url.clone()
+    } else {
+        format!("{group} {}", b.url)
+    }
 }
 
 /// Keeps the running values of settings a reload cannot change and names those that differ.

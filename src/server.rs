@@ -36,7 +36,9 @@ pub fn run(
         %listen,
         workers = count,
         driver = crate::net::driver_name(),
-        backends = snapshot.backends.len(),
+        upstreams = snapshot.upstreams.groups.len(),
+        backends = snapshot.upstreams.backends().count(),
+        routes = snapshot.config.routes.len(),
         version = env!("CARGO_PKG_VERSION"),
         "starting ringproxy"
     );
@@ -174,10 +176,15 @@ pub fn notify_systemd(state: &[sd_notify::NotifyState]) {
 /// Raises the open-files limit for the configured connections' worst case where it can, and
 /// shares out what it got between the workers, which then admit work only within their share.
 fn fit_descriptors(config: &ValidConfig, workers: usize) -> FdBudget {
+    let groups = &config.groups;
     let demand = fd_budget::Demand {
         workers,
-        backends: config.backends.len(),
-        max_idle_per_backend: config.pool.max_idle_per_backend,
+        backends: groups.iter().map(|g| g.backends.len()).sum(),
+        max_idle_per_backend: groups
+            .iter()
+            .map(|g| g.settings.pool.max_idle_per_backend)
+            .max()
+            .unwrap_or(0),
     };
     let connections = config.limits.max_connections;
     let budget = fd_budget::fit(connections, &demand);

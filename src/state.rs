@@ -1,24 +1,34 @@
 //! State shared by all threads, and only what must be: the current config snapshot (swapped
-//! whole on reload), the shutdown flag, and the per-worker metrics the admin side reads.
+//! whole on reload: config, upstream groups, route table), the shutdown flag, and the per-worker
+//! metrics the admin side reads.
 //! Workers notice a new snapshot by its generation number, a read-only atomic, and keep their
 //! own handle to it, so the request path writes nothing shared.
 
 use crate::config::HealthSettings;
 use crate::config::ValidConfig;
 use crate::metrics::WorkerMetrics;
-use crate::upstream::backend::{Backend, BackendSet};
+use crate::route::RouteTable;
+use crate::upstream::backend::Backend;
 use crate::upstream::health::Checked;
+use crate::upstream::{UpstreamGroup, Upstreams};
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
-/// One consistent view of the configuration and the backends it names.
+/// One consistent view of the configuration, the upstream groups and the routes it names.
 pub struct Snapshot {
     pub generation: u64,
     pub config: Arc<ValidConfig>,
-    pub backends: BackendSet,
+    pub upstreams: Upstreams,
+    pub routes: RouteTable,
+}
+
+/// What a snapshot is built from besides its config.
+pub struct Built {
+    pub upstreams: Upstreams,
+    pub routes: RouteTable,
 }
 
 pub struct Shared {
@@ -36,12 +46,13 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(config: ValidConfig, config_path: PathBuf, workers: usize) -> Arc<Shared> {
-        let backends = build_backends(&config, None, workers);
+        let Built { upstreams, routes } = build(&config, None, workers);
         Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot {
                 generation: 1,
                 config: Arc::new(config),
-                backends,
+                upstreams,
+                routes,
             }),
             generation: AtomicU64::new(1),
             workers: (0..workers).map(|_| Arc::default()).collect(),
@@ -64,12 +75,13 @@ impl Shared {
     }
 
     /// Installs a new snapshot; workers switch to it on their next request.
-    pub fn publish(&self, config: ValidConfig, backends: BackendSet) -> u64 {
+    pub fn publish(&self, config: ValidConfig, built: Built) -> u64 {
         let generation = self.generation() + 1;
         self.snapshot.store(Arc::new(Snapshot {
             generation,
             config: Arc::new(config),
-            backends,
+            upstreams: built.upstreams,
+            routes: built.routes,
         }));
         self.generation.store(generation, Ordering::Release);
         generation
@@ -80,7 +92,8 @@ impl Shared {
     }
 }
 
-/// The health thread checks every backend of the snapshot in force, with the global settings.
+/// The health thread checks every backend of the snapshot in force, each with its group's
+/// settings.
 impl Checked for Shared {
     fn generation(&self) -> u64 {
         Shared::generation(self)
@@ -88,38 +101,58 @@ impl Checked for Shared {
 
     fn targets(&self) -> Vec<(Arc<Backend>, HealthSettings)> {
         let snapshot = self.snapshot();
-        let settings = &snapshot.config.health;
         snapshot
-            .backends
-            .iter()
-            .map(|b| (b.clone(), settings.clone()))
+            .upstreams
+            .backends()
+            .map(|(group, b)| (b.clone(), group.settings.health.clone()))
             .collect()
     }
 }
 
-/// The backends for `config`. A backend whose URL and health path are unchanged since
-/// `previous` is kept (with its health, ejection state and counters) and takes the new weight.
-pub fn build_backends(
-    config: &ValidConfig,
-    previous: Option<&BackendSet>,
-    workers: usize,
-) -> BackendSet {
-    config
-        .backends
+/// The upstream groups and route table for `config`. A backend whose (group, URL), address and
+/// health path are unchanged since `previous` is kept (with its health, ejection state and
+/// counters) and takes the new weight; route counters carry over by route name.
+pub fn build(config: &ValidConfig, previous: Option<&Snapshot>, workers: usize) -> Built {
+    let groups = config
+        .groups
         .iter()
-        .map(|b| {
-            let kept = previous.and_then(|prev| {
-                prev.iter().find(|p| {
-                    p.url == b.url && p.health_check_path == b.health_check_path && p.addr == b.addr
+        .map(|group| {
+            let before = previous.and_then(|p| p.upstreams.by_name(&group.name));
+            let mut kept_ids = Vec::new();
+            let backends = group
+                .backends
+                .iter()
+                .map(|b| {
+                    let kept = before.and_then(|prev| {
+                        prev.backends.iter().find(|p| {
+                            p.url == b.url
+                                && p.health_check_path == b.health_check_path
+                                && p.addr == b.addr
+                                && !kept_ids.contains(&p.id)
+                        })
+                    });
+                    match kept {
+                        Some(p) => {
+                            kept_ids.push(p.id);
+                            p.set_weight(b.weight);
+                            p.clone()
+                        }
+                        None => Arc::new(Backend::new(b, workers)),
+                    }
                 })
-            });
-            match kept {
-                Some(p) => {
-                    p.set_weight(b.weight);
-                    p.clone()
-                }
-                None => Arc::new(Backend::new(b, workers)),
+                .collect();
+            UpstreamGroup {
+                name: group.name.clone(),
+                backends,
+                settings: group.settings.clone(),
             }
         })
-        .collect()
+        .collect();
+    Built {
+        upstreams: Upstreams {
+            groups,
+            default: config.default_group,
+        },
+        routes: RouteTable::build(&config.routes, workers, previous.map(|p| &p.routes)),
+    }
 }

@@ -6,6 +6,14 @@
 
 SMALL_BODY="ringproxy bench: small response body, 64 bytes of text........"
 
+# Routing scenarios (compare.sh sets ROUTES): "" none, "1" one prefix route (/small),
+# "1k" 1,000 exact hosts + 1,000 prefix routes (one of them /small) + 10 regexes. Every
+# proxy routes /small to the backend by its prefix route and answers anything no route
+# matches itself (404/503), so the correctness check proves the route was used.
+ROUTES=""
+ROUTE_COUNT=1000
+ROUTE_REGEXES=10
+
 core_list() { # core_list "0-1,3" -> "0 1 3"
     local part parts=() out=() c
     IFS=, read -r -a parts <<<"$1"
@@ -122,21 +130,44 @@ $(nginx_http_common nginx)
         keepalive_requests 10000000;
         keepalive_timeout 60s;
     }
-    server {
-        listen 127.0.0.1:$port backlog=4096;
-        location / {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$http_host;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto \$scheme;
-            proxy_set_header X-Forwarded-Host \$http_host;
-        }
-    }
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_set_header Host \$http_host;
+    proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    proxy_set_header X-Forwarded-Proto \$scheme;
+    proxy_set_header X-Forwarded-Host \$http_host;
+$(nginx_servers "$port")
 }
 EOF
     } >"$BENCH_TMP/nginx.conf"
+}
+
+# The proxy's server blocks: one location / without routes; with them, the same routing as
+# ringproxy's: server_name blocks for the exact hosts, ^~ prefix locations (a prefix beats a
+# regex, as in ringproxy), regex locations, and 404 for the rest.
+nginx_servers() { # nginx_servers PORT
+    local port=$1 i
+    if [[ -z "$ROUTES" ]]; then
+        printf '    server {\n        listen 127.0.0.1:%s backlog=4096;\n        location / { proxy_pass http://backend; }\n    }\n' "$port"
+        return
+    fi
+    printf '    server_names_hash_max_size 4096;\n    server_names_hash_bucket_size 128;\n'
+    printf '    server {\n        listen 127.0.0.1:%s default_server backlog=4096;\n' "$port"
+    printf '        location ^~ /small { proxy_pass http://backend; }\n'
+    if [[ "$ROUTES" == 1k ]]; then
+        for ((i = 1; i < ROUTE_COUNT; i++)); do
+            printf '        location ^~ /p%d/ { proxy_pass http://backend; }\n' "$i"
+        done
+        for ((i = 0; i < ROUTE_REGEXES; i++)); do
+            printf '        location ~ ^/r%d/[0-9]+$ { proxy_pass http://backend; }\n' "$i"
+        done
+    fi
+    printf '        location / { return 404; }\n    }\n'
+    if [[ "$ROUTES" == 1k ]]; then
+        for ((i = 0; i < ROUTE_COUNT; i++)); do
+            printf '    server { listen 127.0.0.1:%s; server_name h%d.bench.example; location / { proxy_pass http://backend; } }\n' "$port" "$i"
+        done
+    fi
 }
 
 write_haproxy_conf() { # write_haproxy_conf PORT BACKEND_PORT THREADS CORES
@@ -168,11 +199,35 @@ frontend fe
     option forwardfor
     http-request set-header X-Forwarded-Proto http
     http-request set-header X-Forwarded-Host %[req.hdr(host)]
-    default_backend be
+$(haproxy_routing)
 
 backend be
     server s1 127.0.0.1:$backend
 EOF
+}
+
+# The frontend's choice of backend: default_backend without routes; with them, the same
+# routing as ringproxy's through maps (exact hosts, then path prefixes) and path_reg ACLs,
+# and no default backend (503 for the rest).
+haproxy_routing() {
+    local i
+    if [[ -z "$ROUTES" ]]; then
+        printf '    default_backend be\n'
+        return
+    fi
+    if [[ "$ROUTES" == 1 ]]; then
+        printf '    use_backend be if { path_beg /small }\n'
+        return
+    fi
+    for ((i = 0; i < ROUTE_COUNT; i++)); do printf 'h%d.bench.example be\n' "$i"; done >"$BENCH_TMP/hosts.map"
+    { printf '/small be\n'; for ((i = 1; i < ROUTE_COUNT; i++)); do printf '/p%d/ be\n' "$i"; done; } \
+        >"$BENCH_TMP/paths.map"
+    printf '    use_backend %%[req.hdr(host),field(1,:),lower,map(%s)] if { req.hdr(host),field(1,:),lower,map(%s) -m found }\n' \
+        "$BENCH_TMP/hosts.map" "$BENCH_TMP/hosts.map"
+    printf '    use_backend %%[path,map_beg(%s)] if { path,map_beg(%s) -m found }\n' "$BENCH_TMP/paths.map" "$BENCH_TMP/paths.map"
+    for ((i = 0; i < ROUTE_REGEXES; i++)); do
+        printf '    use_backend be if { path_reg ^/r%d/[0-9]+$ }\n' "$i"
+    done
 }
 
 write_ringproxy_conf() { # write_ringproxy_conf PORT BACKEND_PORT
@@ -184,8 +239,7 @@ port = $port
 workers = "auto"
 pin_cores = true
 
-[[backends]]
-url = "http://127.0.0.1:$backend"
+$([[ -n "$ROUTES" ]] || printf '[[backends]]\nurl = "http://127.0.0.1:%s"\n' "$backend")
 
 [health_checks]
 enabled = false
@@ -198,4 +252,25 @@ access_log = false
 [upstream]
 max_idle_per_backend = $UPSTREAM_IDLE
 EOF
+    ringproxy_routes "$backend" >>"$BENCH_TMP/ringproxy.toml"
+}
+
+# With routes, the backend is the group "app" (not "default": a request no route matches gets
+# 404) and /small reaches it by a prefix route; "1k" adds 1,000 exact hosts, 999 more prefix
+# routes and 10 regexes.
+ringproxy_routes() { # ringproxy_routes BACKEND_PORT
+    local backend=$1 i
+    [[ -n "$ROUTES" ]] || return 0
+    printf '\n[upstreams.app]\nbackends = [{ url = "http://127.0.0.1:%s" }]\n' "$backend"
+    printf '\n[[routes]]\npath_prefix = "/small"\nupstream = "app"\n'
+    [[ "$ROUTES" == 1k ]] || return 0
+    for ((i = 0; i < ROUTE_COUNT; i++)); do
+        printf '[[routes]]\nhosts = ["h%d.bench.example"]\nupstream = "app"\n' "$i"
+    done
+    for ((i = 1; i < ROUTE_COUNT; i++)); do
+        printf '[[routes]]\npath_prefix = "/p%d/"\nupstream = "app"\n' "$i"
+    done
+    for ((i = 0; i < ROUTE_REGEXES; i++)); do
+        printf '[[routes]]\npath_regex = "^/r%d/[0-9]+$"\nupstream = "app"\n' "$i"
+    done
 }

@@ -18,6 +18,8 @@ SCENARIOS = {
     "resp-1m": "GET 1 MiB body, keep-alive, 16 connections",
     "post-1m": "POST 1 MiB body (backend reads it all), keep-alive, 16 connections",
     "close": "GET 64-byte body, new connection per request, 64 concurrent",
+    "routes-1": "small-c64 through one prefix route",
+    "routes-1k": "small-c64 through 1,000 exact hosts + 1,000 prefix routes + 10 regexes, hitting a prefix route",
     "idle-10k": "10,000 idle keep-alive client connections (one request each, then held)",
     "scaling": "small-c256 with 2 workers (scaling ratio = 2 workers / 1 worker)",
 }
@@ -121,6 +123,21 @@ def load_tables(summary, problems):
                    f"| {ratio(v['rps'], base['rps'])} | {ratio(v['cpu'], base['cpu'])} "
                    f"| {ratio(v['p99'], base['p99'])} | {ratio(v['rss_mib'], base['rss_mib'])} |"))
     return lines
+
+
+def routing_lines(summary):
+    """What routing costs each proxy: CPU per request of the routes scenarios over small-c64's
+    (the same request without routes) in the same run."""
+    rows = []
+    for p in ordered({k[1] for k in summary if k[0].startswith("routes-")}):
+        base = summary.get(("small-c64", p), {}).get("cpu")
+        cells = [summary.get((s, p), {}).get("cpu") for s in ("routes-1", "routes-1k")]
+        rows.append(f"| {p} | {fmt(base, 1)} | " + " | ".join(
+            f"{fmt(c, 1)} ({ratio(c, base)})" for c in cells) + " |")
+    if not rows:
+        return []
+    return ["### Routing: CPU µs/req with routes (÷ small-c64, the same load without them)", "",
+            "| proxy | small-c64 | routes-1 | routes-1k |", "|---|---:|---:|---:|", *rows, ""]
 
 
 def calibration_lines(summary, scen):
@@ -238,7 +255,8 @@ def main():
     problems += [f"affinity: {row[0]} thread {row[1]} may run on CPUs {row[2]} ({row[3]})" for row in outside]
 
     summary = summarize(records)
-    body = load_tables(summary, problems) + [""] + idle_table(records, problems) + scaling_table(summary, meta)
+    body = load_tables(summary, problems) + [""] + routing_lines(summary) + idle_table(records, problems) \
+        + scaling_table(summary, meta)
 
     out = [f"# ringproxy benchmark results ({meta.get('mode', '?')} run, {meta.get('date', '?')})", "",
            f"Command: `{meta.get('command', '').strip()}` — {meta.get('duration_s')} s per run, "

@@ -205,20 +205,40 @@ pub fn render(shared: &Shared) -> String {
         read(&crate::metrics::LOG_LINES_DROPPED),
     );
 
+    family(
+        &mut out,
+        "ringproxy_route_requests_total",
+        "counter",
+        "Requests matched by each route (by its name, or its index in the file).",
+    );
+    for (i, r) in snapshot.config.routes.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "ringproxy_route_requests_total{{route=\"{}\"}} {}",
+            escape(&r.label),
+            snapshot.routes.hits(i)
+        );
+    }
+
     let now = now_ms();
-    let backends = &snapshot.backends;
+    let backends: Vec<(&str, &Backend)> = snapshot
+        .upstreams
+        .backends()
+        .map(|(g, b)| (g.name.as_str(), &**b))
+        .collect();
     family(
         &mut out,
         "ringproxy_backend_requests_total",
         "counter",
         "Requests answered by each backend, by status class.",
     );
-    for b in backends.iter() {
+    for &(group, b) in &backends {
         for (i, class) in CLASS_LABELS.iter().enumerate() {
             let n = b.total(|s| &s.requests_by_class[i]);
             let _ = writeln!(
                 out,
-                "ringproxy_backend_requests_total{{backend=\"{}\",class=\"{class}\"}} {n}",
+                "ringproxy_backend_requests_total{{upstream=\"{}\",backend=\"{}\",class=\"{class}\"}} {n}",
+                escape(group),
                 escape(&b.url)
             );
         }
@@ -269,8 +289,14 @@ pub fn render(shared: &Shared) -> String {
     ];
     for (name, kind, help, value) in per_backend {
         family(&mut out, name, kind, help);
-        for b in backends.iter() {
-            let _ = writeln!(out, "{name}{{backend=\"{}\"}} {}", escape(&b.url), value(b));
+        for &(group, b) in &backends {
+            let _ = writeln!(
+                out,
+                "{name}{{upstream=\"{}\",backend=\"{}\"}} {}",
+                escape(group),
+                escape(&b.url),
+                value(b)
+            );
         }
     }
     out

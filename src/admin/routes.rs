@@ -4,7 +4,7 @@
 use super::{prometheus, status, Response};
 use crate::state::Shared;
 use crate::upstream::passive::now_ms;
-use crate::upstream::Backend;
+use crate::upstream::{Backend, UpstreamGroup};
 use serde_json::json;
 use std::sync::Arc;
 
@@ -22,9 +22,9 @@ pub fn route(method: &str, path: &str, body: &str, shared: &Shared) -> Response 
             let now = now_ms();
             if shared
                 .snapshot()
-                .backends
-                .iter()
-                .any(|b| b.is_available(now))
+                .upstreams
+                .backends()
+                .any(|(_, b)| b.is_available(now))
             {
                 Response::text(200, "ready\n")
             } else {
@@ -42,7 +42,19 @@ pub fn route(method: &str, path: &str, body: &str, shared: &Shared) -> Response 
                 Response::json(422, &json!({ "reloaded": false, "errors": errors }))
             }
         },
-        (_, p) if p.starts_with("/backends/") => backend_action(method, p, body, shared),
+        (_, p) if p.starts_with("/backends/") => {
+            backend_action(method, None, &p["/backends/".len()..], body, shared)
+        }
+        (_, p) if p.starts_with("/upstreams/") => {
+            let rest = &p["/upstreams/".len()..];
+            match rest.split_once("/backends/") {
+                Some((group, rest)) => backend_action(method, Some(group), rest, body, shared),
+                None => Response::text(
+                    404,
+                    "expected /upstreams/{group}/backends/{index or url}/{drain|enable|weight}\n",
+                ),
+            }
+        }
         (_, "/metrics" | "/status" | "/healthz" | "/readyz" | "/reload") => {
             Response::text(405, "405 Method Not Allowed\n")
         }
@@ -50,9 +62,15 @@ pub fn route(method: &str, path: &str, body: &str, shared: &Shared) -> Response 
     }
 }
 
-/// `POST /backends/{index or url}/drain|enable|weight`.
-fn backend_action(method: &str, path: &str, body: &str, shared: &Shared) -> Response {
-    let rest = &path["/backends/".len()..];
+/// `POST /upstreams/{group}/backends/{index or url}/drain|enable|weight`, and
+/// `POST /backends/...` for the group `default` (`group` `None`); `rest` follows `/backends/`.
+fn backend_action(
+    method: &str,
+    group: Option<&str>,
+    rest: &str,
+    body: &str,
+    shared: &Shared,
+) -> Response {
     let Some((id, action)) = rest.rsplit_once('/') else {
         return Response::text(
             404,
@@ -63,21 +81,33 @@ fn backend_action(method: &str, path: &str, body: &str, shared: &Shared) -> Resp
         return Response::text(405, "changes are POST requests\n");
     }
     let snapshot = shared.snapshot();
-    let Some((index, backend)) = find_backend(&snapshot.backends, &percent_decode(id)) else {
-        return Response::text(404, format!("no backend {id:?}\n"));
+    let upstreams = &snapshot.upstreams;
+    let found: Option<&UpstreamGroup> = match group {
+        Some(name) => upstreams.by_name(&percent_decode(name)),
+        None => upstreams.default_group(),
+    };
+    let Some(group) = found else {
+        let name = group.unwrap_or(crate::config::DEFAULT_GROUP);
+        return Response::text(404, format!("no upstream group {name:?}\n"));
+    };
+    let Some((index, backend)) = find_backend(&group.backends, &percent_decode(id)) else {
+        return Response::text(
+            404,
+            format!("no backend {id:?} in group {:?}\n", group.name),
+        );
     };
     match action {
         "drain" => {
             backend.set_drained(true);
-            tracing::info!(backend = %backend.url, "backend drained via admin API");
+            tracing::info!(upstream = %group.name, backend = %backend.url, "backend drained via admin API");
         }
         "enable" => {
             backend.set_drained(false);
-            tracing::info!(backend = %backend.url, "backend enabled via admin API");
+            tracing::info!(upstream = %group.name, backend = %backend.url, "backend enabled via admin API");
         }
         "weight" => match parse_weight(body) {
             Some(w) => {
-                tracing::info!(backend = %backend.url, from = backend.weight(), to = w, "weight set via admin API");
+                tracing::info!(upstream = %group.name, backend = %backend.url, from = backend.weight(), to = w, "weight set via admin API");
                 backend.set_weight(w);
             }
             None => return Response::text(422, "body must be a weight from 1 to 1000000\n"),

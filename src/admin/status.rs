@@ -1,9 +1,12 @@
-//! `GET /status`: what runs, as JSON: config generation, uptime, workers, backends.
+//! `GET /status`: what runs, as JSON: config generation, uptime, workers, upstream groups and
+//! their backends (`backends`: the group `default`'s, as before groups), routes with their
+//! request counts.
 
+use crate::config::{HostPattern, PathMatch, RouteAction, RouteRule};
 use crate::metrics::{WorkerMetrics, CLASS_LABELS};
 use crate::state::Shared;
 use crate::upstream::passive::{now_ms, Circuit};
-use crate::upstream::Backend;
+use crate::upstream::{Backend, UpstreamGroup};
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 
@@ -16,11 +19,19 @@ pub fn render(shared: &Shared) -> Value {
         .enumerate()
         .map(|(id, m)| worker(id, m))
         .collect();
-    let backends: Vec<Value> = snapshot
-        .backends
+    let default = snapshot.upstreams.default_group();
+    let upstreams: Vec<Value> = snapshot
+        .upstreams
+        .groups
+        .iter()
+        .map(|g| group(g, now))
+        .collect();
+    let routes: Vec<Value> = snapshot
+        .config
+        .routes
         .iter()
         .enumerate()
-        .map(|(i, b)| backend(i, b, now))
+        .map(|(i, r)| route(i, r, snapshot.routes.hits(i), &snapshot.upstreams.groups))
         .collect();
     json!({
         "version": env!("CARGO_PKG_VERSION"),
@@ -30,10 +41,59 @@ pub fn render(shared: &Shared) -> Value {
         "started_unix": shared.started_unix,
         "draining": shared.is_draining(),
         "listen": snapshot.config.listen.to_string(),
-        "strategy": snapshot.config.strategy,
+        "strategy": default.map(|g| g.settings.strategy),
         "driver": crate::net::driver_name(),
         "workers": workers,
-        "backends": backends,
+        "backends": default.map_or(Value::Array(vec![]), |g| backends(g, now)),
+        "upstreams": upstreams,
+        "routes": routes,
+    })
+}
+
+fn group(g: &UpstreamGroup, now: u64) -> Value {
+    json!({
+        "name": g.name,
+        "strategy": g.settings.strategy,
+        "backends": backends(g, now),
+    })
+}
+
+fn backends(g: &UpstreamGroup, now: u64) -> Value {
+    g.backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| backend(i, b, now))
+        .collect()
+}
+
+fn route(index: usize, r: &RouteRule, requests: u64, groups: &[UpstreamGroup]) -> Value {
+    let hosts: Vec<String> = r
+        .hosts
+        .iter()
+        .map(|h| match h {
+            HostPattern::Exact(name) => name.clone(),
+            HostPattern::Suffix(suffix) => format!("*{suffix}"),
+        })
+        .collect();
+    let (kind, path) = match &r.path {
+        PathMatch::Exact(p) => ("path", p.clone()),
+        PathMatch::Prefix(p) => ("path_prefix", p.clone()),
+        PathMatch::Regex(re) => ("path_regex", re.as_str().to_string()),
+    };
+    let action = match &r.action {
+        RouteAction::Forward(f) => json!({ "upstream": groups.get(f.group).map(|g| &g.name) }),
+        RouteAction::Redirect(to) => json!({ "redirect": to.to, "status": to.status }),
+        RouteAction::Respond(with) => json!({ "respond": with.status }),
+    };
+    json!({
+        "index": index,
+        "name": r.label,
+        "hosts": hosts,
+        kind: path,
+        "methods": r.methods,
+        "headers": r.headers.iter().map(|h| (h.name.clone(), h.value.clone().unwrap_or_else(|| "*".into()))).collect::<std::collections::BTreeMap<_, _>>(),
+        "action": action,
+        "requests": requests,
     })
 }
 

@@ -1,16 +1,22 @@
 //! The TOML configuration: schema with documented defaults (`schema.rs`), semantic validation
-//! (`validate.rs`) and error locations by file, line and key (`locate.rs`).
+//! (`validate.rs`; upstream groups and routes in `routing.rs`; shared checks in `check.rs`) into
+//! typed settings (`settings.rs`), and error locations by file, line and key (`locate.rs`).
 //! Unknown keys are errors: a typo must never be silently ignored.
 
+mod check;
 mod locate;
+mod routing;
 mod schema;
+mod settings;
 mod validate;
 
-pub use schema::*;
-pub use validate::{
-    AdminSettings, HealthSettings, Limits, PassiveSettings, PoolSettings, ResolvedBackend,
-    Timeouts, ValidConfig,
+pub use routing::{
+    Forward, GroupConfig, GroupSettings, HashKey, HeaderCondition, HeaderEdits, HostHeader,
+    HostPattern, PathMatch, PathRewrite, Redirect, Respond, RouteAction, RouteRule, DEFAULT_GROUP,
 };
+pub use schema::*;
+pub use settings::{HealthSettings, PassiveSettings, PoolSettings, ResolvedBackend, Timeouts};
+pub use validate::{AdminSettings, Limits, ValidConfig};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -72,12 +78,17 @@ pub fn parse(path: &Path, source: &str) -> Result<ValidConfig, Vec<ConfigError>>
             .into_iter()
             .map(|p| {
                 let (line, column) = locate::line_col_of_key(source, &p.key);
+                let mut message = p.message;
+                if let Some(related) = p.related {
+                    let (line, _) = locate::line_col_of_key(source, &related);
+                    message.push_str(&format!(" ({related} is at {}:{line})", path.display()));
+                }
                 ConfigError {
                     file: path.to_path_buf(),
                     line,
                     column,
                     key: p.key,
-                    message: p.message,
+                    message,
                 }
             })
             .collect()

@@ -3,6 +3,7 @@
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -28,6 +29,12 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Named upstream groups (`[upstreams.<name>]`); `[[backends]]` is the group `default`.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamGroupConfig>,
+    /// Host and path routes (`[[routes]]`), matched by specificity, never by file order.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -43,6 +50,9 @@ pub struct ServerConfig {
     pub pin_cores: bool,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish (default 30).
     pub shutdown_timeout_seconds: f64,
+    /// Merge repeated slashes in the path that is matched and forwarded (default true, as
+    /// Envoy's `merge_slashes` and nginx's).
+    pub merge_slashes: bool,
 }
 
 impl Default for ServerConfig {
@@ -53,6 +63,7 @@ impl Default for ServerConfig {
             workers: Workers::Auto,
             pin_cores: true,
             shutdown_timeout_seconds: 30.0,
+            merge_slashes: true,
         }
     }
 }
@@ -107,20 +118,38 @@ fn default_weight() -> i64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
-    /// Plain rotation over the backends that are up; weights are ignored.
+    /// Smooth weighted round robin, as nginx's and HAProxy's round robin (`weighted` is an alias).
     #[default]
+    #[serde(alias = "weighted")]
     RoundRobin,
-    /// Smooth weighted round robin, as nginx's upstream module does it.
-    Weighted,
     /// Fewest requests in flight (over all workers) relative to weight, as nginx's `least_conn`
     /// and HAProxy's `leastconn`; ties rotate.
     LeastConn,
+    /// The less loaded (in flight for weight) of two backends drawn at random by weight
+    /// (Envoy's least-request).
+    Random2,
+    /// Consistent hashing of `hash_key` with bounded loads.
+    Hash,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LoadBalancingConfig {
     pub strategy: Strategy,
+    /// What `strategy = "hash"` hashes: `client_ip`, `header:NAME`, `cookie:NAME` or `path`.
+    pub hash_key: Option<String>,
+    /// No backend gets more than this times the average load under `hash` (default 1.25).
+    pub hash_balance_factor: f64,
+}
+
+impl Default for LoadBalancingConfig {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::RoundRobin,
+            hash_key: None,
+            hash_balance_factor: 1.25,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -245,6 +274,9 @@ pub struct UpstreamConfig {
     /// Rewrite absolute redirects (`Location`, `Refresh`) in which a backend names itself to the
     /// address the client used (default true, as nginx's `proxy_redirect default`).
     pub rewrite_redirects: bool,
+    /// The Host sent upstream: `client` (default), `backend` (the backend URL's authority) or a
+    /// literal host.
+    pub host_header: String,
 }
 
 impl Default for UpstreamConfig {
@@ -255,6 +287,7 @@ impl Default for UpstreamConfig {
             retries: None,
             retry_non_idempotent: false,
             rewrite_redirects: true,
+            host_header: "client".into(),
         }
     }
 }
@@ -313,4 +346,124 @@ impl Default for AdminConfig {
             allow_unauthenticated_remote: false,
         }
     }
+}
+
+/// `[upstreams.<name>]`: a group of backends with its own balancer, health checks, pool and
+/// retries. Every key but `backends` is optional and overrides the global section it comes from.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamGroupConfig {
+    #[serde(default)]
+    pub backends: Vec<BackendConfig>,
+    /// Group default of each backend's `health_check_path`.
+    pub health_check_path: Option<String>,
+    // [load_balancing]
+    pub strategy: Option<Strategy>,
+    pub hash_key: Option<String>,
+    pub hash_balance_factor: Option<f64>,
+    // [upstream]
+    pub max_idle_per_backend: Option<i64>,
+    pub idle_timeout_seconds: Option<f64>,
+    pub retries: Option<i64>,
+    pub retry_non_idempotent: Option<bool>,
+    pub rewrite_redirects: Option<bool>,
+    pub host_header: Option<String>,
+    /// Overrides of `[health_checks]` keys for this group.
+    pub health_checks: Option<HealthCheckOverrides>,
+    /// Overrides of `[passive_health]` keys for this group.
+    pub passive_health: Option<PassiveHealthOverrides>,
+}
+
+/// `[health_checks]` keys a group may override (each unset one keeps the global value).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckOverrides {
+    pub enabled: Option<bool>,
+    pub interval_seconds: Option<f64>,
+    pub timeout_seconds: Option<f64>,
+    pub failure_threshold: Option<i64>,
+    pub success_threshold: Option<i64>,
+    pub expected_status: Option<String>,
+}
+
+/// `[passive_health]` keys a group may override.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveHealthOverrides {
+    pub enabled: Option<bool>,
+    pub max_fails: Option<i64>,
+    pub fail_timeout_seconds: Option<f64>,
+    pub eject_on_5xx: Option<bool>,
+}
+
+/// One `[[routes]]` entry: conditions (hosts, one path condition, methods, headers) and exactly
+/// one of `upstream`, `redirect`, `respond`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Label in metrics, `/status` and the access log (default: the route's index).
+    pub name: Option<String>,
+    /// Exact names or `*.suffix`; omitted: any host.
+    pub hosts: Option<Vec<String>>,
+    pub path: Option<String>,
+    pub path_prefix: Option<String>,
+    pub path_regex: Option<String>,
+    pub methods: Option<Vec<String>>,
+    /// Field name -> exact value, or `"*"` for present.
+    pub headers: Option<BTreeMap<String, String>>,
+    pub upstream: Option<String>,
+    #[serde(default)]
+    pub strip_prefix: bool,
+    pub rewrite_prefix: Option<String>,
+    #[serde(default)]
+    pub set_request_headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove_request_headers: Vec<String>,
+    #[serde(default)]
+    pub set_response_headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove_response_headers: Vec<String>,
+    pub connect_timeout_seconds: Option<f64>,
+    pub request_timeout_seconds: Option<f64>,
+    pub io_timeout_seconds: Option<f64>,
+    pub max_body_bytes: Option<i64>,
+    pub redirect: Option<RedirectConfig>,
+    pub respond: Option<RespondConfig>,
+}
+
+/// `redirect = { to = "https://example.com/new/", status = 308, keep_path = true }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectConfig {
+    pub to: String,
+    /// 301, 302 (default, as Caddy: a mistake is not cached by browsers), 303, 307 or 308.
+    #[serde(default = "default_redirect_status")]
+    pub status: i64,
+    /// Append what follows the matched prefix to `to`.
+    #[serde(default)]
+    pub keep_path: bool,
+}
+
+fn default_redirect_status() -> i64 {
+    302
+}
+
+/// `respond = { status = 200, body = "...", content_type = "text/plain" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RespondConfig {
+    #[serde(default = "default_respond_status")]
+    pub status: i64,
+    #[serde(default)]
+    pub body: String,
+    #[serde(default = "default_content_type")]
+    pub content_type: String,
+}
+
+fn default_respond_status() -> i64 {
+    200
+}
+
+fn default_content_type() -> String {
+    "text/plain; charset=utf-8".into()
 }

@@ -1,45 +1,13 @@
 //! Semantic checks on a parsed config and conversion into the typed settings the proxy runs on
 //! (durations, sizes, resolved backend addresses). All problems are reported, not just the first.
 
+use super::check::{parse_status_ranges, Checker, Problem};
+use super::routing::{self, GroupConfig, RouteAction, RouteRule};
 use super::schema::*;
+use super::settings::{HealthSettings, PassiveSettings, PoolSettings, Timeouts};
 use crate::http::HeadLimits;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
-
-/// A problem found by validation: the dotted key and what is wrong with it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Problem {
-    pub key: String,
-    pub message: String,
-}
-
-#[derive(Debug, Clone)]
-pub struct ResolvedBackend {
-    /// As written in the config, used in logs and (later) the admin API.
-    pub url: String,
-    pub addr: SocketAddr,
-    pub weight: u32,
-    /// Probed with `GET` by active checks; none: a TCP connect check.
-    pub health_check_path: Option<String>,
-}
-
-/// Passive health: how real traffic ejects a backend (`[passive_health]`).
-#[derive(Debug, Clone, Copy)]
-pub struct PassiveSettings {
-    pub enabled: bool,
-    pub max_fails: u32,
-    pub fail_timeout: Duration,
-    pub eject_on_5xx: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct Timeouts {
-    pub connect: Duration,
-    pub request: Duration,
-    pub client_header: Duration,
-    pub idle: Duration,
-    pub io: Duration,
-}
 
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -48,37 +16,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Forward request header fields whose name contains `_`.
     pub allow_underscores: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct PoolSettings {
-    pub max_idle_per_backend: usize,
-    pub idle_timeout: Duration,
-    /// Further backends tried after a retryable failure.
-    pub retries: usize,
-    /// Retry requests that are not idempotent even when they may have reached the upstream.
-    pub retry_non_idempotent: bool,
-    /// Rewrite a backend's own absolute redirects to the client's address.
-    pub rewrite_redirects: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct HealthSettings {
-    pub enabled: bool,
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub failure_threshold: u32,
-    pub success_threshold: u32,
-    /// Inclusive status ranges that count as healthy.
-    pub expected_status: Vec<(u16, u16)>,
-}
-
-impl HealthSettings {
-    pub fn expects(&self, status: u16) -> bool {
-        self.expected_status
-            .iter()
-            .any(|&(lo, hi)| (lo..=hi).contains(&status))
-    }
+    /// `[limits] max_body_bytes` (`None` = unlimited), which routes may override; the parser's
+    /// own bound (`head.max_body_bytes`) is the loosest of them, each route checks its own.
+    pub max_body_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -120,8 +60,17 @@ pub struct ValidConfig {
     pub workers: Option<usize>,
     pub pin_cores: bool,
     pub shutdown_timeout: Duration,
-    pub backends: Vec<ResolvedBackend>,
-    pub strategy: Strategy,
+    /// Upstream groups: `default` (`[[backends]]`) first if there is one, then
+    /// `[upstreams.<name>]` by name. Each has its settings resolved.
+    pub groups: Vec<GroupConfig>,
+    /// Index of the group `default` in `groups`, where requests no route matched go.
+    pub default_group: Option<usize>,
+    /// `[[routes]]` in file order.
+    pub routes: Vec<RouteRule>,
+    /// Merge repeated slashes of the path matched and forwarded.
+    pub merge_slashes: bool,
+    /// The global `[health_checks]`, `[passive_health]` and `[upstream]` settings (the group
+    /// `default`'s, and what other groups do not override).
     pub health: HealthSettings,
     pub logging: LoggingConfig,
     pub timeouts: Timeouts,
@@ -134,42 +83,8 @@ pub struct ValidConfig {
 /// Hard ceiling on `max_headers`: the parser's header table is sized from it.
 pub const MAX_HEADERS_CEILING: i64 = 1024;
 
-struct Checker {
-    problems: Vec<Problem>,
-}
-
-impl Checker {
-    fn fail(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.problems.push(Problem {
-            key: key.into(),
-            message: message.into(),
-        });
-    }
-
-    fn seconds(&mut self, key: &str, value: f64) -> Duration {
-        if value.is_finite() && value > 0.0 && value <= 1e9 {
-            Duration::from_secs_f64(value)
-        } else {
-            self.fail(
-                key,
-                format!("must be a positive number of seconds, got {value}"),
-            );
-            Duration::from_secs(1)
-        }
-    }
-
-    fn range(&mut self, key: &str, value: i64, min: i64, max: i64) -> i64 {
-        if value < min || value > max {
-            self.fail(key, format!("must be between {min} and {max}, got {value}"));
-            min
-        } else {
-            value
-        }
-    }
-}
-
 pub fn validate(c: Config) -> Result<ValidConfig, Vec<Problem>> {
-    let mut ck = Checker { problems: vec![] };
+    let mut ck = Checker::default();
 
     let port = ck.range("server.port", c.server.port, 1, 65535) as u16;
     let listen = match c.server.host.parse::<IpAddr>() {
@@ -223,16 +138,6 @@ pub fn validate(c: Config) -> Result<ValidConfig, Vec<Problem>> {
             "must be non-empty printable ASCII without spaces",
         );
     }
-
-    if c.backends.is_empty() {
-        ck.fail("backends", "at least one [[backends]] entry is required");
-    }
-    let backends = c
-        .backends
-        .iter()
-        .enumerate()
-        .filter_map(|(i, b)| resolve_backend(&mut ck, i, b))
-        .collect();
 
     let h = &c.health_checks;
     let health = HealthSettings {
@@ -319,7 +224,25 @@ pub fn validate(c: Config) -> Result<ValidConfig, Vec<Problem>> {
         rewrite_redirects: u.rewrite_redirects,
     };
 
+    let global = routing::global_settings(&mut ck, &c, health.clone(), passive, pool.clone());
+    let (groups, default_group) = routing::groups(&mut ck, &c, &global);
+
     let l = &c.limits;
+    let max_body_bytes = match ck.range("limits.max_body_bytes", l.max_body_bytes, 0, i64::MAX) {
+        0 => None,
+        n => Some(n as u64),
+    };
+    let routes = routing::routes(&mut ck, &c, &groups, &timeouts, max_body_bytes);
+    // The parser refuses a Content-Length over the loosest limit any route has (413 before
+    // routing); the route then holds the request to its own.
+    let parser_max_body = routes
+        .iter()
+        .filter_map(|r| match &r.action {
+            RouteAction::Forward(f) => Some(f.max_body_bytes),
+            _ => None,
+        })
+        .chain([max_body_bytes])
+        .try_fold(0, |loosest, max| max.map(|m| loosest.max(m)));
     let limits = Limits {
         head: HeadLimits {
             max_request_line_bytes: ck.range(
@@ -332,11 +255,9 @@ pub fn validate(c: Config) -> Result<ValidConfig, Vec<Problem>> {
                 as usize,
             max_headers: ck.range("limits.max_headers", l.max_headers, 1, MAX_HEADERS_CEILING)
                 as usize,
-            max_body_bytes: match ck.range("limits.max_body_bytes", l.max_body_bytes, 0, i64::MAX) {
-                0 => None,
-                n => Some(n as u64),
-            },
+            max_body_bytes: parser_max_body,
         },
+        max_body_bytes,
         allow_underscores: l.allow_underscores_in_headers,
         max_connections: ck.range("limits.max_connections", l.max_connections, 1, 1 << 24) as usize,
     };
@@ -349,8 +270,10 @@ pub fn validate(c: Config) -> Result<ValidConfig, Vec<Problem>> {
         workers,
         pin_cores: c.server.pin_cores,
         shutdown_timeout,
-        backends,
-        strategy: c.load_balancing.strategy,
+        groups,
+        default_group,
+        routes,
+        merge_slashes: c.server.merge_slashes,
         health,
         logging: c.logging,
         timeouts,
@@ -359,66 +282,6 @@ pub fn validate(c: Config) -> Result<ValidConfig, Vec<Problem>> {
         limits,
         admin,
     })
-}
-
-/// `"200-399"`, `"200,204,301-302"` -> inclusive ranges; `None` if malformed or out of 100-599.
-fn parse_status_ranges(spec: &str) -> Option<Vec<(u16, u16)>> {
-    spec.split(',')
-        .map(|part| {
-            let part = part.trim();
-            let (lo, hi) = part.split_once('-').unwrap_or((part, part));
-            let (lo, hi): (u16, u16) = (lo.trim().parse().ok()?, hi.trim().parse().ok()?);
-            ((100..=599).contains(&lo) && (lo..=599).contains(&hi)).then_some((lo, hi))
-        })
-        .collect()
-}
-
-fn resolve_backend(ck: &mut Checker, i: usize, b: &BackendConfig) -> Option<ResolvedBackend> {
-    let key = |field: &str| format!("backends[{i}].{field}");
-    let weight = ck.range(&key("weight"), b.weight, 1, 1_000_000) as u32;
-    if b.health_check_path
-        .as_ref()
-        .is_some_and(|p| !p.starts_with('/'))
-    {
-        ck.fail(key("health_check_path"), "must start with '/'");
-    }
-    let url = match url::Url::parse(&b.url) {
-        Ok(u) => u,
-        Err(e) => {
-            ck.fail(key("url"), format!("invalid URL {:?}: {e}", b.url));
-            return None;
-        }
-    };
-    if url.scheme() != "http" {
-        ck.fail(
-            key("url"),
-            format!("only http:// backends are supported, got {:?}", b.url),
-        );
-        return None;
-    }
-    if !matches!(url.path(), "" | "/") || url.query().is_some() {
-        ck.fail(
-            key("url"),
-            "must not have a path or query: requests keep their own path",
-        );
-        return None;
-    }
-    let host = url.host_str().unwrap_or_default();
-    let port = url.port_or_known_default().unwrap_or(80);
-    // url keeps IPv6 literals in brackets, which `ToSocketAddrs` does not accept.
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    match (host, port).to_socket_addrs().map(|mut a| a.next()) {
-        Ok(Some(addr)) => Some(ResolvedBackend {
-            url: b.url.clone(),
-            addr,
-            weight,
-            health_check_path: b.health_check_path.clone(),
-        }),
-        _ => {
-            ck.fail(key("url"), format!("cannot resolve host {host:?}"));
-            None
-        }
-    }
 }
 
 #[cfg(test)]
@@ -443,16 +306,19 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:3000".parse().unwrap());
         assert_eq!(c.workers, None);
         assert!(c.pin_cores);
-        assert_eq!(c.backends[0].weight, 1);
+        let default = &c.groups[c.default_group.expect("the group default")];
+        assert_eq!(default.name, "default");
+        assert_eq!(default.backends[0].weight, 1);
         assert_eq!(
-            c.backends[0].health_check_path, None,
+            default.backends[0].health_check_path, None,
             "a TCP check by default"
         );
         assert_eq!(c.timeouts.connect, Duration::from_secs(10));
         assert_eq!(c.timeouts.request, Duration::from_secs(30));
         assert_eq!(c.limits.head.max_headers, 100);
         assert_eq!(c.limits.head.max_body_bytes, None);
-        assert_eq!(c.strategy, Strategy::RoundRobin);
+        assert_eq!(default.settings.strategy, Strategy::RoundRobin);
+        assert!(c.routes.is_empty() && c.merge_slashes);
     }
 
     #[test]

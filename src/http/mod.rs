@@ -7,6 +7,7 @@
 
 pub mod body;
 pub mod head;
+pub mod normalize;
 pub mod request;
 pub mod response;
 pub mod status;

@@ -62,6 +62,14 @@ impl RequestHead {
     pub fn host(&self) -> Option<&[u8]> {
         self.host.map(|h| h.of(&self.raw))
     }
+    /// The values of the end-to-end fields named `name` (case-insensitive), in order.
+    pub fn fields<'a>(&'a self, name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let raw = &self.raw[..];
+        self.headers
+            .iter()
+            .filter(move |h| h.name.of(raw).eq_ignore_ascii_case(name))
+            .map(move |h| h.value.of(raw))
+    }
     pub fn is_head(&self) -> bool {
         self.method() == b"HEAD"
     }

@@ -2,6 +2,7 @@
 //! log writer so a slow stdout never stalls a worker. Requests the proxy refused before
 //! forwarding (400, 408, 413, 414, 431, 501, 505) get a line too, with the reason.
 
+use crate::config::RouteRule;
 use crate::upstream::Backend;
 use std::borrow::Cow;
 use std::time::Duration;
@@ -17,6 +18,10 @@ pub struct AccessRecord<'v> {
     pub status: u16,
     /// The last backend the request went to (of the configuration it runs on).
     pub backend: Option<&'v Backend>,
+    /// The route that matched (index and rule), if one did.
+    pub route: Option<(usize, &'v RouteRule)>,
+    /// The upstream group the request was sent to.
+    pub upstream: Option<&'v str>,
     /// A status was sent (false for client gone or reset mid-response).
     pub answered: bool,
     pub upstream_time: Option<Duration>,
@@ -31,6 +36,8 @@ impl Default for AccessRecord<'_> {
         AccessRecord {
             status: 0,
             backend: None,
+            route: None,
+            upstream: None,
             answered: true,
             upstream_time: None,
             bytes_in: 0,
@@ -57,6 +64,8 @@ pub fn emit(ctx: &AccessContext<'_>, rec: &AccessRecord<'_>) {
         method = %loggable(ctx.method, 32),
         path = %loggable(ctx.path, MAX_LOGGED_TARGET),
         status = rec.status,
+        route = rec.route.map_or("-", |(_, r)| r.label.as_str()),
+        upstream = rec.upstream.unwrap_or("-"),
         backend = ctx.backend_url.unwrap_or("-"),
         upstream_ms = rec.upstream_time.map_or(-1.0, |d| d.as_secs_f64() * 1000.0),
         total_ms = ctx.total.as_secs_f64() * 1000.0,

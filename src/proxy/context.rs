@@ -1,5 +1,5 @@
-//! What one worker owns for proxying: its view of the current config snapshot, its balancer
-//! cursor and connection pool (each in a `RefCell` of its own: one thread, never borrowed across
+//! What one worker owns for proxying: its view of the current config snapshot, its balancers
+//! (one per upstream group) and connection pool (each in a `RefCell` of its own: one thread, never borrowed across
 //! an await, and the balancer and pool follow the view lazily, so no borrow of one ever needs
 //! another), its metrics, its count of client connections, the registry of the busy ones and the
 //! lot of the parked ones (both used to close idle connections on shutdown).
@@ -9,7 +9,7 @@ use crate::metrics::{bump, WorkerMetrics};
 use crate::net::fd_budget::{self, Lease};
 use crate::net::io::IdleState;
 use crate::state::{Shared, Snapshot};
-use crate::upstream::{Balancer, UpstreamPool};
+use crate::upstream::{Balancer, UpstreamPool, Upstreams};
 use slab::Slab;
 use std::cell::{Cell, RefCell, RefMut};
 use std::os::fd::RawFd;
@@ -32,7 +32,8 @@ pub struct WorkerCtx {
     pub shared: Arc<Shared>,
     pub metrics: Arc<WorkerMetrics>,
     view: RefCell<View>,
-    balancer: RefCell<ForGeneration<Balancer>>,
+    /// One per upstream group, by the group's index.
+    balancers: RefCell<ForGeneration<Vec<Balancer>>>,
     pool: RefCell<ForGeneration<UpstreamPool>>,
     /// Connections with a task: descriptor, and whether it waits idle for its next request.
     /// A slab rather than a heap object per connection, which would scatter small long-lived
@@ -69,16 +70,16 @@ impl WorkerCtx {
     pub fn new(worker_id: usize, shared: Arc<Shared>) -> std::io::Result<Self> {
         let snapshot = shared.snapshot();
         let generation = snapshot.generation;
-        let balancer = Balancer::new(snapshot.config.strategy, snapshot.backends.len());
-        let pool = UpstreamPool::new(&snapshot.backends, snapshot.config.pool.clone());
+        let balancers = balancers_for(&snapshot.upstreams, worker_id);
+        let pool = UpstreamPool::new(&snapshot.upstreams);
         Ok(WorkerCtx {
             worker_id,
             metrics: shared.workers[worker_id].clone(),
             shared,
             view: RefCell::new(Rc::new(snapshot)),
-            balancer: RefCell::new(ForGeneration {
+            balancers: RefCell::new(ForGeneration {
                 generation,
-                value: balancer,
+                value: balancers,
             }),
             pool: RefCell::new(ForGeneration {
                 generation,
@@ -117,15 +118,15 @@ impl WorkerCtx {
         view.clone()
     }
 
-    /// The balancer, for the generation of the current view.
-    pub fn balancer(&self) -> RefMut<'_, Balancer> {
-        let mut balancer = self.balancer.borrow_mut();
+    /// The balancer of upstream group `group`, for the generation of the current view.
+    pub fn balancer(&self, group: usize) -> RefMut<'_, Balancer> {
+        let mut balancers = self.balancers.borrow_mut();
         let view = self.view.borrow();
-        if balancer.generation != view.generation {
-            balancer.value = Balancer::new(view.config.strategy, view.backends.len());
-            balancer.generation = view.generation;
+        if balancers.generation != view.generation {
+            balancers.value = balancers_for(&view.upstreams, self.worker_id);
+            balancers.generation = view.generation;
         }
-        RefMut::map(balancer, |b| &mut b.value)
+        RefMut::map(balancers, |b| &mut b.value[group])
     }
 
     /// The upstream pool, for the generation of the current view: connections to backends a
@@ -134,7 +135,7 @@ impl WorkerCtx {
         let mut pool = self.pool.borrow_mut();
         let view = self.view.borrow();
         if pool.generation != view.generation {
-            pool.value.rebuild(&view.backends, view.config.pool.clone());
+            pool.value.rebuild(&view.upstreams);
             pool.generation = view.generation;
         }
         RefMut::map(pool, |p| &mut p.value)
@@ -172,6 +173,23 @@ impl WorkerCtx {
             }
         }
     }
+}
+
+/// A balancer per upstream group; `random2`'s draws differ between workers and groups.
+fn balancers_for(upstreams: &Upstreams, worker: usize) -> Vec<Balancer> {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    upstreams
+        .groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let s = &g.settings;
+            let seed = seed ^ ((worker as u64) << 32) ^ (i as u64).wrapping_mul(0x9E37_79B9);
+            Balancer::new(s.strategy, s.hash_balance_factor, seed)
+        })
+        .collect()
 }
 
 /// Counts one open client connection for `max_connections` and the gauge, and its descriptor

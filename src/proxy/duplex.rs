@@ -6,6 +6,7 @@
 use super::error::Failure;
 use super::forwarding::{response_framing, write_response_head, Redirects, TrailerPolicy};
 use super::transfer::{transfer_body, Sink, Source, TransferError};
+use crate::config::HeaderEdits;
 use crate::http::{BodyDecoder, RequestHead, ResponseHead};
 use crate::net::io::ReadyStream;
 use std::future::Future;
@@ -45,10 +46,11 @@ where
         req,
         resp,
         redirects,
+        edits,
     } = answer;
     let framing = response_framing(req, resp);
     out.clear();
-    write_response_head(out, req, resp, framing, false, redirects.as_ref());
+    write_response_head(out, req, resp, framing, false, redirects.as_ref(), edits);
     let mut decoder = BodyDecoder::new(resp.body);
     let source = Source {
         stream: &mut reader,
@@ -82,11 +84,13 @@ where
     })
 }
 
-/// The answer that came early: to which request, and how the backend's redirects are rewritten.
+/// The answer that came early: to which request, how the backend's redirects are rewritten,
+/// and the route's response field edits.
 pub struct EarlyAnswer<'a> {
     pub req: &'a RequestHead,
     pub resp: &'a ResponseHead,
     pub redirects: Option<Redirects<'a>>,
+    pub edits: &'a HeaderEdits,
 }
 
 /// How relaying the response went: the bytes the client got, and whether it was whole.

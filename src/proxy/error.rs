@@ -49,6 +49,8 @@ impl Retry {
 /// Why a request could not be completed.
 #[derive(Debug)]
 pub enum Failure {
+    /// The request cannot be routed as it is (a path that climbs above `/`, a broken escape).
+    BadRequest(&'static str),
     NoBackendUp,
     Connect(ConnectError),
     UpstreamTimeout,
@@ -68,6 +70,7 @@ impl Failure {
     /// Status sent to the client, `None` when no response can be sent.
     pub fn status(&self) -> Option<u16> {
         match self {
+            Failure::BadRequest(_) => Some(400),
             Failure::NoBackendUp | Failure::OutOfDescriptors => Some(503),
             Failure::Connect(e) => Some(e.status()),
             Failure::UpstreamTimeout => Some(504),
@@ -84,6 +87,7 @@ impl Failure {
     /// A short fixed text for the access log.
     pub fn summary(&self) -> &'static str {
         match self {
+            Failure::BadRequest(why) => why,
             Failure::NoBackendUp => "no backend is up",
             Failure::Connect(ConnectError::Timeout) => "connect to upstream timed out",
             Failure::Connect(ConnectError::Failed(_)) => "connect to upstream failed",
@@ -102,6 +106,7 @@ impl Failure {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Failure::BadRequest(why) => f.write_str(why),
             Failure::NoBackendUp => f.write_str("no backend is up"),
             Failure::Connect(e) => write!(f, "{e}"),
             Failure::UpstreamTimeout => f.write_str("upstream response head timed out"),

@@ -9,11 +9,12 @@ use super::answer::{
 };
 use super::duplex::{relay_duplex, Duplexed, EarlyAnswer};
 use super::error::{request_body_failure, AttemptError, Failure, Retry};
-use super::forwarding::{write_request_head, ForwardedFor, Redirects, TrailerPolicy};
+use super::forwarding::{write_request_head, ForwardedFor, Outgoing, Redirects, TrailerPolicy};
 use super::request_body::RequestBody;
 use super::route::Route;
 use super::transfer::{transfer_body, Sink, Source, TransferError};
 use super::{ClientConn, WorkerCtx};
+use crate::config::HostHeader;
 use crate::http::{status, BodyDecoder, OutFraming, RequestHead, ResponseHead, Version};
 use crate::metrics::bump;
 use crate::net::deadline::Deadline;
@@ -56,7 +57,9 @@ pub async fn exchange<'v>(
     ctx: &WorkerCtx,
     rec: &mut AccessRecord<'v>,
 ) -> Result<Exchanged<'v>, Failure> {
-    let max_backends = 1 + route.config.pool.retries;
+    let settings = &route.group.settings;
+    let max_backends = 1 + settings.pool.retries;
+    let key = route.hash_key(req, &conn.peer_ip);
     // Inline: no allocation on the common path of one or two backends.
     let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
     let mut last_failure: Option<Failure> = None;
@@ -67,9 +70,12 @@ pub async fn exchange<'v>(
         let (backend, fresh_only) = match fresh_for.take() {
             Some(b) => (b, true),
             None => {
-                let passive = &route.config.passive;
                 let next = (tried.len() < max_backends)
-                    .then(|| group::pick(&mut ctx.balancer(), route.backends, passive, &tried))
+                    .then(|| {
+                        let mut balancer = ctx.balancer(route.group_index);
+                        let backends = route.backends();
+                        group::pick(&mut balancer, backends, &settings.passive, &tried, key)
+                    })
                     .flatten();
                 let Some(b) = next else {
                     return Err(last_failure.unwrap_or(Failure::NoBackendUp));
@@ -81,7 +87,7 @@ pub async fn exchange<'v>(
                 (b, false)
             }
         };
-        let target = &*route.backends[backend];
+        let target = &*route.backends()[backend];
         rec.backend = Some(target);
         let in_flight = target.start_request(ctx.worker_id);
         let failed = match upstream_connection(ctx, route, backend, fresh_only).await {
@@ -124,7 +130,7 @@ async fn upstream_connection(
     backend: usize,
     fresh_only: bool,
 ) -> Result<UpstreamConn, AttemptError> {
-    let target = &route.backends[backend];
+    let target = &route.backends()[backend];
     if !fresh_only {
         let pooled = ctx
             .pool()
@@ -134,7 +140,7 @@ async fn upstream_connection(
             return Ok(up);
         }
     }
-    let timeout = route.config.timeouts.connect;
+    let timeout = route.timeouts.connect;
     let mut connected = connect(target.id, target.addr, timeout).await;
     if let Err(ConnectError::NoDescriptor(_)) = connected {
         // The worker's share is full: an idle pooled connection gives its descriptor up.
@@ -160,12 +166,8 @@ async fn upstream_connection(
             if matches!(e, ConnectError::Timeout) {
                 bump(&stats.timeouts);
             }
-            group::report_failure(
-                route.backends,
-                backend,
-                &route.config.passive,
-                ctx.worker_id,
-            );
+            let passive = &route.group.settings.passive;
+            group::report_failure(route.backends(), backend, passive, ctx.worker_id);
             // Nothing reached the upstream: always safe to try another backend.
             Err(AttemptError {
                 failure: Failure::Connect(e),
@@ -192,12 +194,12 @@ async fn attempt(
     let answered = match send_request(conn, req, body, up, route, backend).await {
         Ok(Sent::Whole(body_bytes)) => {
             rec.bytes_in += body_bytes;
-            let deadline = Deadline::after(route.config.timeouts.request);
+            let deadline = Deadline::after(route.timeouts.request);
             // 1xx answers go on to HTTP/1.1 clients as they come (not to HTTP/1.0 ones).
             let mut interim = (req.version == Version::Http11).then_some(Interim {
                 client: &mut conn.stream,
                 out: &mut conn.out,
-                timeout: route.config.timeouts.io,
+                timeout: route.timeouts.io,
                 forwarded: false,
             });
             let head = read_response_head(up, req, deadline, interim.as_mut()).await;
@@ -215,7 +217,11 @@ async fn attempt(
         Ok(Sent::Duplexed(done)) => Ok(Answer::Duplexed(done)),
         Err(failed) => Err(failed),
     };
-    let (backends, passive, worker) = (route.backends, &route.config.passive, ctx.worker_id);
+    let (backends, passive, worker) = (
+        route.backends(),
+        &route.group.settings.passive,
+        ctx.worker_id,
+    );
     match &answered {
         Ok(answer) => {
             let (status, head_after) = match answer {
@@ -251,7 +257,7 @@ fn head_failure(
                 body.replayable(),
                 reused,
                 req.is_idempotent(),
-                route.config.pool.retry_non_idempotent,
+                route.group.settings.pool.retry_non_idempotent,
             );
             let why = "upstream closed the connection without a response";
             AttemptError::closed(why, retry, reused)
@@ -288,9 +294,19 @@ async fn send_request(
         scheme: conn.scheme,
         allow_underscores: config.limits.allow_underscores,
     };
+    let target = &route.backends()[backend];
+    let outgoing = Outgoing {
+        target: &route.target,
+        host: match &route.group.settings.host_header {
+            HostHeader::Client => None,
+            HostHeader::Backend => Some(target.authority.as_bytes()),
+            HostHeader::Literal(host) => Some(host.as_bytes()),
+        },
+        edits: route.request_headers,
+    };
     let out = &mut conn.upstream_out;
     out.clear();
-    write_request_head(out, req, &from, framing, route.backends[backend].addr);
+    write_request_head(out, req, &outgoing, &from, framing, target.addr);
     match body {
         RequestBody::Empty | RequestBody::Buffered(_) => {
             let mut body_bytes = 0;
@@ -298,7 +314,7 @@ async fn send_request(
                 out.extend_from_slice(data);
                 body_bytes = data.len() as u64;
             }
-            let written = write_buf_tracked(&mut up.stream, out, config.timeouts.io).await;
+            let written = write_buf_tracked(&mut up.stream, out, route.timeouts.io).await;
             written
                 .map(|()| Sent::Whole(body_bytes))
                 .map_err(|(fail, sent_any)| {
@@ -309,7 +325,7 @@ async fn send_request(
             if req.expect_continue && !*started && conn.rbuf.is_empty() {
                 conn.out.clear();
                 conn.out.extend_from_slice(status::CONTINUE);
-                write_buf(&mut conn.stream, &mut conn.out, config.timeouts.io)
+                write_buf(&mut conn.stream, &mut conn.out, route.timeouts.io)
                     .await
                     .map_err(|_| AttemptError::never(Failure::ClientGone))?;
             }
@@ -339,7 +355,7 @@ fn unsent_failure(
         return AttemptError::never(Failure::Upstream("timed out sending the request"));
     }
     let retry = if sent_any {
-        let opt_in = route.config.pool.retry_non_idempotent;
+        let opt_in = route.group.settings.pool.retry_non_idempotent;
         Retry::unanswered(replayable, reused, req.is_idempotent(), opt_in)
     } else {
         Retry::unsent(replayable, reused)
@@ -361,7 +377,7 @@ async fn send_streaming_body(
     backend: usize,
     framing: OutFraming,
 ) -> Result<Sent, Failure> {
-    let io_timeout = route.config.timeouts.io;
+    let io_timeout = route.timeouts.io;
     let sent_at = Instant::now();
     // The client's socket, for a second descriptor to answer on while the body still streams.
     let client_fd = conn.stream.tcp().map(|_| conn.stream.socket_fd());
@@ -373,7 +389,7 @@ async fn send_streaming_body(
         trailers: TrailerPolicy::of_request(req, route.config.limits.allow_underscores),
     };
     let mut sink = Sink::new(&mut up.stream, &mut conn.upstream_out, framing);
-    let max = route.config.limits.head.max_body_bytes;
+    let max = route.max_body_bytes;
     let mut transfer = Box::pin(transfer_body(source, &mut sink, io_timeout, max));
     match send_body_watching(transfer.as_mut(), &watcher, &mut up.rbuf, req).await {
         BodySent::Finished(Ok(moved)) => Ok(Sent::Whole(moved)),
@@ -408,6 +424,7 @@ async fn send_streaming_body(
                 req,
                 resp: &head,
                 redirects: Redirects::for_request(route, backend, req, conn.scheme),
+                edits: route.response_headers,
             };
             let relayed = relay_duplex(
                 transfer.as_mut(),

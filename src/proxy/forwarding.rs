@@ -1,10 +1,13 @@
 //! What the proxy adds to, removes from and rewrites in what it forwards, in one place: the
-//! request head it sends upstream (Host from an absolute-form target's authority,
-//! `X-Forwarded-For/-Proto/-Host` and `Forwarded`, underscored names), the response head it sends
-//! the client (framing for the client's version, `Connection`), and which trailer fields pass.
+//! request head it sends upstream (the route's target, Host from an absolute-form target's
+//! authority or the group's `host_header`, `X-Forwarded-For/-Proto/-Host` and `Forwarded`,
+//! underscored names, the route's field edits), the response head it sends the client (framing
+//! for the client's version, `Connection`, redirects naming the backend, the route's field
+//! edits), and which trailer fields pass.
 //! The listener's scheme is an input: `X-Forwarded-Proto` says what the client used.
 
 use super::route::Route;
+use crate::config::HeaderEdits;
 use crate::http::{head, Version};
 use crate::http::{
     BodyKind, ConnectionOptions, HeaderField, OutFraming, RequestHead, ResponseHead,
@@ -43,12 +46,24 @@ fn vouched(name: &[u8]) -> Option<Vouched> {
     }
 }
 
+/// What the route makes of the request it sends upstream.
+pub struct Outgoing<'a> {
+    /// The origin-form target: the request's own, or as the route normalised and rewrote it.
+    pub target: &'a [u8],
+    /// The Host to send instead of the client's (`host_header = "backend"` or a literal).
+    pub host: Option<&'a [u8]>,
+    /// Fields the route sets and removes.
+    pub edits: &'a HeaderEdits,
+}
+
 /// Appends the upstream request head: the request line in origin-form, `Host` first, the
-/// client's end-to-end fields, then what the proxy vouches for, and the body's framing.
-/// `backend` is the upstream's address (the Host of an HTTP/1.0 request that sent none).
+/// client's end-to-end fields (less those the route replaces or removes), the route's fields,
+/// then what the proxy vouches for, and the body's framing. `backend` is the upstream's address
+/// (the Host of an HTTP/1.0 request that sent none).
 pub fn write_request_head(
     out: &mut BytesMut,
     req: &RequestHead,
+    outgoing: &Outgoing<'_>,
     from: &ForwardedFor<'_>,
     framing: OutFraming,
     backend: SocketAddr,
@@ -56,7 +71,7 @@ pub fn write_request_head(
     let raw = &req.raw[..];
     out.extend_from_slice(req.method());
     out.extend_from_slice(b" ");
-    let path = req.path();
+    let path = outgoing.target;
     if path.is_empty() && req.method() == b"OPTIONS" {
         // `OPTIONS http://a.example` asks about the server as a whole: the last proxy sends
         // it on as `OPTIONS *` (RFC 9112 §3.2.4).
@@ -67,7 +82,7 @@ pub fn write_request_head(
     }
     out.extend_from_slice(path);
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    match req.host() {
+    match outgoing.host.or(req.host()) {
         Some(host) => push_header(out, b"Host", host),
         // HTTP/1.0 clients may omit Host; HTTP/1.1 upstreams require one.
         None => push_header(out, b"Host", backend.to_string().as_bytes()),
@@ -84,10 +99,11 @@ pub fn write_request_head(
             // so `X_Forwarded_Proto` would reach an app as the proxy's `X-Forwarded-Proto`.
         } else if framing != OutFraming::Chunked && name.eq_ignore_ascii_case(b"trailer") {
             // It announces trailer fields, which only a chunked body carries.
-        } else {
+        } else if !outgoing.edits.touches(name) {
             push_header(out, name, h.value.of(raw));
         }
     }
+    push_set_fields(out, outgoing.edits);
     write_vouched(out, req, from, vouched_seen);
     if req.te_trailers {
         out.extend_from_slice(b"TE: trailers\r\n");
@@ -184,6 +200,10 @@ pub struct Redirects<'a> {
     /// The Host the client asked for.
     pub client_host: &'a [u8],
     pub scheme: Scheme,
+    /// (prefix upstream, prefix of the client) of a route that rewrites its prefix: a path
+    /// after the backend's origin that starts with the former gets the latter back (as nginx's
+    /// `proxy_redirect default` maps `proxy_pass`'s URI to the location's).
+    pub prefix_map: Option<(&'a [u8], &'a [u8])>,
 }
 
 impl<'a> Redirects<'a> {
@@ -196,10 +216,12 @@ impl<'a> Redirects<'a> {
         scheme: Scheme,
     ) -> Option<Self> {
         let client_host = req.host()?;
-        route.config.pool.rewrite_redirects.then(|| Redirects {
-            origins: &route.backends[backend].own_origins,
+        let settings = &route.group.settings.pool;
+        settings.rewrite_redirects.then(|| Redirects {
+            origins: &route.backends()[backend].own_origins,
             client_host,
             scheme,
+            prefix_map: route.prefix_map,
         })
     }
 
@@ -212,6 +234,11 @@ impl<'a> Redirects<'a> {
             let boundary = rest.first().is_none_or(|b| matches!(b, b'/' | b'?' | b'#'));
             (head.eq_ignore_ascii_case(o) && boundary).then(|| {
                 let scheme = self.scheme.as_str().as_bytes();
+                let mapped = self.prefix_map.and_then(|(upstream, client)| {
+                    let after = rest.strip_prefix(upstream)?;
+                    rest.starts_with(b"/").then(|| [client, after].concat())
+                });
+                let rest = mapped.as_deref().unwrap_or(rest);
                 [scheme, b"://", self.client_host, rest].concat()
             })
         })
@@ -237,7 +264,7 @@ impl<'a> Redirects<'a> {
 }
 
 /// Appends the client response head; `redirects`, where given, rewrites the backend's own
-/// absolute redirects.
+/// absolute redirects; `edits` are the route's response fields.
 pub fn write_response_head(
     out: &mut BytesMut,
     req: &RequestHead,
@@ -245,6 +272,7 @@ pub fn write_response_head(
     framing: OutFraming,
     keep_alive: bool,
     redirects: Option<&Redirects<'_>>,
+    edits: &HeaderEdits,
 ) {
     let raw = &resp.raw[..];
     let mut code = itoa::Buffer::new();
@@ -255,7 +283,9 @@ pub fn write_response_head(
     out.extend_from_slice(b"\r\n");
     for h in &resp.headers {
         let (name, value) = (h.name.of(raw), h.value.of(raw));
-        if framing != OutFraming::Chunked && name.eq_ignore_ascii_case(b"trailer") {
+        if (framing != OutFraming::Chunked && name.eq_ignore_ascii_case(b"trailer"))
+            || edits.touches(name)
+        {
             continue;
         }
         match redirects.and_then(|r| r.rewrite_field(name, value)) {
@@ -263,6 +293,7 @@ pub fn write_response_head(
             None => push_header(out, name, value),
         }
     }
+    push_set_fields(out, edits);
     match (framing, resp.body) {
         (OutFraming::Length, BodyKind::Length(n)) => push_content_length(out, n),
         (OutFraming::Chunked, _) => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
@@ -371,7 +402,14 @@ fn push_fields(out: &mut BytesMut, fields: &[HeaderField], raw: &[u8], framing: 
     }
 }
 
-fn push_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+/// The fields a route sets.
+fn push_set_fields(out: &mut BytesMut, edits: &HeaderEdits) {
+    for (name, value) in &edits.set {
+        push_header(out, name.as_bytes(), value.as_bytes());
+    }
+}
+
+pub fn push_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
@@ -405,6 +443,15 @@ mod tests {
         }
     }
 
+    /// The request as it came: no route rewrote it.
+    fn plain(req: &RequestHead) -> Outgoing<'_> {
+        Outgoing {
+            target: req.path(),
+            host: None,
+            edits: HeaderEdits::none(),
+        }
+    }
+
     fn request(raw: &str) -> RequestHead {
         parse_request(&mut BytesMut::from(raw), &limits())
             .unwrap()
@@ -423,6 +470,7 @@ mod tests {
         write_request_head(
             &mut out,
             &req,
+            &plain(&req),
             &from("127.0.0.1"),
             OutFraming::Length,
             "127.0.0.1:9000".parse().unwrap(),
@@ -443,6 +491,7 @@ mod tests {
         write_request_head(
             &mut out,
             &req,
+            &plain(&req),
             &from("::1"),
             OutFraming::None,
             "127.0.0.1:9000".parse().unwrap(),
@@ -465,6 +514,7 @@ mod tests {
         write_request_head(
             &mut out,
             &req,
+            &plain(&req),
             &from("192.0.2.7"),
             OutFraming::None,
             "127.0.0.1:9000".parse().unwrap(),
@@ -532,6 +582,7 @@ mod tests {
             origins: &origins,
             client_host: b"www.example.com",
             scheme: Scheme::Http,
+            prefix_map: None,
         };
         let rewrite = |name: &str, value: &str| {
             r.rewrite_field(name.as_bytes(), value.as_bytes())
@@ -583,9 +634,11 @@ mod tests {
             ),
         ] {
             let mut out = BytesMut::new();
+            let req = request(raw);
             write_request_head(
                 &mut out,
-                &request(raw),
+                &req,
+                &plain(&req),
                 &from("1.2.3.4"),
                 OutFraming::None,
                 addr,
@@ -616,13 +669,28 @@ mod tests {
             let framing = response_framing(&get, &resp);
             assert_eq!(framing, OutFraming::Length, "{raw}");
             let mut out = BytesMut::new();
-            write_response_head(&mut out, &get, &resp, framing, true, None);
+            write_response_head(
+                &mut out,
+                &get,
+                &resp,
+                framing,
+                true,
+                None,
+                HeaderEdits::none(),
+            );
             assert!(std::str::from_utf8(&out).unwrap().contains(want), "{raw}");
         }
         let post = request("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
         let mut out = BytesMut::new();
         let addr = "127.0.0.1:9000".parse().unwrap();
-        write_request_head(&mut out, &post, &from("1.2.3.4"), OutFraming::Length, addr);
+        write_request_head(
+            &mut out,
+            &post,
+            &plain(&post),
+            &from("1.2.3.4"),
+            OutFraming::Length,
+            addr,
+        );
         assert!(std::str::from_utf8(&out)
             .unwrap()
             .ends_with("Content-Length: 0\r\n\r\n"));
@@ -638,7 +706,15 @@ mod tests {
         let framing = response_framing(&req10, &resp);
         assert_eq!(framing, OutFraming::Close);
         let mut out = BytesMut::new();
-        write_response_head(&mut out, &req10, &resp, framing, false, None);
+        write_response_head(
+            &mut out,
+            &req10,
+            &resp,
+            framing,
+            false,
+            None,
+            HeaderEdits::none(),
+        );
         assert_eq!(
             &out[..],
             b"HTTP/1.1 200 OK\r\nX-A: b\r\nConnection: close\r\n\r\n"
@@ -649,7 +725,120 @@ mod tests {
         let resp = parse_response(&mut buf, true).unwrap().unwrap();
         let mut out = BytesMut::new();
         let framing = response_framing(&head, &resp);
-        write_response_head(&mut out, &head, &resp, framing, true, None);
+        write_response_head(
+            &mut out,
+            &head,
+            &resp,
+            framing,
+            true,
+            None,
+            HeaderEdits::none(),
+        );
         assert_eq!(&out[..], b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n");
+    }
+
+    #[test]
+    fn route_edits_replace_and_remove_fields_both_ways() {
+        let req = request(
+            "GET /a HTTP/1.1\r\nHost: client.example\r\nCookie: s=1\r\nX-Env: dev\r\n\
+             x-env: dev2\r\nAccept: */*\r\n\r\n",
+        );
+        let edits = HeaderEdits {
+            set: vec![("X-Env".into(), "prod".into())],
+            remove: vec!["cookie".into()],
+        };
+        let outgoing = Outgoing {
+            target: b"/rewritten?q",
+            host: Some(b"backend.internal:8080"),
+            edits: &edits,
+        };
+        let mut out = BytesMut::new();
+        let addr = "127.0.0.1:9000".parse().unwrap();
+        write_request_head(
+            &mut out,
+            &req,
+            &outgoing,
+            &from("1.2.3.4"),
+            OutFraming::None,
+            addr,
+        );
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(
+            text.starts_with(
+                "GET /rewritten?q HTTP/1.1\r\nHost: backend.internal:8080\r\nAccept: */*\r\nX-Env: prod\r\n"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("Cookie") && !text.contains("dev"), "{text}");
+        // X-Forwarded-Host stays the client's.
+        assert!(
+            text.contains("X-Forwarded-Host: client.example\r\n"),
+            "{text}"
+        );
+
+        let resp = parse_response(
+            &mut BytesMut::from("HTTP/1.1 200 OK\r\nServer: app\r\nCache-Control: max-age=60\r\nContent-Length: 0\r\n\r\n"),
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        let edits = HeaderEdits {
+            set: vec![("Cache-Control".into(), "no-store".into())],
+            remove: vec!["server".into()],
+        };
+        let mut out = BytesMut::new();
+        write_response_head(
+            &mut out,
+            &req,
+            &resp,
+            OutFraming::Length,
+            true,
+            None,
+            &edits,
+        );
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 0\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn redirects_naming_the_backend_get_the_routes_prefix_back() {
+        let origins = vec!["http://app.internal".to_string()];
+        let r = |prefix_map| Redirects {
+            origins: &origins,
+            client_host: b"www.example.com",
+            scheme: Scheme::Http,
+            prefix_map,
+        };
+        let rewrite = |r: &Redirects<'_>, v: &str| {
+            String::from_utf8(r.rewrite_field(b"Location", v.as_bytes()).unwrap()).unwrap()
+        };
+        // strip_prefix of /v1/: the backend's /users is the client's /v1/users.
+        let strip = r(Some((b"/", b"/v1/")));
+        assert_eq!(
+            rewrite(&strip, "http://app.internal/users"),
+            "http://www.example.com/v1/users"
+        );
+        // rewrite_prefix /api/ for /v1/.
+        let replace = r(Some((b"/api/", b"/v1/")));
+        assert_eq!(
+            rewrite(&replace, "http://app.internal/api/u?x"),
+            "http://www.example.com/v1/u?x"
+        );
+        assert_eq!(
+            rewrite(&replace, "http://app.internal/other"),
+            "http://www.example.com/other"
+        );
+        // strip_prefix of /v1 (no slash): everything gets /v1 in front.
+        let bare = r(Some((b"", b"/v1")));
+        assert_eq!(
+            rewrite(&bare, "http://app.internal/u"),
+            "http://www.example.com/v1/u"
+        );
+        assert_eq!(
+            rewrite(&bare, "http://app.internal?q"),
+            "http://www.example.com?q"
+        );
     }
 }

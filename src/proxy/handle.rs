@@ -1,12 +1,14 @@
-//! One request's life, phase by phase: route -> admit -> exchange (pick an upstream, send, read
-//! the answer; retried as each failure's verdict allows) -> relay the answer -> log. Each phase
+//! One request's life, phase by phase: route (or a reply the proxy makes itself) -> admit ->
+//! exchange (pick an upstream, send, read the answer; retried as each failure's verdict
+//! allows) -> relay the answer -> log. Each phase
 //! is a function of its own module; `handle` reads top to bottom. A failure before the response
 //! started gets a status; after it started, the client connection is reset.
 
 use super::access_log::{self, AccessContext, AccessRecord};
 use super::error::Failure;
 use super::request_body::RequestBody;
-use super::{admit, exchange, relay, route};
+use super::route::Routed;
+use super::{admit, exchange, relay, reply, route};
 use super::{ClientConn, WorkerCtx};
 use crate::http::{status, RequestHead};
 use crate::metrics::{bump, status_class};
@@ -58,13 +60,18 @@ pub async fn handle(
 /// The phases that may fail. Returns whether the client connection stays open.
 async fn proxy_request<'v>(
     conn: &mut ClientConn,
-    req: &RequestHead,
+    req: &'v RequestHead,
     body: &mut RequestBody,
     ctx: &WorkerCtx,
     view: &'v Snapshot,
     rec: &mut AccessRecord<'v>,
 ) -> Result<bool, Failure> {
-    let route = route::route(req, view);
+    let route = match route::route(req, view).map_err(Failure::BadRequest)? {
+        Routed::Forward(route) => route,
+        Routed::Reply(answer) => return reply::send(conn, req, body, answer, ctx, view, rec).await,
+    };
+    rec.route = route.rule;
+    rec.upstream = Some(&route.group.name);
     admit::admit(req, &route)?;
     let exchanged = exchange::exchange(conn, req, body, &route, ctx, rec).await?;
     relay::relay(conn, req, body, exchanged, &route, ctx, rec).await
@@ -122,6 +129,9 @@ fn log_request(
     total: Duration,
 ) {
     record_metrics(ctx, rec, total);
+    if let Some((index, _)) = rec.route {
+        view.routes.count(ctx.worker_id, index);
+    }
     if view.config.logging.access_log {
         let access = AccessContext {
             client: &conn.peer_ip,

@@ -1,6 +1,7 @@
 //! The proxy: client connections and the requests on them. `connection` serves one client
 //! connection request after request (parking it between requests when it goes quiet);
-//! `handle` runs one request through its phases, each a module: `route` -> `admit` ->
+//! `handle` runs one request through its phases, each a module: `route` (or a `reply` the
+//! proxy makes itself: redirect, fixed response, 404) -> `admit` ->
 //! `exchange` (pick an upstream, send, read the answer, retry as `error`'s verdicts allow) ->
 //! `relay` (stream the answer back, or tunnel) -> the access log. `forwarding` is what the
 //! proxy adds, removes and rewrites; `transfer` streams one body; `answer` reads the upstream's
@@ -19,6 +20,7 @@ mod handle;
 mod linger;
 mod parking;
 mod relay;
+mod reply;
 mod request_body;
 mod route;
 mod transfer;

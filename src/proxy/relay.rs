@@ -90,6 +90,7 @@ async fn relay_response(
         framing,
         client_keep,
         redirects.as_ref(),
+        from.route.response_headers,
     );
     rec.status = resp.status;
     rec.bytes_out = conn.out.len() as u64;
@@ -101,7 +102,7 @@ async fn relay_response(
         trailers: TrailerPolicy::of_response(resp),
     };
     let mut sink = Sink::new(&mut conn.stream, &mut conn.out, framing);
-    let io_timeout = from.route.config.timeouts.io;
+    let io_timeout = from.route.timeouts.io;
     let moved = transfer_body(source, &mut sink, io_timeout, None).await;
     // What reached the client, head and all, however the transfer ended.
     rec.bytes_out = sink.written;
@@ -123,7 +124,7 @@ async fn relay_response(
 fn check_in(from: &Relaying<'_>, up: UpstreamConn, spliced: bool) {
     let mut pool = from.ctx.pool();
     if let Err(state) = pool.checkin(up, spliced) {
-        let url = &from.route.backends[from.backend].url;
+        let url = &from.route.backends()[from.backend].url;
         from.ctx.note_discarded(url, state);
     }
     from.ctx
@@ -140,16 +141,12 @@ fn relay_failure(
     e: TransferError,
     rec: &mut AccessRecord<'_>,
 ) -> Failure {
-    let url = &route.backends[backend].url;
+    let url = &route.backends()[backend].url;
     let TransferError::Source { fault, sent_any } = e else {
         return Failure::ClientGone;
     };
-    group::report_failure(
-        route.backends,
-        backend,
-        &route.config.passive,
-        ctx.worker_id,
-    );
+    let passive = &route.group.settings.passive;
+    group::report_failure(route.backends(), backend, passive, ctx.worker_id);
     if sent_any {
         tracing::warn!(backend = %url, fault = %fault, worker = ctx.worker_id, "upstream failed mid-response; resetting client connection");
         Failure::Aborted("upstream failed mid-response")
@@ -174,7 +171,7 @@ async fn tunnel(
     rec.status = 101;
     add_gauge(&ctx.metrics.tunnels, 1);
     // Boxed for the same reason as the upload watch: only tunnels need this state.
-    let idle = route.config.timeouts.io;
+    let idle = route.timeouts.io;
     let moved = Box::pin(tunnel::switch_protocols(conn, up, resp, idle)).await;
     add_gauge(&ctx.metrics.tunnels, -1);
     let moved = moved.map_err(|e| match e {

@@ -13,6 +13,15 @@ use std::sync::{Arc, Mutex};
 /// Source of `Backend::id`.
 static NEXT_BACKEND_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Bumped whenever a weight changes at runtime, so balancers that derive a structure from the
+/// weights (the hash ring) rebuild it on their next pick.
+static WEIGHTS_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+/// The number of runtime weight changes so far.
+pub fn weights_epoch() -> u64 {
+    WEIGHTS_EPOCH.load(Ordering::Relaxed)
+}
+
 #[derive(Debug)]
 pub struct Backend {
     /// Unique for the life of the process: a backend kept across reloads keeps it, a new one
@@ -20,6 +29,8 @@ pub struct Backend {
     pub id: u64,
     pub url: String,
     pub addr: SocketAddr,
+    /// The URL's `host[:port]`, the Host of its requests under `host_header = "backend"`.
+    pub authority: String,
     /// How the backend may name itself in an absolute redirect (`http://host:port`, by its
     /// URL and by its address), for rewriting them to the address the client used.
     pub own_origins: Vec<String>,
@@ -45,6 +56,7 @@ impl Backend {
             id: NEXT_BACKEND_ID.fetch_add(1, Ordering::Relaxed),
             url: b.url.clone(),
             addr: b.addr,
+            authority: authority(&b.url),
             own_origins: own_origins(&b.url, b.addr),
             health_check_path: b.health_check_path.clone(),
             // Until health checks run, every backend is taken to be up.
@@ -122,8 +134,16 @@ impl Backend {
     }
 
     pub fn set_weight(&self, weight: u32) {
-        self.weight.store(weight, Ordering::Relaxed);
+        if self.weight.swap(weight, Ordering::Relaxed) != weight {
+            WEIGHTS_EPOCH.fetch_add(1, Ordering::Relaxed);
+        }
     }
+}
+
+/// The `host[:port]` of an `http://host[:port][/]` URL.
+fn authority(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.trim_end_matches('/').to_string()
 }
 
 /// `http://authority` forms of a backend: as its URL says (with and without a default port),
@@ -192,7 +212,7 @@ impl fmt::Display for ProbeResult {
     }
 }
 
-/// The backends of the default upstream group, shared by every worker. Each is an `Arc` so a
+/// The backends of an upstream group, shared by every worker. Each is an `Arc` so a
 /// reload can keep the ones that did not change, with their state.
 pub type BackendSet = Arc<[Arc<Backend>]>;
 

@@ -1,25 +1,62 @@
-//! A group of backends that requests are balanced over: choosing one (balancer, active health,
+//! Upstream groups: each a set of backends with its own settings (balancing, health checks,
+//! passive ejection, pool, retries). Choosing a backend of a group (balancer, active health,
 //! drain, the passive circuit and its single half-open trial) and feeding back how each request
 //! went (passive health). Atomics only: every core sees an ejection at once.
 
+use super::backend::BackendSet;
 use super::passive::{now_ms, Circuit, PassiveSettings};
 use super::{Backend, Balancer};
+use crate::config::GroupSettings;
 use smallvec::SmallVec;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-/// Chooses a backend not yet `tried` that is up, not drained and not ejected. A half-open
-/// backend admits one trial request across all workers; losing that race means choosing again.
+/// One upstream group of a configuration. A backend URL listed in two groups is two backends,
+/// each with its own state.
+pub struct UpstreamGroup {
+    pub name: String,
+    pub backends: BackendSet,
+    pub settings: GroupSettings,
+}
+
+/// The upstream groups of a configuration, in `ValidConfig::groups` order.
+pub struct Upstreams {
+    pub groups: Vec<UpstreamGroup>,
+    /// Index of the group `default` (`[[backends]]`), if there is one.
+    pub default: Option<usize>,
+}
+
+impl Upstreams {
+    pub fn by_name(&self, name: &str) -> Option<&UpstreamGroup> {
+        self.groups.iter().find(|g| g.name == name)
+    }
+
+    pub fn default_group(&self) -> Option<&UpstreamGroup> {
+        self.default.map(|i| &self.groups[i])
+    }
+
+    /// Every backend of every group, with its group.
+    pub fn backends(&self) -> impl Iterator<Item = (&UpstreamGroup, &Arc<Backend>)> {
+        self.groups
+            .iter()
+            .flat_map(|g| g.backends.iter().map(move |b| (g, b)))
+    }
+}
+
+/// Chooses a backend not yet `tried` that is up, not drained and not ejected (`key`: the
+/// request's hash key, for `strategy = "hash"`). A half-open backend admits one trial request
+/// across all workers; losing that race means choosing again.
 pub fn pick(
     balancer: &mut Balancer,
     backends: &[Arc<Backend>],
     passive: &PassiveSettings,
     tried: &[usize],
+    key: Option<u64>,
 ) -> Option<usize> {
     let now = now_ms();
     let mut lost_trial: SmallVec<[usize; 2]> = SmallVec::new();
     loop {
-        let chosen = balancer.pick(backends, |i| {
+        let chosen = balancer.pick(backends, key, |i| {
             let b = &backends[i];
             b.accepts_traffic()
                 && b.passive.admits(now, passive)

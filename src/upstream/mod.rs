@@ -1,6 +1,6 @@
-//! Everything about backends: their shared state (`backend.rs`), how one is chosen (`balance.rs`
-//! the algorithm, `group.rs` with health and the passive circuit, and the feedback of each
-//! request), the per-worker keep-alive connection pool (`pool.rs`), active health checks
+//! Everything about backends: their shared state (`backend.rs`), the groups they form and how
+//! one is chosen (`balance/`, one algorithm a file; `group.rs` with health and the passive
+//! circuit, and the feedback of each request), the per-worker keep-alive connection pool (`pool.rs`), active health checks
 //! (`health.rs`) and passive ejection on real traffic (`passive.rs`). Nothing here knows the
 //! proxy's request handling; it knows the config only as data.
 
@@ -11,6 +11,7 @@ pub mod health;
 pub mod passive;
 pub mod pool;
 
-pub use backend::{Backend, BackendSet, InFlight};
-pub use balance::Balancer;
+pub use backend::{Backend, InFlight};
+pub use balance::{hash_key, Balancer};
+pub use group::{UpstreamGroup, Upstreams};
 pub use pool::{connect, ConnectError, UpstreamConn, UpstreamPool};

@@ -1,9 +1,8 @@
 //! Per-worker keep-alive connections to backends. Owned by one worker, so plain data: no lock.
 //! Connections are reused most-recently-idle first (keeps the hot set small and warm) and
-//! closed after `idle_timeout`, or when more than `max_idle_per_backend` wait.
+//! closed after `idle_timeout`, or when more than `max_idle_per_backend` wait (both per group).
 
-use super::BackendSet;
-use crate::config::PoolSettings;
+use super::Upstreams;
 use crate::net::deadline;
 use crate::net::fd_budget::{self, FdOp, Lease};
 use crate::net::io::{idle_state, IdleState};
@@ -57,30 +56,46 @@ impl Hasher for IdHasher {
 
 type IdMap<T> = HashMap<u64, T, BuildHasherDefault<IdHasher>>;
 
+/// How many idle connections a backend keeps, and how long (its group's `[upstream]` keys).
+#[derive(Clone, Copy)]
+struct Keep {
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
 pub struct UpstreamPool {
     idle: IdMap<VecDeque<IdleConn>>,
-    /// The backends of the configuration in force: a connection to another one (a request of
-    /// the previous configuration finishing after a reload) is not taken back.
-    current: IdMap<()>,
-    settings: PoolSettings,
+    /// The backends of the configuration in force, with their limits: a connection to another
+    /// one (a request of the previous configuration finishing after a reload) is not taken back.
+    current: IdMap<Keep>,
 }
 
 impl UpstreamPool {
-    pub fn new(backends: &BackendSet, settings: PoolSettings) -> Self {
-        UpstreamPool {
+    pub fn new(upstreams: &Upstreams) -> Self {
+        let mut pool = UpstreamPool {
             idle: HashMap::default(),
-            current: backends.iter().map(|b| (b.id, ())).collect(),
-            settings,
-        }
+            current: HashMap::default(),
+        };
+        pool.rebuild(upstreams);
+        pool
     }
 
     /// After a reload: idle connections to backends still present stay (they are keyed by
     /// identity); those to removed backends are closed.
-    pub fn rebuild(&mut self, backends: &BackendSet, settings: PoolSettings) {
-        self.current = backends.iter().map(|b| (b.id, ())).collect();
+    pub fn rebuild(&mut self, upstreams: &Upstreams) {
+        self.current = upstreams
+            .backends()
+            .map(|(group, b)| {
+                let settings = &group.settings.pool;
+                let keep = Keep {
+                    max_idle: settings.max_idle_per_backend,
+                    idle_timeout: settings.idle_timeout,
+                };
+                (b.id, keep)
+            })
+            .collect();
         let current = &self.current;
         self.idle.retain(|id, _| current.contains_key(id));
-        self.settings = settings;
     }
 
     /// Closes the connection idle the longest, to give its descriptor to new work; false when
@@ -108,7 +123,8 @@ impl UpstreamPool {
         backend_id: u64,
         mut discarded: impl FnMut(IdleState),
     ) -> Option<UpstreamConn> {
-        let expired = self.expired_before();
+        let keep = *self.current.get(&backend_id)?;
+        let expired = expired_before(keep.idle_timeout);
         let queue = self.idle.get_mut(&backend_id)?;
         while let Some(IdleConn { mut conn, since }) = queue.pop_back() {
             if since < expired {
@@ -133,13 +149,13 @@ impl UpstreamPool {
     /// length read nothing past it, so it is peeked here too (such bodies are large: one
     /// syscall is nothing next to them).
     pub fn checkin(&mut self, conn: UpstreamConn, spliced: bool) -> Result<(), IdleState> {
-        let max = self.settings.max_idle_per_backend;
         if !conn.rbuf.is_empty() {
             return Err(IdleState::StrayBytes);
         }
-        if !self.current.contains_key(&conn.backend_id) {
+        let Some(keep) = self.current.get(&conn.backend_id) else {
             return Ok(()); // a backend a reload removed: closed
-        }
+        };
+        let max = keep.max_idle;
         if spliced {
             match idle_state(conn.stream.socket_fd()) {
                 IdleState::Clean => {}
@@ -162,8 +178,12 @@ impl UpstreamPool {
 
     /// Closes connections idle longer than the timeout; run periodically by the worker.
     pub fn sweep(&mut self) {
-        let expired = self.expired_before();
-        for queue in self.idle.values_mut() {
+        for (id, queue) in self.idle.iter_mut() {
+            let timeout = self
+                .current
+                .get(id)
+                .map_or(Duration::ZERO, |k| k.idle_timeout);
+            let expired = expired_before(timeout);
             while queue.front().is_some_and(|c| c.since < expired) {
                 queue.pop_front();
             }
@@ -171,14 +191,14 @@ impl UpstreamPool {
         self.idle.retain(|_, queue| !queue.is_empty());
     }
 
-    /// Connections idle since before this tick have been idle for `idle_timeout`.
-    fn expired_before(&self) -> u64 {
-        deadline::coarse_now().saturating_sub(deadline::coarse_ticks(self.settings.idle_timeout))
-    }
-
     pub fn idle_count(&self) -> usize {
         self.idle.values().map(VecDeque::len).sum()
     }
+}
+
+/// Connections idle since before this tick (of the coarse clock) have been idle for `timeout`.
+fn expired_before(timeout: Duration) -> u64 {
+    deadline::coarse_now().saturating_sub(deadline::coarse_ticks(timeout))
 }
 
 #[derive(Debug)]
@@ -229,7 +249,7 @@ pub async fn connect(
 ) -> Result<UpstreamConn, ConnectError> {
     let no_room = || ConnectError::NoDescriptor(std::io::Error::from_raw_os_error(libc::EMFILE));
     let descriptor = fd_budget::lease(1, FdOp::Connect).ok_or_else(no_room)?;
-    let connecting = crate::net::deadline::timeout(timeout, TcpStream::connect_addr(addr));
+    let connecting = monoio::time::timeout(timeout, TcpStream::connect_addr(addr));
     let stream = match connecting.await.map(|r| fd_budget::note(FdOp::Connect, r)) {
         Ok(Ok(s)) => s,
         Ok(Err(e)) if fd_budget::is_exhaustion(&e) => return Err(ConnectError::NoDescriptor(e)),

@@ -137,10 +137,11 @@ fn post_reload_answers_the_changes_as_json() {
         .collect();
     assert_eq!(urls, [a.url(), c.url()]);
     let b_requests = b.requests();
-    let counts = spread(&proxy, 10);
+    let counts = spread(&proxy, 12);
+    // Weights 2:1 (round robin is weighted).
     assert_eq!(
         (counts.get("a"), counts.get("c")),
-        (Some(&5), Some(&5)),
+        (Some(&8), Some(&4)),
         "{counts:?}"
     );
     assert_eq!(b.requests(), b_requests);

@@ -163,6 +163,16 @@ impl Backend {
         })
     }
 
+    /// Answers every request with 200 and `<name> <target>` as the body: which upstream got
+    /// the request, and the target it got.
+    pub fn named(name: &str) -> Backend {
+        let name = name.to_string();
+        Backend::recording(move |r| {
+            let body = format!("{name} {}", r.req.head.target());
+            Reply::Send(response_bytes("200 OK", &[], body.as_bytes()))
+        })
+    }
+
     /// Answers every request with 200 and the sha256 (hex) of the request body it decoded.
     pub fn body_digest() -> Backend {
         Backend::recording(|r| {

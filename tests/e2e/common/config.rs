@@ -5,6 +5,7 @@
 use super::free_port;
 use super::proxy::TempConfig;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 /// A whole config file; a section nobody set writes nothing.
@@ -43,6 +44,10 @@ pub struct TestConfig {
     pub limits: LimitsSection,
     #[serde(skip_serializing_if = "is_unset")]
     pub admin: AdminSection,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub upstreams: BTreeMap<String, UpstreamGroupSection>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteEntry>,
 }
 
 /// True for a section with no key set, which is left out of the file.
@@ -64,6 +69,8 @@ pub struct ServerSection {
     pub pin_cores: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shutdown_timeout_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub merge_slashes: Option<bool>,
 }
 
 /// One `[[backends]]` entry.
@@ -97,6 +104,8 @@ pub enum Strategy {
     RoundRobin,
     Weighted,
     LeastConn,
+    Random2,
+    Hash,
 }
 
 /// `[load_balancing]`.
@@ -104,6 +113,10 @@ pub enum Strategy {
 pub struct LoadBalancingSection {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub strategy: Option<Strategy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash_balance_factor: Option<f64>,
 }
 
 /// `[health_checks]`.
@@ -183,6 +196,119 @@ pub struct UpstreamSection {
     pub retries: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_non_idempotent: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rewrite_redirects: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_header: Option<String>,
+}
+
+/// One `[upstreams.<name>]` group: its backends and the keys it overrides.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+pub struct UpstreamGroupSection {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash_balance_factor: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_header: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_idle_per_backend: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rewrite_redirects: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_checks: Option<HealthChecksSection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passive_health: Option<PassiveHealthSection>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<BackendEntry>,
+}
+
+/// One `[[routes]]` entry.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+pub struct RouteEntry {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_regex: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strip_prefix: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rewrite_prefix: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remove_request_headers: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remove_response_headers: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_timeout_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_timeout_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub io_timeout_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headers: Option<BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub set_request_headers: Option<BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub set_response_headers: Option<BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<RedirectEntry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub respond: Option<RespondEntry>,
+}
+
+/// `redirect = { to, status, keep_path }`.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+pub struct RedirectEntry {
+    pub to: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_path: Option<bool>,
+}
+
+/// `respond = { status, body, content_type }`.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+pub struct RespondEntry {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+}
+
+impl RouteEntry {
+    /// A route to the upstream group `group` (conditions and the rest set with `with`).
+    pub fn to(group: &str) -> RouteEntry {
+        RouteEntry {
+            upstream: Some(group.into()),
+            ..RouteEntry::default()
+        }
+    }
+
+    /// `change` applied: `RouteEntry::to("api").with(|r| r.path_prefix = Some("/v1/".into()))`.
+    pub fn with(mut self, change: impl FnOnce(&mut RouteEntry)) -> RouteEntry {
+        change(&mut self);
+        self
+    }
 }
 
 /// `[limits]`.
@@ -239,12 +365,31 @@ impl TestConfig {
             workers: Some(1),
             pin_cores: Some(false),
             shutdown_timeout_seconds: None,
+            merge_slashes: None,
         };
         config.logging.format = Some(LogFormat::Text);
         config.logging.access_log = Some(true);
         config.health_checks.enabled = Some(false);
         config.admin.enabled = Some(false);
         config
+    }
+
+    /// The upstream group `name` in front of `(port, weight)` backends, as `[upstreams.<name>]`.
+    pub fn group(mut self, name: &str, backends: &[(u16, u32)]) -> Self {
+        self.upstreams.insert(
+            name.into(),
+            UpstreamGroupSection {
+                backends: BackendEntry::list(backends),
+                ..UpstreamGroupSection::default()
+            },
+        );
+        self
+    }
+
+    /// With `route` appended to `[[routes]]`.
+    pub fn route(mut self, route: RouteEntry) -> Self {
+        self.routes.push(route);
+        self
     }
 
     /// `change` applied: `config.with(|c| c.timeouts.io_timeout_seconds = Some(0.5))`.
@@ -283,7 +428,8 @@ impl TestConfig {
         if self.health_checks.enabled != Some(true) {
             return;
         }
-        for b in &mut self.backends {
+        let groups = self.upstreams.values_mut().flat_map(|g| &mut g.backends);
+        for b in self.backends.iter_mut().chain(groups) {
             b.health_check_path.get_or_insert_with(|| "/health".into());
         }
     }
