@@ -1,7 +1,9 @@
 //! Configuration reload (SIGHUP and `POST /reload`): re-read the file, and if it is valid publish
 //! a new snapshot that every worker picks up on its next request. Backends that did not change
-//! keep their state; requests in flight finish on the snapshot they started with. Settings that
-//! only take effect at start (listen address, workers, pinning, admin listener) are reported.
+//! keep their state; requests in flight finish on the snapshot they started with. Certificates
+//! are read again (a bad file refuses the reload: the running certificates stay, and the error
+//! says why); connections keep the session they have. Settings that only take effect at start
+//! (listen addresses, workers, pinning, admin listener) are reported.
 
 use crate::config::{self, ConfigError, ValidConfig};
 use crate::state::{build_backends, Shared};
@@ -60,6 +62,9 @@ pub fn reload(shared: &Shared) -> Result<ReloadReport, Vec<ConfigError>> {
             (*before != b.weight()).then(|| (b.url.clone(), *before, b.weight()))
         })
         .collect();
+    for warning in &next.warnings {
+        tracing::warn!(%warning, "config");
+    }
     crate::logging::reconfigure(&next.logging);
     let generation = shared.publish(next, backends);
     let report = ReloadReport {
@@ -107,6 +112,23 @@ fn keep_startup_settings(next: &mut ValidConfig, old: &ValidConfig) -> Vec<&'sta
     }
     if next.logging.format != old.logging.format {
         changed.push("logging.format");
+    }
+    // The TLS listener is bound at start: its address stays, and a [tls] section added or
+    // removed waits for a restart. Certificates and the rest of [tls] reload.
+    match (&mut next.tls, &old.tls) {
+        (Some(next_tls), Some(old_tls)) if next_tls.listen != old_tls.listen => {
+            changed.push("tls.host/tls.port");
+            next_tls.listen = old_tls.listen;
+        }
+        (None, Some(old_tls)) => {
+            changed.push("tls (removed)");
+            next.tls = Some(old_tls.clone());
+        }
+        (Some(_), None) => {
+            changed.push("tls (added)");
+            next.tls = None;
+        }
+        _ => {}
     }
     // The connection cap was fitted to the descriptor limit at start.
     if next.limits.max_connections != old.limits.max_connections {

@@ -116,6 +116,7 @@ pub fn build_backends(
             match kept {
                 Some(p) => {
                     p.set_weight(b.weight);
+                    p.set_tls(b.tls.clone());
                     p.clone()
                 }
                 None => Arc::new(Backend::new(b, workers)),

@@ -4,6 +4,7 @@
 
 mod locate;
 mod schema;
+pub mod tls;
 mod validate;
 
 pub use schema::*;
@@ -53,7 +54,8 @@ pub fn load(path: &Path) -> Result<ValidConfig, Vec<ConfigError>> {
     parse(path, &source)
 }
 
-/// Parses and validates config text; `path` is only used in messages.
+/// Parses and validates config text; `path` names the file in messages, and files the config
+/// names (certificates) are found relative to its directory.
 pub fn parse(path: &Path, source: &str) -> Result<ValidConfig, Vec<ConfigError>> {
     let raw: Config = toml::from_str(source).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
@@ -67,19 +69,19 @@ pub fn parse(path: &Path, source: &str) -> Result<ValidConfig, Vec<ConfigError>>
             message: e.message().trim().to_string(),
         }]
     })?;
-    validate::validate(raw).map_err(|problems| {
-        problems
-            .into_iter()
-            .map(|p| {
-                let (line, column) = locate::line_col_of_key(source, &p.key);
-                ConfigError {
-                    file: path.to_path_buf(),
-                    line,
-                    column,
-                    key: p.key,
-                    message: p.message,
-                }
-            })
-            .collect()
-    })
+    let base = path.parent().unwrap_or(Path::new(""));
+    let locate = |p: validate::Problem| {
+        let (line, column) = locate::line_col_of_key(source, &p.key);
+        ConfigError {
+            file: path.to_path_buf(),
+            line,
+            column,
+            key: p.key,
+            message: p.message,
+        }
+    };
+    let (mut config, warnings) = validate::validate(raw, base)
+        .map_err(|problems| problems.into_iter().map(locate).collect::<Vec<_>>())?;
+    config.warnings = warnings.into_iter().map(locate).collect();
+    Ok(config)
 }

@@ -28,6 +28,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    /// `[tls]`: the HTTPS listener; absent, none.
+    #[serde(default)]
+    pub tls: Option<super::tls::TlsConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -97,6 +100,10 @@ pub struct BackendConfig {
     /// Path probed by HTTP health checks; none (the default): a TCP connect check.
     #[serde(default)]
     pub health_check_path: Option<String>,
+    /// An `https://` backend's name for SNI and verification (default: `[upstream]
+    /// tls_server_name`, else the URL's host).
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
 }
 
 fn default_weight() -> i64 {
@@ -245,6 +252,16 @@ pub struct UpstreamConfig {
     /// Rewrite absolute redirects (`Location`, `Refresh`) in which a backend names itself to the
     /// address the client used (default true, as nginx's `proxy_redirect default`).
     pub rewrite_redirects: bool,
+    /// `https://` backends: PEM file of the CAs to verify them with (default: the webpki roots,
+    /// Mozilla's list).
+    pub tls_ca: Option<String>,
+    /// `https://` backends: the name to send (SNI) and verify (default: the URL's host).
+    pub tls_server_name: Option<String>,
+    /// `https://` backends: verify their certificates (default true; false is for labs).
+    pub tls_verify: bool,
+    /// `https://` backends: a client certificate (PEM chain) and key for mutual TLS.
+    pub tls_client_cert: Option<String>,
+    pub tls_client_key: Option<String>,
 }
 
 impl Default for UpstreamConfig {
@@ -255,6 +272,11 @@ impl Default for UpstreamConfig {
             retries: None,
             retry_non_idempotent: false,
             rewrite_redirects: true,
+            tls_ca: None,
+            tls_server_name: None,
+            tls_verify: true,
+            tls_client_cert: None,
+            tls_client_key: None,
         }
     }
 }

@@ -2,8 +2,11 @@
 //! (durations, sizes, resolved backend addresses). All problems are reported, not just the first.
 
 use super::schema::*;
+use super::tls::{self, TlsCheck, TlsSettings, UpstreamTls, UpstreamTlsConfig};
 use crate::http::HeadLimits;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A problem found by validation: the dotted key and what is wrong with it.
@@ -21,6 +24,8 @@ pub struct ResolvedBackend {
     pub weight: u32,
     /// Probed with `GET` by active checks; none: a TCP connect check.
     pub health_check_path: Option<String>,
+    /// An `https://` backend's TLS client settings.
+    pub tls: Option<UpstreamTls>,
 }
 
 /// Passive health: how real traffic ejects a backend (`[passive_health]`).
@@ -129,6 +134,10 @@ pub struct ValidConfig {
     pub passive: PassiveSettings,
     pub limits: Limits,
     pub admin: AdminSettings,
+    /// The HTTPS listener (`[tls]`), if any.
+    pub tls: Option<TlsSettings>,
+    /// What is allowed but worth saying (a certificate about to expire, unverified backends).
+    pub warnings: Vec<super::ConfigError>,
 }
 
 /// Hard ceiling on `max_headers`: the parser's header table is sized from it.
@@ -168,8 +177,11 @@ impl Checker {
     }
 }
 
-pub fn validate(c: Config) -> Result<ValidConfig, Vec<Problem>> {
+/// Validates `c`; files it names are found relative to `base`. Returns the config and its
+/// warnings, or every problem found.
+pub fn validate(c: Config, base: &Path) -> Result<(ValidConfig, Vec<Problem>), Vec<Problem>> {
     let mut ck = Checker { problems: vec![] };
+    let mut warnings = Vec::new();
 
     let port = ck.range("server.port", c.server.port, 1, 65535) as u16;
     let listen = match c.server.host.parse::<IpAddr>() {
@@ -224,14 +236,62 @@ pub fn validate(c: Config) -> Result<ValidConfig, Vec<Problem>> {
         );
     }
 
+    let tls = c.tls.as_ref().and_then(|t| {
+        let host = t.host.as_deref().unwrap_or(&c.server.host);
+        let tls_port = ck.range("tls.port", t.port, 1, 65535) as u16;
+        let ip = host.parse::<IpAddr>().unwrap_or_else(|_| {
+            ck.fail("tls.host", format!("not an IP address: {host:?}"));
+            IpAddr::from([127, 0, 0, 1])
+        });
+        if tls_port == port && ip == listen.ip() {
+            ck.fail(
+                "tls.port",
+                "must differ from server.port (the plain listener)",
+            );
+        }
+        if admin.enabled && tls_port == admin_port {
+            ck.fail("tls.port", "must differ from admin.port");
+        }
+        let timeout = ck.seconds("tls.handshake_timeout_seconds", t.handshake_timeout_seconds);
+        let mut check = TlsCheck {
+            base,
+            problems: &mut ck.problems,
+            warnings: &mut warnings,
+        };
+        check.listener(t, SocketAddr::new(ip, tls_port), timeout)
+    });
+
     if c.backends.is_empty() {
         ck.fail("backends", "at least one [[backends]] entry is required");
     }
+    let u = &c.upstream;
+    let upstream_tls = c
+        .backends
+        .iter()
+        .any(|b| b.url.starts_with("https:"))
+        .then(|| {
+            let mut check = TlsCheck {
+                base,
+                problems: &mut ck.problems,
+                warnings: &mut warnings,
+            };
+            check.upstream(&UpstreamTlsConfig {
+                tls_ca: u.tls_ca.clone(),
+                tls_verify: u.tls_verify,
+                tls_client_cert: u.tls_client_cert.clone(),
+                tls_client_key: u.tls_client_key.clone(),
+            })
+        })
+        .flatten();
+    let upstream_tls = UpstreamTlsChoice {
+        config: upstream_tls,
+        server_name: u.tls_server_name.as_deref(),
+    };
     let backends = c
         .backends
         .iter()
         .enumerate()
-        .filter_map(|(i, b)| resolve_backend(&mut ck, i, b))
+        .filter_map(|(i, b)| resolve_backend(&mut ck, i, b, &upstream_tls))
         .collect();
 
     let h = &c.health_checks;
@@ -344,7 +404,7 @@ pub fn validate(c: Config) -> Result<ValidConfig, Vec<Problem>> {
     if !ck.problems.is_empty() {
         return Err(ck.problems);
     }
-    Ok(ValidConfig {
+    let config = ValidConfig {
         listen,
         workers,
         pin_cores: c.server.pin_cores,
@@ -358,7 +418,17 @@ pub fn validate(c: Config) -> Result<ValidConfig, Vec<Problem>> {
         passive,
         limits,
         admin,
-    })
+        tls,
+        warnings: Vec::new(),
+    };
+    Ok((config, warnings))
+}
+
+/// The TLS client settings `https://` backends get from `[upstream]`.
+struct UpstreamTlsChoice<'a> {
+    /// `None` when they could not be built (the problems say why).
+    config: Option<Arc<rustls::ClientConfig>>,
+    server_name: Option<&'a str>,
 }
 
 /// `"200-399"`, `"200,204,301-302"` -> inclusive ranges; `None` if malformed or out of 100-599.
@@ -373,7 +443,12 @@ fn parse_status_ranges(spec: &str) -> Option<Vec<(u16, u16)>> {
         .collect()
 }
 
-fn resolve_backend(ck: &mut Checker, i: usize, b: &BackendConfig) -> Option<ResolvedBackend> {
+fn resolve_backend(
+    ck: &mut Checker,
+    i: usize,
+    b: &BackendConfig,
+    upstream_tls: &UpstreamTlsChoice<'_>,
+) -> Option<ResolvedBackend> {
     let key = |field: &str| format!("backends[{i}].{field}");
     let weight = ck.range(&key("weight"), b.weight, 1, 1_000_000) as u32;
     if b.health_check_path
@@ -389,10 +464,13 @@ fn resolve_backend(ck: &mut Checker, i: usize, b: &BackendConfig) -> Option<Reso
             return None;
         }
     };
-    if url.scheme() != "http" {
+    if url.scheme() != "http" && url.scheme() != "https" {
         ck.fail(
             key("url"),
-            format!("only http:// backends are supported, got {:?}", b.url),
+            format!(
+                "only http:// and https:// backends are supported, got {:?}",
+                b.url
+            ),
         );
         return None;
     }
@@ -407,12 +485,38 @@ fn resolve_backend(ck: &mut Checker, i: usize, b: &BackendConfig) -> Option<Reso
     let port = url.port_or_known_default().unwrap_or(80);
     // url keeps IPv6 literals in brackets, which `ToSocketAddrs` does not accept.
     let host = host.trim_start_matches('[').trim_end_matches(']');
+    let tls = if url.scheme() == "https" {
+        let config = upstream_tls.config.clone()?;
+        let name = b
+            .tls_server_name
+            .as_deref()
+            .or(upstream_tls.server_name)
+            .unwrap_or(host);
+        match tls::server_name(name) {
+            Ok(server_name) => Some(UpstreamTls {
+                config,
+                server_name,
+            }),
+            Err(e) => {
+                let field = if b.tls_server_name.is_some() {
+                    key("tls_server_name")
+                } else {
+                    "upstream.tls_server_name".into()
+                };
+                ck.fail(field, e);
+                return None;
+            }
+        }
+    } else {
+        None
+    };
     match (host, port).to_socket_addrs().map(|mut a| a.next()) {
         Ok(Some(addr)) => Some(ResolvedBackend {
             url: b.url.clone(),
             addr,
             weight,
             health_check_path: b.health_check_path.clone(),
+            tls,
         }),
         _ => {
             ck.fail(key("url"), format!("cannot resolve host {host:?}"));
@@ -500,6 +604,7 @@ mod tests {
     fn bad_backends_refused() {
         assert!(problems("")[0].contains("backends: at least one"));
         assert!(problems("[[backends]]\nurl = \"ftp://x\"\n")[0].contains("backends[0].url"));
+        assert!(problems("[[backends]]\nurl = \"https://127.0.0.1:1\"\n").is_empty());
         assert!(problems("[[backends]]\nurl = \"not a url\"\n")[0].contains("backends[0].url"));
         assert!(problems("[[backends]]\nurl = \"http://127.0.0.1:1/api\"\n")[0].contains("path"));
     }

@@ -20,6 +20,9 @@ pub struct ForwardedFor<'a> {
     pub scheme: Scheme,
     /// Forward request fields whose name contains `_` (`[limits] allow_underscores_in_headers`).
     pub allow_underscores: bool,
+    /// The client's verified certificate (mutual TLS): subject and subjectAltName, sent as
+    /// `X-Client-Cert-Subject` and `X-Client-Cert-SAN`.
+    pub client_cert: Option<&'a (String, String)>,
 }
 
 /// The request fields the proxy itself answers for: dropped from what the client sent, then
@@ -28,7 +31,9 @@ pub struct ForwardedFor<'a> {
 enum Vouched {
     ForwardedFor,
     Forwarded,
-    /// `X-Forwarded-Proto`, `X-Forwarded-Host`: replaced.
+    /// `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Client-Cert-Subject`, `X-Client-Cert-SAN`:
+    /// replaced (the client-certificate fields dropped when no certificate was verified, so a
+    /// client cannot claim one).
     Replaced,
 }
 
@@ -39,6 +44,8 @@ fn vouched(name: &[u8]) -> Option<Vouched> {
         9 if name.eq_ignore_ascii_case(b"forwarded") => Some(Vouched::Forwarded),
         16 if name.eq_ignore_ascii_case(b"x-forwarded-host") => Some(Vouched::Replaced),
         17 if name.eq_ignore_ascii_case(b"x-forwarded-proto") => Some(Vouched::Replaced),
+        17 if name.eq_ignore_ascii_case(b"x-client-cert-san") => Some(Vouched::Replaced),
+        21 if name.eq_ignore_ascii_case(b"x-client-cert-subject") => Some(Vouched::Replaced),
         _ => None,
     }
 }
@@ -125,6 +132,10 @@ fn write_vouched(out: &mut BytesMut, req: &RequestHead, from: &ForwardedFor<'_>,
     out.extend_from_slice(b"\r\n");
     if let Some(host) = req.host() {
         push_header(out, b"X-Forwarded-Host", host);
+    }
+    if let Some((subject, san)) = from.client_cert {
+        push_header(out, b"X-Client-Cert-Subject", subject.as_bytes());
+        push_header(out, b"X-Client-Cert-SAN", san.as_bytes());
     }
     out.extend_from_slice(b"Forwarded: ");
     for v in prior(Vouched::Forwarded) {
@@ -237,6 +248,13 @@ impl<'a> Redirects<'a> {
     }
 }
 
+/// What the proxy sets in every response to a client: `Strict-Transport-Security` over HTTPS
+/// (`[tls] hsts_max_age_seconds`), in place of the upstream's.
+#[derive(Clone, Copy, Default)]
+pub struct ResponsePolicy<'a> {
+    pub hsts: Option<&'a str>,
+}
+
 /// Appends the client response head; `redirects`, where given, rewrites the backend's own
 /// absolute redirects.
 pub fn write_response_head(
@@ -246,6 +264,7 @@ pub fn write_response_head(
     framing: OutFraming,
     keep_alive: bool,
     redirects: Option<&Redirects<'_>>,
+    policy: ResponsePolicy<'_>,
 ) {
     let raw = &resp.raw[..];
     let mut code = itoa::Buffer::new();
@@ -257,6 +276,9 @@ pub fn write_response_head(
     for h in &resp.headers {
         let (name, value) = (h.name.of(raw), h.value.of(raw));
         if framing != OutFraming::Chunked && name.eq_ignore_ascii_case(b"trailer") {
+            continue;
+        }
+        if policy.hsts.is_some() && name.eq_ignore_ascii_case(b"strict-transport-security") {
             continue;
         }
         match redirects.and_then(|r| r.rewrite_field(name, value)) {
@@ -276,6 +298,9 @@ pub fn write_response_head(
             }
         }
         _ => {}
+    }
+    if let Some(hsts) = policy.hsts {
+        push_header(out, b"Strict-Transport-Security", hsts.as_bytes());
     }
     if !keep_alive {
         out.extend_from_slice(b"Connection: close\r\n");
@@ -403,6 +428,7 @@ mod tests {
             client_ip,
             scheme: Scheme::Http,
             allow_underscores: false,
+            client_cert: None,
         }
     }
 
@@ -509,6 +535,8 @@ mod tests {
             "forwarded: for=10.0.0.1",
             "X-Forwarded-Proto: https",
             "X-Forwarded-Host: evil",
+            "X-Client-Cert-Subject: CN=admin",
+            "x-client-cert-san: DNS:admin",
             "X-Hop: named in Connection",
             "Close: named in Connection",
             "X_Forwarded_Proto: https",
@@ -617,7 +645,15 @@ mod tests {
             let framing = response_framing(&get, &resp);
             assert_eq!(framing, OutFraming::Length, "{raw}");
             let mut out = BytesMut::new();
-            write_response_head(&mut out, &get, &resp, framing, true, None);
+            write_response_head(
+                &mut out,
+                &get,
+                &resp,
+                framing,
+                true,
+                None,
+                ResponsePolicy::default(),
+            );
             assert!(std::str::from_utf8(&out).unwrap().contains(want), "{raw}");
         }
         let post = request("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
@@ -639,7 +675,15 @@ mod tests {
         let framing = response_framing(&req10, &resp);
         assert_eq!(framing, OutFraming::Close);
         let mut out = BytesMut::new();
-        write_response_head(&mut out, &req10, &resp, framing, false, None);
+        write_response_head(
+            &mut out,
+            &req10,
+            &resp,
+            framing,
+            false,
+            None,
+            ResponsePolicy::default(),
+        );
         assert_eq!(
             &out[..],
             b"HTTP/1.1 200 OK\r\nX-A: b\r\nConnection: close\r\n\r\n"
@@ -650,7 +694,15 @@ mod tests {
         let resp = parse_response(&mut buf, true).unwrap().unwrap();
         let mut out = BytesMut::new();
         let framing = response_framing(&head, &resp);
-        write_response_head(&mut out, &head, &resp, framing, true, None);
+        write_response_head(
+            &mut out,
+            &head,
+            &resp,
+            framing,
+            true,
+            None,
+            ResponsePolicy::default(),
+        );
         assert_eq!(&out[..], b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n");
     }
 }

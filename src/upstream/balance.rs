@@ -92,6 +92,7 @@ mod tests {
                         addr: ([127, 0, 0, 1], 9000 + i as u16).into(),
                         weight: w,
                         health_check_path: None,
+                        tls: None,
                     },
                     1,
                 )

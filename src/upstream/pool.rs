@@ -3,15 +3,18 @@
 //! closed after `idle_timeout`, or when more than `max_idle_per_backend` wait.
 
 use super::BackendSet;
+use crate::config::tls::UpstreamTls;
 use crate::config::PoolSettings;
 use crate::net::fd_budget::{self, FdOp, Lease};
-use crate::net::io::{idle_state, IdleState};
+use crate::net::io::IdleState;
 use crate::net::stream::UpstreamStream;
+use crate::net::tls::{HandshakeError, TlsStream};
 use bytes::BytesMut;
 use monoio::net::TcpStream;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Read buffer of a fresh upstream connection; it grows for large heads and bodies.
@@ -112,7 +115,7 @@ impl UpstreamPool {
                 queue.clear();
                 return None;
             }
-            match idle_state(conn.stream.socket_fd()) {
+            match conn.stream.idle_state() {
                 IdleState::Clean => {
                     conn.reused = true;
                     return Some(conn);
@@ -137,7 +140,7 @@ impl UpstreamPool {
             return Ok(()); // a backend a reload removed: closed
         }
         if spliced {
-            match idle_state(conn.stream.socket_fd()) {
+            match conn.stream.idle_state() {
                 IdleState::Clean => {}
                 dirty => return Err(dirty),
             }
@@ -176,6 +179,9 @@ impl UpstreamPool {
 pub enum ConnectError {
     Failed(std::io::Error),
     Timeout,
+    /// The TLS handshake with an `https://` backend failed (its certificate did not verify,
+    /// it does not speak TLS, ...): why, as rustls says it.
+    Handshake(String),
     /// No descriptor for the socket (EMFILE/ENFILE): this process is short, the backend is not
     /// at fault and another backend would fare no better.
     NoDescriptor(std::io::Error),
@@ -194,7 +200,7 @@ impl ConnectError {
         match self {
             ConnectError::Timeout => 504,
             ConnectError::NoDescriptor(_) => 503,
-            ConnectError::Failed(_) => 502,
+            ConnectError::Failed(_) | ConnectError::Handshake(_) => 502,
         }
     }
 }
@@ -204,6 +210,7 @@ impl std::fmt::Display for ConnectError {
         match self {
             ConnectError::Timeout => f.write_str("connect to upstream timed out"),
             ConnectError::Failed(e) => write!(f, "connect to upstream failed: {e}"),
+            ConnectError::Handshake(e) => write!(f, "TLS handshake with upstream failed: {e}"),
             ConnectError::NoDescriptor(e) => {
                 write!(f, "no descriptor for an upstream connection: {e}")
             }
@@ -211,13 +218,16 @@ impl std::fmt::Display for ConnectError {
     }
 }
 
-/// Opens a new connection to a backend within `timeout`, on a descriptor leased from the
-/// worker's budget (none to lease: `NoDescriptor`, as when the kernel has none).
+/// Opens a new connection to a backend within `timeout` (with its TLS handshake, for an
+/// `https://` one: `tls`), on a descriptor leased from the worker's budget (none to lease:
+/// `NoDescriptor`, as when the kernel has none).
 pub async fn connect(
     backend_id: u64,
     addr: SocketAddr,
+    tls: Option<Arc<UpstreamTls>>,
     timeout: Duration,
 ) -> Result<UpstreamConn, ConnectError> {
+    let deadline = Instant::now() + timeout;
     let no_room = || ConnectError::NoDescriptor(std::io::Error::from_raw_os_error(libc::EMFILE));
     let descriptor = fd_budget::lease(1, FdOp::Connect).ok_or_else(no_room)?;
     let connecting = monoio::time::timeout(timeout, TcpStream::connect_addr(addr));
@@ -229,8 +239,19 @@ pub async fn connect(
     };
     // Heads and small bodies go out in one write; Nagle would only add latency.
     let _ = stream.set_nodelay(true);
+    let stream = match tls {
+        None => UpstreamStream::Plain(stream),
+        Some(tls) => {
+            let name = tls.server_name.clone();
+            match TlsStream::connect(stream, tls.config.clone(), name, deadline).await {
+                Ok(s) => UpstreamStream::Tls(s),
+                Err(HandshakeError::Timeout) => return Err(ConnectError::Timeout),
+                Err(e) => return Err(ConnectError::Handshake(e.to_string())),
+            }
+        }
+    };
     Ok(UpstreamConn {
-        stream: UpstreamStream::Plain(stream),
+        stream,
         _descriptor: descriptor,
         rbuf: BytesMut::with_capacity(UPSTREAM_READ_BUF),
         backend_id,
