@@ -1,0 +1,151 @@
+//! `https://` backends: verified against `tls_ca` with the URL's host or `tls_server_name` as
+//! the name (SNI), pooled and reused like plain ones, mutual TLS with `tls_client_cert`, and a
+//! backend whose certificate does not verify (another CA, expired, another name) answered 502
+//! with a log line that says why.
+
+use crate::common::config::BackendEntry;
+use crate::common::tls::*;
+use crate::common::*;
+
+/// The harness config in front of one `https://` backend at `url`.
+fn in_front_of(url: String, change: impl FnOnce(&mut TestConfig)) -> TestConfig {
+    TestConfig::new(&[]).with(|c| {
+        c.backends = vec![BackendEntry {
+            url,
+            ..BackendEntry::default()
+        }];
+        change(c);
+    })
+}
+
+#[test]
+fn https_backend_verified_with_its_ca_by_name_and_pooled() {
+    let pki = Pki::new("upstream CA");
+    let cert = pki.issue("api", &["api.internal"]);
+    let backend = TlsBackend::start(Pki::server_config(&cert, None));
+    let config = in_front_of(backend.url(), |c| {
+        c.upstream.tls_ca = Some(pki.ca_file.display().to_string());
+        c.upstream.tls_server_name = Some("api.internal".into());
+    });
+    let proxy = Proxy::start(&config);
+    let mut conn = proxy.connect();
+    for path in ["/one", "/two", "/three"] {
+        let response = conn.roundtrip(&get_request(path));
+        assert_eq!((response.status(), response.text().as_str()), (200, path));
+    }
+    let seen = backend.seen();
+    assert_eq!(seen.len(), 3);
+    assert!(seen.iter().all(|s| s.sni.as_deref() == Some("api.internal")), "{seen:?}");
+    assert!(seen.iter().all(|s| s.conn == seen[0].conn), "one pooled connection: {seen:?}");
+    assert_eq!(seen[0].req.head.get("x-forwarded-proto"), Some("http"));
+
+    // The name per backend too; the URL's host (an IP) would not verify against this cert.
+    let per_backend = in_front_of(backend.url(), |c| {
+        c.upstream.tls_ca = Some(pki.ca_file.display().to_string());
+        c.backends[0].tls_server_name = Some("api.internal".into());
+    });
+    let proxy = Proxy::start(&per_backend);
+    assert_eq!(proxy.connect().roundtrip(&get_request("/x")).status(), 200);
+    let by_ip = in_front_of(backend.url(), |c| {
+        c.upstream.tls_ca = Some(pki.ca_file.display().to_string());
+    });
+    let proxy = Proxy::start(&by_ip);
+    assert_eq!(proxy.connect().roundtrip(&get_request("/x")).status(), 502);
+    proxy.wait_log_lines(1, "why the upstream was refused", |l| {
+        l.contains("TLS handshake with upstream failed") && l.contains("certificate")
+    });
+}
+
+#[test]
+fn an_upstream_certificate_that_does_not_verify_is_a_502_with_a_clear_log_line() {
+    let trusted = Pki::new("trusted CA");
+    let other = Pki::new("someone else");
+    let cases = [
+        ("another CA", other.issue("x", &["api.internal"]), "UnknownIssuer"),
+        (
+            "expired",
+            trusted.issue_with("old", &["api.internal"], |p| {
+                p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+                p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+            }),
+            "Expired",
+        ),
+        ("another name", trusted.issue("y", &["db.internal"]), "NotValidForName"),
+    ];
+    for (what, cert, reason) in cases {
+        let backend = TlsBackend::start(Pki::server_config(&cert, None));
+        let config = in_front_of(backend.url(), |c| {
+            c.upstream.tls_ca = Some(trusted.ca_file.display().to_string());
+            c.upstream.tls_server_name = Some("api.internal".into());
+        });
+        let proxy = Proxy::start(&config);
+        let response = proxy.connect().roundtrip(&get_request("/"));
+        assert_eq!(response.status(), 502, "{what}");
+        let lines = proxy.wait_log_lines(1, "the upstream's failed handshake", |l| {
+            l.contains("upstream connect failed")
+        });
+        assert!(
+            lines[0].contains("TLS handshake with upstream failed") && lines[0].contains(reason),
+            "{what}: {}",
+            lines[0]
+        );
+        assert!(backend.seen().is_empty(), "{what}: nothing was sent");
+    }
+}
+
+#[test]
+fn mutual_tls_to_the_backend_and_unverified_labs() {
+    let pki = Pki::new("upstream CA");
+    let cert = pki.issue("api", &["api.internal"]);
+    let clients = Pki::new("proxy CA");
+    let proxy_cert = clients.issue("proxy", &["proxy.internal"]);
+    let backend = TlsBackend::start(Pki::server_config(&cert, Some(&clients)));
+    let base = |c: &mut TestConfig| {
+        c.upstream.tls_ca = Some(pki.ca_file.display().to_string());
+        c.upstream.tls_server_name = Some("api.internal".into());
+    };
+    let without = in_front_of(backend.url(), base);
+    let proxy = Proxy::start(&without);
+    assert_eq!(proxy.connect().roundtrip(&get_request("/")).status(), 502);
+    let with = in_front_of(backend.url(), |c| {
+        base(c);
+        c.upstream.tls_client_cert = Some(proxy_cert.cert.display().to_string());
+        c.upstream.tls_client_key = Some(proxy_cert.key.display().to_string());
+    });
+    let proxy = Proxy::start(&with);
+    assert_eq!(proxy.connect().roundtrip(&get_request("/m")).status(), 200);
+
+    // tls_verify = false: any certificate, with a warning at start.
+    let plain_backend = TlsBackend::start(Pki::server_config(&Pki::new("x").issue("z", &["z"]), None));
+    let labs = in_front_of(plain_backend.url(), |c| c.upstream.tls_verify = Some(false));
+    let proxy = Proxy::start(&labs);
+    assert_eq!(proxy.connect().roundtrip(&get_request("/lab")).status(), 200);
+    assert!(proxy.stdout().contains("tls_verify = false"), "{}", proxy.logs());
+}
+
+#[test]
+fn tls_to_the_client_and_to_the_backend_at_once() {
+    let pki = Pki::new("CA");
+    let front = pki.issue("front", &["test.local"]);
+    let back = pki.issue("back", &["api.internal"]);
+    let backend = TlsBackend::start(Pki::server_config(&back, None));
+    let config = in_front_of(backend.url(), |c| {
+        c.upstream.tls_ca = Some(pki.ca_file.display().to_string());
+        c.upstream.tls_server_name = Some("api.internal".into());
+    })
+    .tls(vec![front.entry()]);
+    let _proxy = Proxy::start(&config);
+    let client = ClientOpts {
+        verify_with: Some(&pki),
+        ..ClientOpts::default()
+    }
+    .config();
+    let mut conn = tls_connect_ok(config.tls_port(), &client, "test.local");
+    let body = pattern(3 << 20, 8);
+    let response = conn.roundtrip(&request_bytes("POST", "/both", &[], &body));
+    assert_eq!((response.status(), response.text().as_str()), (200, "/both"));
+    let seen = backend.seen();
+    assert_eq!(seen[0].req.body.len(), body.len());
+    assert!(seen[0].req.body == body);
+    assert_eq!(seen[0].req.head.get("x-forwarded-proto"), Some("https"));
+}
