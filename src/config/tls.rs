@@ -386,6 +386,10 @@ impl TlsCheck<'_> {
     ) -> Option<ServedCert> {
         let key_path = format!("tls.certificates[{i}]");
         let chain = self.chain(&format!("{key_path}.cert"), &c.cert)?;
+        if let Err(e) = check_chain_order(&chain) {
+            self.fail(format!("{key_path}.cert"), format!("{}: {e}", c.cert));
+            return None;
+        }
         let key = self.private_key(&format!("{key_path}.key"), &c.key, provider)?;
         let certified = CertifiedKey::new(chain.clone(), key);
         if let Err(e) = certified.keys_match() {
@@ -405,10 +409,6 @@ impl TlsCheck<'_> {
                 return None;
             }
         };
-        if let Err(e) = check_chain_order(&chain) {
-            self.fail(format!("{key_path}.cert"), format!("{}: {e}", c.cert));
-            return None;
-        }
         if facts.names.dns.is_empty() && facts.names.ips.is_empty() {
             self.fail(
                 format!("{key_path}.cert"),

@@ -66,10 +66,17 @@ fn sni_picks_the_certificate_by_exact_name_then_wildcard_else_the_first() {
         ("a.example", &site.default, "exact, first certificate"),
         ("127.0.0.1", &site.default, "no SNI (an IP address)"),
         ("unknown.example", &site.default, "unknown name"),
-        ("deep.x.wild.example", &site.default, "a wildcard covers one label"),
+        (
+            "deep.x.wild.example",
+            &site.default,
+            "a wildcard covers one label",
+        ),
     ] {
         let conn = tls_connect_ok(config.tls_port(), &any, name);
-        assert!(served_cert(&conn) == want.der, "{name} ({which}) got another certificate");
+        assert!(
+            served_cert(&conn) == want.der,
+            "{name} ({which}) got another certificate"
+        );
     }
     // The chosen certificates verify against the CA and serve requests.
     let trusted = trusting(&site);
@@ -99,16 +106,28 @@ fn alpn_agrees_on_http11_and_refuses_only_unknown_protocols() {
         }
         .config()
     };
-    let conn = tls_connect_ok(config.tls_port(), &offer(vec![b"h2".to_vec(), b"http/1.1".to_vec()]), "a.example");
+    let conn = tls_connect_ok(
+        config.tls_port(),
+        &offer(vec![b"h2".to_vec(), b"http/1.1".to_vec()]),
+        "a.example",
+    );
     assert_eq!(conn.wire().conn.alpn_protocol(), Some(&b"http/1.1"[..]));
     let mut conn = tls_connect_ok(config.tls_port(), &offer(vec![]), "a.example");
-    assert_eq!(conn.wire().conn.alpn_protocol(), None, "no ALPN offered, none agreed");
+    assert_eq!(
+        conn.wire().conn.alpn_protocol(),
+        None,
+        "no ALPN offered, none agreed"
+    );
     assert_eq!(conn.roundtrip(&get_request("/")).status(), 200);
     let refused = tls_connect(config.tls_port(), &offer(vec![b"h2".to_vec()]), "a.example");
     let err = refused.err().expect("a client offering only h2 is refused");
     assert!(err.contains("NoApplicationProtocol"), "{err}");
     // openssl says the same: alert 120.
-    let out = s_client(config.tls_port(), &["-alpn", "h2", "-servername", "a.example"], b"");
+    let out = s_client(
+        config.tls_port(),
+        &["-alpn", "h2", "-servername", "a.example"],
+        b"",
+    );
     assert!(out.contains("no application protocol"), "{out}");
 }
 
@@ -133,7 +152,9 @@ fn tls12_and_tls13_both_served_and_min_version_13_refuses_12() {
         assert_eq!(conn.wire().conn.protocol_version(), Some(want));
         assert_eq!(conn.roundtrip(&get_request("/v")).status(), 200);
     }
-    proxy.wait_log_lines(1, "a TLS 1.2 request logged", |l| l.contains("tls_version=\"TLSv1.2\""));
+    proxy.wait_log_lines(1, "a TLS 1.2 request logged", |l| {
+        l.contains("tls_version=\"TLSv1.2\"")
+    });
 
     let strict = tls_config(backend.port, &site).with(|c| {
         c.tls.as_mut().expect("tls").min_version = Some("1.3".into());
@@ -145,7 +166,10 @@ fn tls12_and_tls13_both_served_and_min_version_13_refuses_12() {
     }
     .config();
     let err = tls_connect(strict.tls_port(), &old, "a.example").err();
-    assert!(err.is_some(), "a TLS 1.2 client must be refused with min_version = 1.3");
+    assert!(
+        err.is_some(),
+        "a TLS 1.2 client must be refused with min_version = 1.3"
+    );
     let modern = ClientOpts::default().config();
     tls_connect_ok(strict.tls_port(), &modern, "a.example");
 }
@@ -155,7 +179,9 @@ fn worker_of(proxy: &Proxy, path: &str) -> String {
     let lines = proxy.wait_log_lines(1, &format!("the access line of {path}"), |l| {
         l.contains(&format!(" path={path} "))
     });
-    log_field(&lines[0], "worker=").expect("worker field").to_string()
+    log_field(&lines[0], "worker=")
+        .expect("worker field")
+        .to_string()
 }
 
 #[test]
@@ -166,10 +192,18 @@ fn a_session_ticket_issued_by_one_worker_resumes_on_another() {
     let proxy = Proxy::start(&config);
     let session = tempfile::NamedTempFile::new().expect("session file");
     let session = session.path().display().to_string();
-    let request = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n");
+    let request =
+        |path: &str| format!("GET {path} HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n");
     let first = s_client(
         config.tls_port(),
-        &["-servername", "a.example", "-tls1_3", "-sess_out", &session, "-ign_eof"],
+        &[
+            "-servername",
+            "a.example",
+            "-tls1_3",
+            "-sess_out",
+            &session,
+            "-ign_eof",
+        ],
         request("/first").as_bytes(),
     );
     assert!(first.contains("HTTP/1.1 200 OK"), "{first}");
@@ -179,7 +213,14 @@ fn a_session_ticket_issued_by_one_worker_resumes_on_another() {
         let path = format!("/resume-{attempt}");
         let out = s_client(
             config.tls_port(),
-            &["-servername", "a.example", "-tls1_3", "-sess_in", &session, "-ign_eof"],
+            &[
+                "-servername",
+                "a.example",
+                "-tls1_3",
+                "-sess_in",
+                &session,
+                "-ign_eof",
+            ],
             request(&path).as_bytes(),
         );
         assert!(out.contains("HTTP/1.1 200 OK"), "{out}");
@@ -204,9 +245,13 @@ fn a_silent_client_is_cut_at_the_handshake_timeout_without_holding_up_others() {
     let proxy = Proxy::start(&config);
     let admin = crate::common::admin::Admin::of(&config);
     let started = Instant::now();
-    let mut silent = std::net::TcpStream::connect(("127.0.0.1", config.tls_port())).expect("connect");
-    let mut partial = std::net::TcpStream::connect(("127.0.0.1", config.tls_port())).expect("connect");
-    partial.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).expect("a record's start");
+    let mut silent =
+        std::net::TcpStream::connect(("127.0.0.1", config.tls_port())).expect("connect");
+    let mut partial =
+        std::net::TcpStream::connect(("127.0.0.1", config.tls_port())).expect("connect");
+    partial
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .expect("a record's start");
     // Meanwhile others are served.
     let mut conn = tls_connect_ok(config.tls_port(), &trusting(&site), "a.example");
     assert_eq!(conn.roundtrip(&get_request("/")).status(), 200);
@@ -220,11 +265,20 @@ fn a_silent_client_is_cut_at_the_handshake_timeout_without_holding_up_others() {
     assert!(took >= Duration::from_millis(450), "cut after {took:?}");
     assert!(took < Duration::from_secs(3), "cut only after {took:?}");
     wait_until(IO_TIMEOUT, "two handshake timeouts counted", || {
-        admin.metrics().value("ringproxy_tls_handshakes_total", &[("result", "timeout")]) == 2.0
+        admin
+            .metrics()
+            .value("ringproxy_tls_handshakes_total", &[("result", "timeout")])
+            == 2.0
     });
     let m = admin.metrics();
-    assert_eq!(m.value("ringproxy_tls_handshakes_total", &[("result", "full")]), 1.0);
-    assert!(m.histogram("ringproxy_tls_handshake_seconds").iter().any(|b| b.count == 1.0));
+    assert_eq!(
+        m.value("ringproxy_tls_handshakes_total", &[("result", "full")]),
+        1.0
+    );
+    assert!(m
+        .histogram("ringproxy_tls_handshake_seconds")
+        .iter()
+        .any(|b| b.count == 1.0));
     drop(proxy);
 }
 
@@ -238,7 +292,9 @@ fn plain_http_to_the_tls_port_gets_400_with_a_hint_and_is_closed() {
     let response = conn.roundtrip(&get_request("/"));
     assert_eq!(response.status(), 400);
     assert!(
-        response.text().contains("plain HTTP request sent to the HTTPS port"),
+        response
+            .text()
+            .contains("plain HTTP request sent to the HTTPS port"),
         "{}",
         response.text()
     );
@@ -264,7 +320,10 @@ fn redirect_http_sends_plain_requests_to_https_keeping_path_and_query() {
     );
     // The connection stays usable; IPv6 hosts keep their brackets.
     let response = conn.roundtrip(&get_as("[::1]:3000", "/"));
-    assert_eq!(response.header("location"), Some(format!("https://[::1]:{port}/").as_str()));
+    assert_eq!(
+        response.header("location"),
+        Some(format!("https://[::1]:{port}/").as_str())
+    );
     // ACME http-01 challenges still reach the backend.
     let acme = conn.roundtrip(&get_as("shop.example", "/.well-known/acme-challenge/tok"));
     assert_eq!(acme.status(), 200);
@@ -317,13 +376,25 @@ fn strict_sni_answers_421_to_a_host_the_chosen_certificate_does_not_name() {
     // Another tenant's host through b.example's connection.
     let fronted = conn.roundtrip(&get_as("a.example", "/theirs"));
     assert_eq!(fronted.status(), 421);
-    assert_eq!(conn.roundtrip(&get_as("b.example", "/again")).status(), 200, "connection kept");
+    assert_eq!(
+        conn.roundtrip(&get_as("b.example", "/again")).status(),
+        200,
+        "connection kept"
+    );
     // A wildcard certificate covers its names.
-    let mut wild = tls_connect_ok(config.tls_port(), &ClientOpts::default().config(), "x.wild.example");
+    let mut wild = tls_connect_ok(
+        config.tls_port(),
+        &ClientOpts::default().config(),
+        "x.wild.example",
+    );
     assert_eq!(wild.roundtrip(&get_as("y.wild.example", "/")).status(), 200);
     assert_eq!(wild.roundtrip(&get_as("b.example", "/")).status(), 421);
     assert_eq!(
-        backend.requests().iter().map(|r| r.req.head.target().to_string()).collect::<Vec<_>>(),
+        backend
+            .requests()
+            .iter()
+            .map(|r| r.req.head.target().to_string())
+            .collect::<Vec<_>>(),
         ["/mine", "/again", "/"]
     );
 
@@ -331,7 +402,10 @@ fn strict_sni_answers_421_to_a_host_the_chosen_certificate_does_not_name() {
         .with(|c| c.tls.as_mut().expect("tls").strict_sni = Some(false));
     let _lax = Proxy::start(&lax);
     let mut conn = tls_connect_ok(lax.tls_port(), &trusted, "b.example");
-    assert_eq!(conn.roundtrip(&get_as("a.example", "/theirs")).status(), 200);
+    assert_eq!(
+        conn.roundtrip(&get_as("a.example", "/theirs")).status(),
+        200
+    );
 }
 
 #[test]
@@ -339,9 +413,11 @@ fn mutual_tls_required_optional_and_absent_with_spoof_proof_headers() {
     let site = site();
     let clients = Pki::new("client CA");
     let alice = clients.issue_with("alice", &["alice.example"], |p| {
-        p.distinguished_name.push(rcgen::DnType::OrganizationName, "Example Org");
+        p.distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Example Org");
     });
-    let stranger = Pki::new("other CA").issue("mallory", &["mallory.example"]);
+    let strangers = Pki::new("other CA");
+    let stranger = strangers.issue("mallory", &["mallory.example"]);
     let backend = Backend::fixed("ok");
     let spoof = |conn: &mut HttpConn<TlsWire>| {
         let request = b"GET / HTTP/1.1\r\nHost: a.example\r\nX-Client-Cert-Subject: CN=admin\r\nx-client-cert-san: DNS:admin\r\n\r\n";
@@ -350,10 +426,11 @@ fn mutual_tls_required_optional_and_absent_with_spoof_proof_headers() {
     };
     let with_auth = |required: Option<bool>| {
         tls_config(backend.port, &site).with(|c| {
-            c.tls.as_mut().expect("tls").client_auth = Some(crate::common::config::ClientAuthSection {
-                ca: clients.ca_file.display().to_string(),
-                required,
-            })
+            c.tls.as_mut().expect("tls").client_auth =
+                Some(crate::common::config::ClientAuthSection {
+                    ca: clients.ca_file.display().to_string(),
+                    required,
+                })
         })
     };
     let as_client = |cert: Option<&Issued>| {
@@ -370,14 +447,23 @@ fn mutual_tls_required_optional_and_absent_with_spoof_proof_headers() {
     let _p = Proxy::start(&required);
     let port = required.tls_port();
     assert!(tls_connect(port, &as_client(None), "a.example")
-        .and_then(|mut c| c.try_send(&get_request("/")).and_then(|_| c.read_response("GET")).map_err(|e| e.to_string()))
+        .and_then(|mut c| c
+            .try_send(&get_request("/"))
+            .and_then(|_| c.read_response("GET"))
+            .map_err(|e| e.to_string()))
         .is_err());
     assert!(tls_connect(port, &as_client(Some(&stranger)), "a.example")
-        .and_then(|mut c| c.try_send(&get_request("/")).and_then(|_| c.read_response("GET")).map_err(|e| e.to_string()))
+        .and_then(|mut c| c
+            .try_send(&get_request("/"))
+            .and_then(|_| c.read_response("GET"))
+            .map_err(|e| e.to_string()))
         .is_err());
     let mut conn = tls_connect_ok(port, &as_client(Some(&alice)), "a.example");
     let seen = spoof(&mut conn);
-    assert_eq!(seen.get_all("x-client-cert-subject"), vec!["CN=alice.example, O=Example Org"]);
+    assert_eq!(
+        seen.get_all("x-client-cert-subject"),
+        vec!["CN=alice.example, O=Example Org"]
+    );
     assert_eq!(seen.get_all("x-client-cert-san"), vec!["DNS:alice.example"]);
 
     // Optional: without a certificate the request goes on, its spoofed headers removed.
@@ -385,20 +471,35 @@ fn mutual_tls_required_optional_and_absent_with_spoof_proof_headers() {
     let _p = Proxy::start(&optional);
     let mut conn = tls_connect_ok(optional.tls_port(), &as_client(None), "a.example");
     let seen = spoof(&mut conn);
-    assert!(!seen.has("x-client-cert-subject") && !seen.has("x-client-cert-san"), "{seen:?}");
+    assert!(
+        !seen.has("x-client-cert-subject") && !seen.has("x-client-cert-san"),
+        "{seen:?}"
+    );
     let mut conn = tls_connect_ok(optional.tls_port(), &as_client(Some(&alice)), "a.example");
-    assert_eq!(spoof(&mut conn).get("x-client-cert-san"), Some("DNS:alice.example"));
+    assert_eq!(
+        spoof(&mut conn).get("x-client-cert-san"),
+        Some("DNS:alice.example")
+    );
 
     // Absent: client-sent copies never pass, over TLS or plain HTTP.
     let absent = tls_config(backend.port, &site);
     let proxy = Proxy::start(&absent);
     let mut conn = tls_connect_ok(absent.tls_port(), &as_client(None), "a.example");
     let seen = spoof(&mut conn);
-    assert!(!seen.has("x-client-cert-subject") && !seen.has("x-client-cert-san"), "{seen:?}");
+    assert!(
+        !seen.has("x-client-cert-subject") && !seen.has("x-client-cert-san"),
+        "{seen:?}"
+    );
     let mut plain = proxy.connect();
     plain.send(b"GET / HTTP/1.1\r\nHost: a\r\nX-Client-Cert-Subject: CN=admin\r\n\r\n");
     assert_eq!(plain.read_response("GET").expect("response").status(), 200);
-    assert!(!backend.requests().pop().expect("request").req.head.has("x-client-cert-subject"));
+    assert!(!backend
+        .requests()
+        .pop()
+        .expect("request")
+        .req
+        .head
+        .has("x-client-cert-subject"));
 }
 
 #[test]
@@ -441,7 +542,10 @@ fn large_bodies_both_ways_over_tls_arrive_whole_with_flat_memory() {
     let served = download.clone();
     let download_backend = Backend::raw(move |mut conn, _| {
         while let Ok(Some(_)) = conn.read_request() {
-            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", served.len());
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                served.len()
+            );
             if conn.try_send(head.as_bytes()).is_err() || conn.try_send(&served).is_err() {
                 return;
             }
@@ -454,7 +558,8 @@ fn large_bodies_both_ways_over_tls_arrive_whole_with_flat_memory() {
     let response = conn.roundtrip(&request_bytes("POST", "/up", &[], &body));
     assert_eq!(response.text(), sha256_hex(&body));
     // Chunked too.
-    let mut chunked = b"POST /up HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let mut chunked =
+        b"POST /up HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     for piece in body.chunks(100_000) {
         chunked.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
         chunked.extend_from_slice(piece);
@@ -467,7 +572,10 @@ fn large_bodies_both_ways_over_tls_arrive_whole_with_flat_memory() {
     let config = tls_config(download_backend.port, &site);
     let proxy = Proxy::start(&config);
     let mut conn = tls_connect_ok(config.tls_port(), &trusting(&site), "a.example");
-    assert_eq!(conn.roundtrip(&get_as("a.example", "/warm")).body.len(), DOWNLOAD);
+    assert_eq!(
+        conn.roundtrip(&get_as("a.example", "/warm")).body.len(),
+        DOWNLOAD
+    );
     let before = peak_rss_kib(proxy.pid());
     for _ in 0..2 {
         let response = conn.roundtrip(&get_as("a.example", "/big"));
@@ -475,14 +583,19 @@ fn large_bodies_both_ways_over_tls_arrive_whole_with_flat_memory() {
         assert_eq!(sha256_hex(&response.body), expected);
     }
     let grown = peak_rss_kib(proxy.pid()) - before;
-    assert!(grown < 8 * 1024, "peak RSS grew by {grown} KiB over 100 MB through TLS");
+    assert!(
+        grown < 8 * 1024,
+        "peak RSS grew by {grown} KiB over 100 MB through TLS"
+    );
 }
 
 #[test]
 fn websocket_upgrade_tunnels_over_tls_both_ways() {
     let site = site();
     let backend = Backend::raw(|mut conn, _| {
-        let Ok(Some(_)) = conn.read_head() else { return };
+        let Ok(Some(_)) = conn.read_head() else {
+            return;
+        };
         let switched = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nhello";
         if conn.try_send(switched).is_err() {
             return;
@@ -522,7 +635,10 @@ fn websocket_upgrade_tunnels_over_tls_both_ways() {
     }
     let large = pattern(300_000, 4);
     conn.send(&large);
-    assert!(read_exactly(&mut conn, large.len()) == large, "large echo changed");
+    assert!(
+        read_exactly(&mut conn, large.len()) == large,
+        "large echo changed"
+    );
     // The client's close_notify ends its direction; the upstream's last words come back.
     conn.wire_mut().conn.send_close_notify();
     conn.wire_mut().flush().expect("close_notify");
@@ -536,8 +652,13 @@ fn an_answer_while_the_upload_streams_is_relayed_both_ways_over_tls() {
     // The upstream answers at once and echoes the body as it reads it (full duplex).
     let site = site();
     let backend = Backend::raw(|mut conn, _| {
-        let Ok(Some(head)) = conn.read_head() else { return };
-        let len: usize = head.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let Ok(Some(head)) = conn.read_head() else {
+            return;
+        };
+        let len: usize = head
+            .get("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
         if conn.try_send(answer.as_bytes()).is_err() {
             return;
@@ -560,7 +681,10 @@ fn an_answer_while_the_upload_streams_is_relayed_both_ways_over_tls() {
     let _proxy = Proxy::start(&config);
     let mut conn = tls_connect_ok(config.tls_port(), &trusting(&site), "a.example");
     let body = pattern(8 << 20, 6);
-    let head = format!("POST /echo HTTP/1.1\r\nHost: a.example\r\nContent-Length: {}\r\n\r\n", body.len());
+    let head = format!(
+        "POST /echo HTTP/1.1\r\nHost: a.example\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
     conn.send(head.as_bytes());
     // Send a first piece, and read the answer's start before sending the rest: only a proxy
     // relaying both ways at once gets past this.
@@ -568,7 +692,8 @@ fn an_answer_while_the_upload_streams_is_relayed_both_ways_over_tls() {
     let head = conn.read_head().expect("answer head").expect("answer head");
     assert_eq!(head.status(), 200);
     let mut first = vec![0u8; 100_000];
-    conn.read_exact(&mut first).expect("echo of the first piece");
+    conn.read_exact(&mut first)
+        .expect("echo of the first piece");
     assert!(first == body[..100_000]);
     // The rest, in pieces, reading the echo as it comes.
     let mut echoed = Vec::new();
@@ -588,10 +713,12 @@ fn a_clean_end_sends_close_notify() {
     let config = tls_config(backend.port, &site);
     let _proxy = Proxy::start(&config);
     let mut conn = tls_connect_ok(config.tls_port(), &trusting(&site), "a.example");
-    let response = conn.roundtrip(b"GET / HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n");
+    let response =
+        conn.roundtrip(b"GET / HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n");
     assert_eq!(response.status(), 200);
     // rustls reports an end without close_notify as UnexpectedEof; a clean one as Ok(0).
     let mut rest = Vec::new();
-    conn.read_to_end(&mut rest).expect("a close_notify, not a bare FIN");
+    conn.read_to_end(&mut rest)
+        .expect("a close_notify, not a bare FIN");
     assert!(rest.is_empty());
 }

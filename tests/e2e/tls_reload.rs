@@ -23,11 +23,14 @@ fn certificate_reload_under_load_serves_the_new_one_with_no_failed_request() {
     let new = pki.issue("new", &["test.local"]);
     install(&old, &served);
     let backend = Backend::fixed("ok");
-    let config = TestConfig::new(&[backend.port]).tls(vec![served.entry()]).admin_api();
+    let config = TestConfig::new(&[backend.port])
+        .tls(vec![served.entry()])
+        .admin_api();
     let proxy = Proxy::start(&config);
     let admin = crate::common::admin::Admin::of(&config);
     let client = ClientOpts {
         verify_with: Some(&pki),
+        no_resumption: true,
         ..ClientOpts::default()
     }
     .config();
@@ -38,16 +41,21 @@ fn certificate_reload_under_load_serves_the_new_one_with_no_failed_request() {
     let mut kept = tls_connect_ok(config.tls_port(), &client, "test.local");
     let workers: Vec<_> = (0..4)
         .map(|_| {
-            let (stop, seen, client, old_der) = (stop.clone(), seen.clone(), client.clone(), old_der.clone());
+            let (stop, seen, client, old_der) =
+                (stop.clone(), seen.clone(), client.clone(), old_der.clone());
             let port = config.tls_port();
             thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
                     let outcome = tls_connect(port, &client, "test.local").and_then(|mut conn| {
                         let is_old = served_cert(&conn) == old_der;
-                        let response = conn.roundtrip(&get_request("/"));
-                        (response.status() == 200)
-                            .then_some(is_old)
-                            .ok_or_else(|| format!("status {}", response.status()))
+                        conn.try_send(&get_request("/"))
+                            .and_then(|()| conn.read_response("GET"))
+                            .map_err(|e| e.to_string())
+                            .and_then(|r| {
+                                (r.status() == 200)
+                                    .then_some(is_old)
+                                    .ok_or_else(|| format!("status {}", r.status()))
+                            })
                     });
                     let entry = match outcome {
                         Ok(is_old) => (is_old, Ok(())),
@@ -61,11 +69,16 @@ fn certificate_reload_under_load_serves_the_new_one_with_no_failed_request() {
     thread::sleep(Duration::from_millis(300));
     install(&new, &served);
     proxy.signal(libc::SIGHUP);
-    wait_until(IO_TIMEOUT, "new handshakes to get the new certificate", || {
+    let renewed = poll(IO_TIMEOUT, || {
         tls_connect(config.tls_port(), &client, "test.local")
             .map(|c| served_cert(&c) == new_der)
             .unwrap_or(false)
     });
+    assert!(
+        renewed.is_some(),
+        "new handshakes still get the old certificate:\n{}",
+        proxy.logs()
+    );
     // Reload through the admin API as well, under the same load.
     assert_eq!(admin.post("/reload", "").status(), 200);
     thread::sleep(Duration::from_millis(300));
@@ -75,11 +88,24 @@ fn certificate_reload_under_load_serves_the_new_one_with_no_failed_request() {
     }
     let seen = seen.lock().expect("seen");
     let failures: Vec<_> = seen.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
-    assert!(failures.is_empty(), "{} of {} failed: {failures:?}", failures.len(), seen.len());
-    assert!(seen.iter().any(|(old, _)| *old), "some requests before the reload");
+    assert!(
+        failures.is_empty(),
+        "{} of {} failed: {failures:?}\n{}",
+        failures.len(),
+        seen.len(),
+        proxy.logs()
+    );
+    assert!(
+        seen.iter().any(|(old, _)| *old),
+        "some requests before the reload"
+    );
     assert!(seen.iter().any(|(old, _)| !*old), "some after it");
     assert!(served_cert(&kept) == old.der);
-    assert_eq!(kept.roundtrip(&get_request("/kept")).status(), 200, "in-flight session kept");
+    assert_eq!(
+        kept.roundtrip(&get_request("/kept")).status(),
+        200,
+        "in-flight session kept"
+    );
 }
 
 #[test]
@@ -91,15 +117,26 @@ fn a_broken_certificate_file_refuses_the_reload_and_keeps_the_running_one() {
     let backend = Backend::fixed("ok");
     let config = TestConfig::new(&[backend.port]).tls(vec![served.entry()]);
     let proxy = Proxy::start(&config);
-    let client = ClientOpts::default().config();
+    let client = ClientOpts {
+        no_resumption: true,
+        ..ClientOpts::default()
+    }
+    .config();
     // The key of another certificate: a mismatch.
     std::fs::copy(&other.key, &served.key).expect("copy key");
     proxy.signal(libc::SIGHUP);
     let lines = proxy.wait_log_lines(1, "the refused reload", |l| l.contains("reload refused"));
     assert!(lines[0].contains("tls.certificates[0].key"), "{}", lines[0]);
-    assert!(lines[0].contains("does not belong to the certificate"), "{}", lines[0]);
+    assert!(
+        lines[0].contains("does not belong to the certificate"),
+        "{}",
+        lines[0]
+    );
     let mut conn = tls_connect_ok(config.tls_port(), &client, "test.local");
-    assert!(served_cert(&conn) == original, "the running certificate stays");
+    assert!(
+        served_cert(&conn) == original,
+        "the running certificate stays"
+    );
     assert_eq!(conn.roundtrip(&get_request("/")).status(), 200);
     // Garbage in the certificate file: the same.
     std::fs::write(&served.cert, "not a certificate").expect("write");

@@ -35,8 +35,15 @@ fn https_backend_verified_with_its_ca_by_name_and_pooled() {
     }
     let seen = backend.seen();
     assert_eq!(seen.len(), 3);
-    assert!(seen.iter().all(|s| s.sni.as_deref() == Some("api.internal")), "{seen:?}");
-    assert!(seen.iter().all(|s| s.conn == seen[0].conn), "one pooled connection: {seen:?}");
+    assert!(
+        seen.iter()
+            .all(|s| s.sni.as_deref() == Some("api.internal")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().all(|s| s.conn == seen[0].conn),
+        "one pooled connection: {seen:?}"
+    );
     assert_eq!(seen[0].req.head.get("x-forwarded-proto"), Some("http"));
 
     // The name per backend too; the URL's host (an IP) would not verify against this cert.
@@ -61,16 +68,24 @@ fn an_upstream_certificate_that_does_not_verify_is_a_502_with_a_clear_log_line()
     let trusted = Pki::new("trusted CA");
     let other = Pki::new("someone else");
     let cases = [
-        ("another CA", other.issue("x", &["api.internal"]), "UnknownIssuer"),
+        (
+            "another CA",
+            other.issue("x", &["api.internal"]),
+            "UnknownIssuer",
+        ),
         (
             "expired",
             trusted.issue_with("old", &["api.internal"], |p| {
                 p.not_before = rcgen::date_time_ymd(2020, 1, 1);
                 p.not_after = rcgen::date_time_ymd(2021, 1, 1);
             }),
-            "Expired",
+            "expired",
         ),
-        ("another name", trusted.issue("y", &["db.internal"]), "NotValidForName"),
+        (
+            "another name",
+            trusted.issue("y", &["db.internal"]),
+            "not valid for name",
+        ),
     ];
     for (what, cert, reason) in cases {
         let backend = TlsBackend::start(Pki::server_config(&cert, None));
@@ -116,11 +131,19 @@ fn mutual_tls_to_the_backend_and_unverified_labs() {
     assert_eq!(proxy.connect().roundtrip(&get_request("/m")).status(), 200);
 
     // tls_verify = false: any certificate, with a warning at start.
-    let plain_backend = TlsBackend::start(Pki::server_config(&Pki::new("x").issue("z", &["z"]), None));
+    let plain_backend =
+        TlsBackend::start(Pki::server_config(&Pki::new("x").issue("z", &["z"]), None));
     let labs = in_front_of(plain_backend.url(), |c| c.upstream.tls_verify = Some(false));
     let proxy = Proxy::start(&labs);
-    assert_eq!(proxy.connect().roundtrip(&get_request("/lab")).status(), 200);
-    assert!(proxy.stdout().contains("tls_verify = false"), "{}", proxy.logs());
+    assert_eq!(
+        proxy.connect().roundtrip(&get_request("/lab")).status(),
+        200
+    );
+    assert!(
+        proxy.stdout().contains("tls_verify = false"),
+        "{}",
+        proxy.logs()
+    );
 }
 
 #[test]
@@ -143,7 +166,10 @@ fn tls_to_the_client_and_to_the_backend_at_once() {
     let mut conn = tls_connect_ok(config.tls_port(), &client, "test.local");
     let body = pattern(3 << 20, 8);
     let response = conn.roundtrip(&request_bytes("POST", "/both", &[], &body));
-    assert_eq!((response.status(), response.text().as_str()), (200, "/both"));
+    assert_eq!(
+        (response.status(), response.text().as_str()),
+        (200, "/both")
+    );
     let seen = backend.seen();
     assert_eq!(seen[0].req.body.len(), body.len());
     assert!(seen[0].req.body == body);

@@ -111,9 +111,10 @@ impl Pki {
         let key = KeyPair::generate().expect("leaf key");
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(names.clone()).expect("leaf params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, names.first().cloned().unwrap_or_default());
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().cloned().unwrap_or_default(),
+        );
         adjust(&mut params);
         let leaf = params
             .signed_by(&key, &self.ca, &self.ca_key)
@@ -138,9 +139,7 @@ impl Pki {
 
     fn roots(&self) -> rustls::RootCertStore {
         let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(self.ca.der().clone())
-            .expect("CA as a root");
+        roots.add(self.ca.der().clone()).expect("CA as a root");
         roots
     }
 
@@ -186,15 +185,14 @@ pub struct ClientOpts<'a> {
     pub alpn: Option<Vec<Vec<u8>>>,
     /// A client certificate to present.
     pub client_cert: Option<&'a Issued>,
-    /// Where sessions are kept for resumption (default: a fresh in-memory store).
-    pub sessions: Option<Arc<dyn rustls::client::ClientSessionStore>>,
+    /// Never resume: every handshake is full and shows the server's certificate as it is now
+    /// (a resumed session reports the one of its first handshake).
+    pub no_resumption: bool,
 }
 
 impl ClientOpts<'_> {
     pub fn config(&self) -> Arc<ClientConfig> {
-        let versions = self
-            .versions
-            .unwrap_or(&BOTH_VERSIONS);
+        let versions = self.versions.unwrap_or(&BOTH_VERSIONS);
         let builder = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(versions)
             .expect("versions");
@@ -217,8 +215,8 @@ impl ClientOpts<'_> {
             .alpn
             .clone()
             .unwrap_or_else(|| vec![b"http/1.1".to_vec()]);
-        if let Some(store) = &self.sessions {
-            config.resumption = rustls::client::Resumption::store(store.clone());
+        if self.no_resumption {
+            config.resumption = rustls::client::Resumption::disabled();
         }
         Arc::new(config)
     }
@@ -339,7 +337,12 @@ impl TlsBackend {
     }
 }
 
-fn serve_tls(mut tcp: TcpStream, config: Arc<ServerConfig>, index: usize, log: &Mutex<Vec<TlsSeen>>) {
+fn serve_tls(
+    mut tcp: TcpStream,
+    config: Arc<ServerConfig>,
+    index: usize,
+    log: &Mutex<Vec<TlsSeen>>,
+) {
     tcp.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
     let Ok(mut session) = ServerConnection::new(config) else {
         return;
