@@ -3,6 +3,7 @@
 //! Unknown keys are errors: a typo must never be silently ignored.
 
 mod locate;
+mod problem;
 mod schema;
 pub mod tls;
 mod validate;

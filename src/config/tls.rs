@@ -3,7 +3,7 @@
 //! configuration the workers run with. Certificates and keys are read and checked here, so
 //! `--check`, start and reload all refuse the same broken files, naming file, line and key.
 
-use super::validate::Problem;
+use super::problem::Problem;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
 use rustls::pki_types::pem::PemObject;

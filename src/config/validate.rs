@@ -9,12 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A problem found by validation: the dotted key and what is wrong with it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Problem {
-    pub key: String,
-    pub message: String,
-}
+pub use super::problem::Problem;
 
 #[derive(Debug, Clone)]
 pub struct ResolvedBackend {
