@@ -73,6 +73,8 @@ fn run(spec: WorkerSpec, ready: &SyncSender<io::Result<()>>) -> io::Result<()> {
             .into_iter()
             .map(|l| Ok((monoio::net::TcpListener::from_std(l.socket)?, l.scheme)))
             .collect::<io::Result<Vec<_>>>()?;
+        let mut listeners = listeners.into_iter();
+        let first = listeners.next();
         let ctx = Rc::new(WorkerCtx::new(spec.id, spec.shared)?);
         let core = spec.core.filter(|_| pinned).map_or(-1, |c| c.id as i64);
         ctx.metrics.core.store(core, Ordering::Relaxed);
@@ -86,18 +88,22 @@ fn run(spec: WorkerSpec, ready: &SyncSender<io::Result<()>>) -> io::Result<()> {
             "worker listening"
         );
         let _ = ready.send(Ok(()));
-        // One accept loop per listener; the spare descriptor goes with the plain one.
-        let mut spare = spec.spare;
-        let loops: Vec<_> = listeners
-            .into_iter()
+        // One accept loop per listener. The plain listener's runs here, in the runtime's main
+        // future, which is polled ahead of the connection tasks (new connections are taken in
+        // before the busy ones grab more descriptors); the TLS one, with the spare descriptor
+        // kept by the plain one, in a task of its own.
+        let others: Vec<_> = listeners
             .map(|(listener, scheme)| {
-                let (ctx, spare) = (ctx.clone(), spare.take());
+                let ctx = ctx.clone();
                 monoio::spawn(async move {
-                    accept_until_draining(&listener, scheme, &ctx, spare).await;
+                    accept_until_draining(&listener, scheme, &ctx, None).await;
                 })
             })
             .collect();
-        for accepting in loops {
+        if let Some((listener, scheme)) = first {
+            accept_until_draining(&listener, scheme, &ctx, spec.spare).await;
+        }
+        for accepting in others {
             accepting.await;
         }
         drain(&ctx).await;

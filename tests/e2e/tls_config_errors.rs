@@ -120,17 +120,12 @@ fn every_tls_file_problem_is_named_with_file_line_and_key() {
 #[test]
 fn a_certificate_expiring_within_14_days_warns_but_passes() {
     let pki = Pki::new("CA");
-    let soon = pki.issue_with("soon", &["a.example"], |p| {
-        let in_days = |d: i64| {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("clock")
-                .as_secs() as i64;
-            rcgen::date_time_ymd(1970, 1, 1)
-                + std::time::Duration::from_secs((now + d * 86400) as u64)
-        };
-        p.not_after = in_days(5);
-    });
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock");
+    let in_five_days =
+        rcgen::date_time_ymd(1970, 1, 1) + now + std::time::Duration::from_secs(5 * 86400);
+    let soon = pki.issue_with("soon", &["a.example"], |p| p.not_after = in_five_days);
     let out = check(
         &pki,
         &config_with(&relative(&soon.cert), &relative(&soon.key), ""),

@@ -35,7 +35,9 @@ fn certificate_reload_under_load_serves_the_new_one_with_no_failed_request() {
     }
     .config();
     let stop = Arc::new(AtomicBool::new(false));
-    let seen: Arc<Mutex<Vec<(bool, Result<(), String>)>>> = Arc::default();
+    // (old certificate served, outcome) of each request.
+    type Seen = Vec<(bool, Result<(), String>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let (old_der, new_der) = (old.der.clone(), new.der.clone());
     // A long-lived connection, set up before the reload, keeps its session.
     let mut kept = tls_connect_ok(config.tls_port(), &client, "test.local");
