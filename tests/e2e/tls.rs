@@ -722,3 +722,49 @@ fn a_clean_end_sends_close_notify() {
         .expect("a close_notify, not a bare FIN");
     assert!(rest.is_empty());
 }
+
+#[test]
+fn idle_tls_connections_park_with_their_session_in_little_memory() {
+    const IDLE: usize = 500;
+    let site = site();
+    let backend = Backend::echo_target();
+    let config = tls_config(backend.port, &site).admin_api();
+    let proxy = Proxy::start(&config);
+    let admin = crate::common::admin::Admin::of(&config);
+    let client = ClientOpts::default().config();
+    let open = |count: usize| -> Vec<HttpConn<TlsWire>> {
+        (0..count)
+            .map(|i| {
+                let mut conn = tls_connect_ok(config.tls_port(), &client, "a.example");
+                let path = format!("/idle/{i}");
+                assert_eq!(conn.roundtrip(&get_as("a.example", &path)).text(), path);
+                conn
+            })
+            .collect()
+    };
+    drop(open(100)); // the allocator's first growth, not counted
+    let parked = |n: usize| {
+        admin
+            .metrics()
+            .value("ringproxy_parked_connections", &[("worker", "0")])
+            == n as f64
+    };
+    wait_until(IO_TIMEOUT, "the warm-up connections gone", || parked(0));
+    let before = proxy.rss_kib();
+    let mut idle = open(IDLE);
+    wait_until(IO_TIMEOUT, "every idle TLS connection parked", || {
+        parked(IDLE)
+    });
+    let per_conn = (proxy.rss_kib().saturating_sub(before)) * 1024 / IDLE as u64;
+    // A connection with a task and its buffers would cost several times this (measured: about
+    // 8 KiB each, mostly rustls's state; nginx holds about 15 KiB per idle TLS connection).
+    assert!(
+        per_conn < 16 * 1024,
+        "{per_conn} bytes per idle TLS connection"
+    );
+    // Their sessions work on after the parking.
+    for (i, conn) in idle.iter_mut().enumerate().step_by(50) {
+        let path = format!("/back/{i}");
+        assert_eq!(conn.roundtrip(&get_as("a.example", &path)).text(), path);
+    }
+}
