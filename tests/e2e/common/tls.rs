@@ -7,12 +7,12 @@ use super::config::CertificateEntry;
 use super::http::{HttpConn, Message, Wire};
 use super::{response_bytes, IO_TIMEOUT};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use ringproxy::config::tls::NoVerification;
 use rustls::crypto::aws_lc_rs;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, ServerConfig};
-use rustls::{ServerConnection, SignatureScheme, StreamOwned, SupportedProtocolVersion};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, ServerConfig};
+use rustls::{ServerConnection, StreamOwned, SupportedProtocolVersion};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -200,7 +200,7 @@ impl ClientOpts<'_> {
             Some(pki) => builder.with_root_certificates(pki.roots()),
             None => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAny)),
+                .with_custom_certificate_verifier(Arc::new(NoVerification(provider()))),
         };
         let mut config = match self.client_cert {
             Some(issued) => {
@@ -250,50 +250,6 @@ pub fn tls_connect_ok(port: u16, config: &Arc<ClientConfig>, name: &str) -> Http
 pub fn served_cert(conn: &HttpConn<TlsWire>) -> Vec<u8> {
     let session = &conn.wire().conn;
     session.peer_certificates().expect("server certificates")[0].to_vec()
-}
-
-/// Accepts any server certificate (tests that look at which one was sent); signatures are still
-/// checked.
-#[derive(Debug)]
-struct AcceptAny;
-
-impl ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algs = provider().signature_verification_algorithms;
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algs = provider().signature_verification_algorithms;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 /// What a TLS upstream saw of one request.
