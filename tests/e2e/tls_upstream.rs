@@ -175,3 +175,49 @@ fn tls_to_the_client_and_to_the_backend_at_once() {
     assert!(seen[0].req.body == body);
     assert_eq!(seen[0].req.head.get("x-forwarded-proto"), Some("https"));
 }
+
+#[test]
+fn health_checks_of_an_https_backend_speak_tls() {
+    let pki = Pki::new("upstream CA");
+    let cert = pki.issue("api", &["api.internal"]);
+    let backend = TlsBackend::start(Pki::server_config(&cert, None));
+    let config = in_front_of(backend.url(), |c| {
+        c.upstream.tls_ca = Some(pki.ca_file.display().to_string());
+        c.upstream.tls_server_name = Some("api.internal".into());
+    })
+    .fast_health_checks()
+    .admin_api();
+    let proxy = Proxy::start(&config);
+    let admin = crate::common::admin::Admin::of(&config);
+    wait_until(IO_TIMEOUT, "health probes over TLS", || {
+        backend
+            .seen()
+            .iter()
+            .filter(|s| s.req.head.target() == "/health")
+            .count()
+            >= 3
+    });
+    assert_eq!(admin.backend(0)["up"], true, "{}", admin.backend(0));
+    assert_eq!(
+        proxy.connect().roundtrip(&get_request("/app")).status(),
+        200
+    );
+
+    // A backend whose certificate does not verify is taken down, saying why.
+    let stranger = Pki::new("someone else");
+    let wrong = TlsBackend::start(Pki::server_config(
+        &stranger.issue("w", &["api.internal"]),
+        None,
+    ));
+    let config = in_front_of(wrong.url(), |c| {
+        c.upstream.tls_ca = Some(pki.ca_file.display().to_string());
+        c.upstream.tls_server_name = Some("api.internal".into());
+    })
+    .fast_health_checks()
+    .admin_api();
+    let proxy = Proxy::start(&config);
+    let admin = crate::common::admin::Admin::of(&config);
+    admin.wait_up(0, false, IO_TIMEOUT);
+    let lines = proxy.wait_log_lines(1, "the backend taken down", |l| l.contains("TLS handshake"));
+    assert!(lines[0].contains("certificate"), "{}", lines[0]);
+}
