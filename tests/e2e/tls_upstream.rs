@@ -221,3 +221,62 @@ fn health_checks_of_an_https_backend_speak_tls() {
     let lines = proxy.wait_log_lines(1, "the backend taken down", |l| l.contains("TLS handshake"));
     assert!(lines[0].contains("certificate"), "{}", lines[0]);
 }
+
+#[test]
+fn an_https_backend_answering_while_the_upload_streams_is_relayed_both_ways() {
+    use std::io::Read;
+    let pki = Pki::new("CA");
+    let cert = pki.issue("api", &["api.internal"]);
+    // Answers at once, then echoes the body as it reads it (full duplex), over TLS.
+    let backend = TlsBackend::with(Pki::server_config(&cert, None), |mut conn, _, _| {
+        let Ok(Some(head)) = conn.read_head() else {
+            return;
+        };
+        let len: usize = head
+            .get("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
+        if conn.try_send(answer.as_bytes()).is_err() {
+            return;
+        }
+        let (mut left, mut buf) = (len, vec![0u8; 16384]);
+        while left > 0 {
+            match conn.read(&mut buf[..left.min(16384)]) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    left -= n;
+                    if conn.try_send(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let url = format!("https://127.0.0.1:{}", backend.port);
+    let config = in_front_of(url, |c| {
+        c.upstream.tls_ca = Some(pki.ca_file.display().to_string());
+        c.upstream.tls_server_name = Some("api.internal".into());
+    });
+    let proxy = Proxy::start(&config);
+    let mut conn = proxy.connect();
+    let body = pattern(4 << 20, 12);
+    let head = format!(
+        "POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.send(head.as_bytes());
+    conn.send(&body[..200_000]);
+    let answer = conn.read_head().expect("answer").expect("answer");
+    assert_eq!(answer.status(), 200);
+    let mut first = vec![0u8; 200_000];
+    conn.read_exact(&mut first)
+        .expect("echo of the first piece");
+    assert!(first == body[..200_000]);
+    for piece in body[200_000..].chunks(1 << 20) {
+        conn.send(piece);
+        let mut back = vec![0u8; piece.len()];
+        conn.read_exact(&mut back).expect("echo");
+        assert!(back == piece, "echo changed");
+    }
+}

@@ -270,18 +270,38 @@ pub struct TlsBackend {
 
 impl TlsBackend {
     pub fn start(config: Arc<ServerConfig>) -> TlsBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind TLS backend");
-        let port = listener.local_addr().expect("addr").port();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
+        let mut backend = TlsBackend::with(config, move |conn, index, sni| {
+            answer_with_path(conn, index, sni, &log)
+        });
+        backend.seen = seen;
+        backend
+    }
+
+    /// A TLS upstream whose connections, handshaken, go to `handler(conn, index, sni)`.
+    pub fn with<F>(config: Arc<ServerConfig>, handler: F) -> TlsBackend
+    where
+        F: Fn(HttpConn<TlsServerWire>, usize, Option<String>) + Send + Sync + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind TLS backend");
+        let port = listener.local_addr().expect("addr").port();
+        let handler = Arc::new(handler);
         thread::spawn(move || {
             for (index, tcp) in listener.incoming().enumerate() {
                 let Ok(tcp) = tcp else { continue };
-                let (config, log) = (config.clone(), log.clone());
-                thread::spawn(move || serve_tls(tcp, config, index, &log));
+                let (config, handler) = (config.clone(), handler.clone());
+                thread::spawn(move || {
+                    if let Some((conn, sni)) = handshake(tcp, config) {
+                        handler(conn, index, sni);
+                    }
+                });
             }
         });
-        TlsBackend { port, seen }
+        TlsBackend {
+            port,
+            seen: Arc::default(),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -293,23 +313,27 @@ impl TlsBackend {
     }
 }
 
-fn serve_tls(
+/// The server side of a handshake on `tcp`: the connection and the name the client asked for.
+fn handshake(
     mut tcp: TcpStream,
     config: Arc<ServerConfig>,
-    index: usize,
-    log: &Mutex<Vec<TlsSeen>>,
-) {
+) -> Option<(HttpConn<TlsServerWire>, Option<String>)> {
     tcp.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
-    let Ok(mut session) = ServerConnection::new(config) else {
-        return;
-    };
+    let mut session = ServerConnection::new(config).ok()?;
     while session.is_handshaking() {
-        if session.complete_io(&mut tcp).is_err() {
-            return;
-        }
+        session.complete_io(&mut tcp).ok()?;
     }
     let sni = session.server_name().map(str::to_string);
-    let mut conn = HttpConn::over(StreamOwned::new(session, tcp));
+    Some((HttpConn::over(StreamOwned::new(session, tcp)), sni))
+}
+
+/// Records each request and answers it with its path (keep-alive).
+fn answer_with_path(
+    mut conn: HttpConn<TlsServerWire>,
+    index: usize,
+    sni: Option<String>,
+    log: &Mutex<Vec<TlsSeen>>,
+) {
     while let Ok(Some(req)) = conn.read_request() {
         let body = req.head.target().to_string();
         log.lock().expect("seen lock").push(TlsSeen {
