@@ -104,17 +104,6 @@ pub struct SecondSource {
 }
 
 impl SecondSource {
-    pub fn is_tls(&self) -> bool {
-        self.tls.is_some()
-    }
-
-    /// A TLS half on the stream's session (`Err` for a plain stream, or without a descriptor).
-    pub fn tls_half(&self) -> std::io::Result<TlsHalf> {
-        match &self.tls {
-            Some(session) => session.second_half(),
-            None => Err(std::io::ErrorKind::Unsupported.into()),
-        }
-    }
 
     /// A second handle, on a second descriptor of the socket (leased from the worker's budget;
     /// `Err` when it has no room). The stream must outlive it.

@@ -7,8 +7,8 @@
 use super::forwarding::write_switching_head;
 use super::ClientConn;
 use crate::http::ResponseHead;
-use crate::net::io::{read_more_or_give_up, second_stream, write_buf, HalfClose, SecondStream};
-use crate::net::stream::{ClientStream, SecondSource, UpstreamStream};
+use crate::net::io::{read_more_or_give_up, write_buf, HalfClose, ReadyStream, SecondStream};
+use crate::net::stream::{ClientStream, SecondHandle, SecondSource, UpstreamStream};
 use crate::net::tls::TlsHalf;
 use crate::upstream::UpstreamConn;
 use bytes::BytesMut;
@@ -92,11 +92,12 @@ enum Second {
     Tls(TlsHalf),
 }
 
-fn open_second(source: SecondSource, fd: std::os::fd::RawFd) -> std::io::Result<Second> {
-    match source.is_tls() {
-        false => second_stream(fd).map(Second::Plain),
-        true => source.tls_half().map(Second::Tls),
-    }
+/// A second handle on a stream, as the tunnel uses it.
+fn open_second(source: SecondSource) -> std::io::Result<Second> {
+    Ok(match source.open()? {
+        SecondHandle::Plain(ReadyStream(s)) => Second::Plain(s),
+        SecondHandle::Tls(half) => Second::Tls(half),
+    })
 }
 
 /// Second handles on both streams: each direction of the tunnel reads one socket and writes
@@ -106,8 +107,8 @@ fn second_streams(
     upstream: &UpstreamStream,
 ) -> Result<(Second, Second), SwitchError> {
     match (
-        open_second(client.second_source(), client.socket_fd()),
-        open_second(upstream.second_source(), upstream.socket_fd()),
+        open_second(client.second_source()),
+        open_second(upstream.second_source()),
     ) {
         (Ok(c), Ok(u)) => Ok((c, u)),
         (Err(e), _) | (_, Err(e)) => {
