@@ -104,7 +104,6 @@ pub struct SecondSource {
 }
 
 impl SecondSource {
-
     /// A second handle, on a second descriptor of the socket (leased from the worker's budget;
     /// `Err` when it has no room). The stream must outlive it.
     pub fn open(&self) -> std::io::Result<SecondHandle> {

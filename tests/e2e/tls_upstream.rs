@@ -280,3 +280,44 @@ fn an_https_backend_answering_while_the_upload_streams_is_relayed_both_ways() {
         assert!(back == piece, "echo changed");
     }
 }
+
+#[test]
+fn a_pooled_https_connection_the_backend_closed_with_close_notify_is_not_reused() {
+    use std::io::Write;
+    let pki = Pki::new("CA");
+    let cert = pki.issue("api", &["api.internal"]);
+    // One answer per connection, then close_notify while the connection idles in the pool.
+    let backend = TlsBackend::with(Pki::server_config(&cert, None), |mut conn, _, _| {
+        if let Ok(Some(req)) = conn.read_request() {
+            let body = req.head.target().to_string();
+            let _ = conn.try_send(&response_bytes("200 OK", &[], body.as_bytes()));
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            conn.wire_mut().conn.send_close_notify();
+            let _ = conn.wire_mut().flush();
+            std::thread::sleep(std::time::Duration::from_secs(2));
+        }
+    });
+    let url = format!("https://127.0.0.1:{}", backend.port);
+    let config = in_front_of(url, |c| {
+        c.upstream.tls_ca = Some(pki.ca_file.display().to_string());
+        c.upstream.tls_server_name = Some("api.internal".into());
+    })
+    .admin_api();
+    let proxy = Proxy::start(&config);
+    let admin = crate::common::admin::Admin::of(&config);
+    let mut conn = proxy.connect();
+    assert_eq!(conn.roundtrip(&get_request("/1")).text(), "/1");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(conn.roundtrip(&get_request("/2")).text(), "/2");
+    let m = admin.metrics();
+    let discarded = |reason| {
+        m.value(
+            "ringproxy_upstream_connections_discarded_total",
+            &[("reason", reason)],
+        )
+    };
+    assert_eq!((discarded("closed"), discarded("stray_bytes")), (1.0, 0.0));
+    assert!(!proxy
+        .stdout()
+        .contains("upstream sent bytes after its response"));
+}
