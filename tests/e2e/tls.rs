@@ -662,61 +662,12 @@ fn websocket_upgrade_tunnels_over_tls_both_ways() {
 
 #[test]
 fn an_answer_while_the_upload_streams_is_relayed_both_ways_over_tls() {
-    // The upstream answers at once and echoes the body as it reads it (full duplex).
     let site = site();
-    let backend = Backend::raw(|mut conn, _| {
-        let Ok(Some(head)) = conn.read_head() else {
-            return;
-        };
-        let len: usize = head
-            .get("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
-        if conn.try_send(answer.as_bytes()).is_err() {
-            return;
-        }
-        let mut left = len;
-        let mut buf = [0u8; 16384];
-        while left > 0 {
-            match conn.read(&mut buf[..left.min(16384)]) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    left -= n;
-                    if conn.try_send(&buf[..n]).is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    });
+    let backend = Backend::raw(|conn, _| echo_as_it_reads(conn));
     let config = tls_config(backend.port, &site);
     let _proxy = Proxy::start(&config);
     let mut conn = tls_connect_ok(config.tls_port(), &trusting(&site), "a.example");
-    let body = pattern(8 << 20, 6);
-    let head = format!(
-        "POST /echo HTTP/1.1\r\nHost: a.example\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    conn.send(head.as_bytes());
-    // Send a first piece, and read the answer's start before sending the rest: only a proxy
-    // relaying both ways at once gets past this.
-    conn.send(&body[..100_000]);
-    let head = conn.read_head().expect("answer head").expect("answer head");
-    assert_eq!(head.status(), 200);
-    let mut first = vec![0u8; 100_000];
-    conn.read_exact(&mut first)
-        .expect("echo of the first piece");
-    assert!(first == body[..100_000]);
-    // The rest, in pieces, reading the echo as it comes.
-    let mut echoed = Vec::new();
-    for piece in body[100_000..].chunks(1 << 20) {
-        conn.send(piece);
-        let mut buf = vec![0u8; piece.len()];
-        conn.read_exact(&mut buf).expect("echo");
-        echoed.extend_from_slice(&buf);
-    }
-    assert!(echoed == body[100_000..], "echo changed");
+    assert_echoed_while_uploading(&mut conn, &pattern(8 << 20, 6), 100_000);
 }
 
 #[test]

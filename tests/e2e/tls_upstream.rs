@@ -18,15 +18,20 @@ fn in_front_of(url: String, change: impl FnOnce(&mut TestConfig)) -> TestConfig 
     })
 }
 
+/// `[upstream]` verifying `https://` backends with `pki`'s CA, as `api.internal`.
+fn verified_by(pki: &Pki) -> impl FnOnce(&mut TestConfig) + '_ {
+    |c| {
+        c.upstream.tls_ca = Some(pki.ca_file.display().to_string());
+        c.upstream.tls_server_name = Some("api.internal".into());
+    }
+}
+
 #[test]
 fn https_backend_verified_with_its_ca_by_name_and_pooled() {
     let pki = Pki::new("upstream CA");
     let cert = pki.issue("api", &["api.internal"]);
     let backend = TlsBackend::start(Pki::server_config(&cert, None));
-    let config = in_front_of(backend.url(), |c| {
-        c.upstream.tls_ca = Some(pki.ca_file.display().to_string());
-        c.upstream.tls_server_name = Some("api.internal".into());
-    });
+    let config = in_front_of(backend.url(), verified_by(&pki));
     let proxy = Proxy::start(&config);
     let mut conn = proxy.connect();
     for path in ["/one", "/two", "/three"] {
@@ -152,11 +157,7 @@ fn tls_to_the_client_and_to_the_backend_at_once() {
     let front = pki.issue("front", &["test.local"]);
     let back = pki.issue("back", &["api.internal"]);
     let backend = TlsBackend::start(Pki::server_config(&back, None));
-    let config = in_front_of(backend.url(), |c| {
-        c.upstream.tls_ca = Some(pki.ca_file.display().to_string());
-        c.upstream.tls_server_name = Some("api.internal".into());
-    })
-    .tls(vec![front.entry()]);
+    let config = in_front_of(backend.url(), verified_by(&pki)).tls(vec![front.entry()]);
     let _proxy = Proxy::start(&config);
     let client = ClientOpts {
         verify_with: Some(&pki),
@@ -181,12 +182,9 @@ fn health_checks_of_an_https_backend_speak_tls() {
     let pki = Pki::new("upstream CA");
     let cert = pki.issue("api", &["api.internal"]);
     let backend = TlsBackend::start(Pki::server_config(&cert, None));
-    let config = in_front_of(backend.url(), |c| {
-        c.upstream.tls_ca = Some(pki.ca_file.display().to_string());
-        c.upstream.tls_server_name = Some("api.internal".into());
-    })
-    .fast_health_checks()
-    .admin_api();
+    let config = in_front_of(backend.url(), verified_by(&pki))
+        .fast_health_checks()
+        .admin_api();
     let proxy = Proxy::start(&config);
     let admin = crate::common::admin::Admin::of(&config);
     wait_until(IO_TIMEOUT, "health probes over TLS", || {
@@ -209,12 +207,9 @@ fn health_checks_of_an_https_backend_speak_tls() {
         &stranger.issue("w", &["api.internal"]),
         None,
     ));
-    let config = in_front_of(wrong.url(), |c| {
-        c.upstream.tls_ca = Some(pki.ca_file.display().to_string());
-        c.upstream.tls_server_name = Some("api.internal".into());
-    })
-    .fast_health_checks()
-    .admin_api();
+    let config = in_front_of(wrong.url(), verified_by(&pki))
+        .fast_health_checks()
+        .admin_api();
     let proxy = Proxy::start(&config);
     let admin = crate::common::admin::Admin::of(&config);
     admin.wait_up(0, false, IO_TIMEOUT);
@@ -224,61 +219,13 @@ fn health_checks_of_an_https_backend_speak_tls() {
 
 #[test]
 fn an_https_backend_answering_while_the_upload_streams_is_relayed_both_ways() {
-    use std::io::Read;
     let pki = Pki::new("CA");
     let cert = pki.issue("api", &["api.internal"]);
-    // Answers at once, then echoes the body as it reads it (full duplex), over TLS.
-    let backend = TlsBackend::with(Pki::server_config(&cert, None), |mut conn, _, _| {
-        let Ok(Some(head)) = conn.read_head() else {
-            return;
-        };
-        let len: usize = head
-            .get("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
-        if conn.try_send(answer.as_bytes()).is_err() {
-            return;
-        }
-        let (mut left, mut buf) = (len, vec![0u8; 16384]);
-        while left > 0 {
-            match conn.read(&mut buf[..left.min(16384)]) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    left -= n;
-                    if conn.try_send(&buf[..n]).is_err() {
-                        return;
-                    }
-                }
-            }
-        }
+    let backend = TlsBackend::with(Pki::server_config(&cert, None), |conn, _, _| {
+        echo_as_it_reads(conn)
     });
-    let url = format!("https://127.0.0.1:{}", backend.port);
-    let config = in_front_of(url, |c| {
-        c.upstream.tls_ca = Some(pki.ca_file.display().to_string());
-        c.upstream.tls_server_name = Some("api.internal".into());
-    });
-    let proxy = Proxy::start(&config);
-    let mut conn = proxy.connect();
-    let body = pattern(4 << 20, 12);
-    let head = format!(
-        "POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    conn.send(head.as_bytes());
-    conn.send(&body[..200_000]);
-    let answer = conn.read_head().expect("answer").expect("answer");
-    assert_eq!(answer.status(), 200);
-    let mut first = vec![0u8; 200_000];
-    conn.read_exact(&mut first)
-        .expect("echo of the first piece");
-    assert!(first == body[..200_000]);
-    for piece in body[200_000..].chunks(1 << 20) {
-        conn.send(piece);
-        let mut back = vec![0u8; piece.len()];
-        conn.read_exact(&mut back).expect("echo");
-        assert!(back == piece, "echo changed");
-    }
+    let proxy = Proxy::start(&in_front_of(backend.url(), verified_by(&pki)));
+    assert_echoed_while_uploading(&mut proxy.connect(), &pattern(4 << 20, 12), 200_000);
 }
 
 #[test]
@@ -298,11 +245,7 @@ fn a_pooled_https_connection_the_backend_closed_with_close_notify_is_not_reused(
         }
     });
     let url = format!("https://127.0.0.1:{}", backend.port);
-    let config = in_front_of(url, |c| {
-        c.upstream.tls_ca = Some(pki.ca_file.display().to_string());
-        c.upstream.tls_server_name = Some("api.internal".into());
-    })
-    .admin_api();
+    let config = in_front_of(url, verified_by(&pki)).admin_api();
     let proxy = Proxy::start(&config);
     let admin = crate::common::admin::Admin::of(&config);
     let mut conn = proxy.connect();

@@ -350,6 +350,60 @@ fn answer_with_path(
     }
 }
 
+/// A full-duplex upstream: answers a request at once (200, the request's Content-Length) and
+/// echoes its body as it reads it, so the answer streams while the upload still does.
+pub fn echo_as_it_reads<S: Wire>(mut conn: HttpConn<S>) {
+    use std::io::Read;
+    let Ok(Some(head)) = conn.read_head() else {
+        return;
+    };
+    let len: usize = head
+        .get("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
+    if conn.try_send(answer.as_bytes()).is_err() {
+        return;
+    }
+    let (mut left, mut buf) = (len, vec![0u8; 16384]);
+    while left > 0 {
+        match conn.read(&mut buf[..left.min(16384)]) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                left -= n;
+                if conn.try_send(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Uploads `body` to an `echo_as_it_reads` upstream, reading the answer's head and the echo of
+/// the first `first` bytes before sending the rest: only a proxy that relays both ways at once
+/// gets past it (one that waits for the whole upload deadlocks until the timeout).
+pub fn assert_echoed_while_uploading<S: Wire>(conn: &mut HttpConn<S>, body: &[u8], first: usize) {
+    use std::io::Read;
+    let head = format!(
+        "POST /echo HTTP/1.1\r\nHost: test.local\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.send(head.as_bytes());
+    conn.send(&body[..first]);
+    let answer = conn.read_head().expect("answer head").expect("answer head");
+    assert_eq!(answer.status(), 200);
+    let mut echoed = vec![0u8; first];
+    conn.read_exact(&mut echoed)
+        .expect("echo of the first piece");
+    assert!(echoed == body[..first], "echo changed");
+    for piece in body[first..].chunks(1 << 20) {
+        conn.send(piece);
+        let mut back = vec![0u8; piece.len()];
+        conn.read_exact(&mut back).expect("echo");
+        assert!(back == piece, "echo changed");
+    }
+}
+
 /// Runs `openssl s_client` against 127.0.0.1:`port` with `args`, sending `input`, and returns
 /// what it printed (stdout and stderr together).
 pub fn s_client(port: u16, args: &[&str], input: &[u8]) -> String {
