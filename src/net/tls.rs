@@ -575,7 +575,9 @@ impl TlsStream {
         if s.reading || s.writing || s.eof {
             return IdleState::Closed;
         }
-        loop {
+        // Nothing arrived (the common case): one peek, as for a plain socket, and no buffer.
+        let arrived = super::io::idle_state(self.fd()) != IdleState::Clean;
+        while arrived {
             match super::io::recv_now(&self.tcp, &mut s.cipher_in, CIPHER_READ) {
                 Ok(None) => break,
                 Ok(Some(0)) => {
