@@ -576,16 +576,17 @@ impl TlsStream {
             return IdleState::Closed;
         }
         // Nothing arrived (the common case): one peek, as for a plain socket, and no buffer.
-        let arrived = super::io::idle_state(self.fd()) != IdleState::Clean;
-        while arrived {
-            match super::io::recv_now(&self.tcp, &mut s.cipher_in, CIPHER_READ) {
-                Ok(None) => break,
-                Ok(Some(0)) => {
-                    s.eof = true;
-                    break;
+        if super::io::idle_state(self.fd()) != IdleState::Clean {
+            loop {
+                match super::io::recv_now(&self.tcp, &mut s.cipher_in, CIPHER_READ) {
+                    Ok(None) => break,
+                    Ok(Some(0)) => {
+                        s.eof = true;
+                        break;
+                    }
+                    Ok(Some(_)) => {}
+                    Err(_) => return IdleState::Closed,
                 }
-                Ok(Some(_)) => {}
-                Err(_) => return IdleState::Closed,
             }
         }
         let mut probe = [0u8; 1];
