@@ -18,8 +18,9 @@ source "$LIB/common.sh"
 # shellcheck source=lib/configs.sh
 source "$LIB/configs.sh"
 
-ALL_SCENARIOS=(small-c64 small-c256 resp-16k resp-1m post-1m close routes-1 routes-1k idle-10k scaling)
-SCENARIOS="small-c64,small-c256,resp-16k,resp-1m,post-1m,close,routes-1,routes-1k,idle-10k,scaling"
+ALL_SCENARIOS=(small-c64 small-c256 resp-16k resp-1m post-1m close routes-1 routes-1k idle-10k scaling
+    tls-small-c64 tls-handshake tls-resume tls-1m tls-idle-10k)
+SCENARIOS="small-c64,small-c256,resp-16k,resp-1m,post-1m,close,routes-1,routes-1k,idle-10k,scaling,tls-small-c64,tls-handshake,tls-resume,tls-1m,tls-idle-10k"
 PROXIES="ringproxy,nginx,haproxy"
 DURATION=10
 REPS=3
@@ -109,9 +110,21 @@ elif has_proxy ringproxy; then
     RINGPROXY_BIN="$TARGET_DIR/release/ringproxy"
     [[ -x "$RINGPROXY_BIN" ]] || die "no binary at $RINGPROXY_BIN"
 fi
+# The TLS client for new connections per request (full handshakes, or resumed): see
+# examples/tls_load.rs.
+TLS_LOAD_BIN=""
+if has_scenario tls-handshake || has_scenario tls-resume; then
+    log "building the TLS load client (cargo build --release --example tls_load)"
+    (cd "$ROOT" && cargo build --release --example tls_load) || die "cannot build examples/tls_load.rs"
+    TLS_LOAD_BIN="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps \
+        | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/examples/tls_load"
+fi
 
-read -r BACKEND_PORT PORT_ringproxy PORT_nginx PORT_haproxy < <(free_ports 4)
+read -r BACKEND_PORT PORT_ringproxy PORT_nginx PORT_haproxy TLS_ringproxy TLS_nginx TLS_haproxy < <(free_ports 7)
 declare -A PORT=([ringproxy]=$PORT_ringproxy [nginx]=$PORT_nginx [haproxy]=$PORT_haproxy [direct]=$BACKEND_PORT)
+# Each proxy's TLS listener (same certificate, TLS 1.3, X25519, session tickets on).
+declare -A TLS_PORT=([ringproxy]=$TLS_ringproxy [nginx]=$TLS_nginx [haproxy]=$TLS_haproxy)
+make_bench_cert
 declare -A PID=()
 LG_THREADS=$OTHER_COUNT
 
@@ -161,15 +174,15 @@ start_proxy() { # start_proxy NAME WORKERS CORES
     local name=$1 workers=$2 cores=$3 port=${PORT[$1]}
     case "$name" in
         ringproxy)
-            write_ringproxy_conf "$port" "$BACKEND_PORT"
+            write_ringproxy_conf "$port" "$BACKEND_PORT" "${TLS_PORT[$name]}"
             # workers = "auto": one worker per CPU allowed by taskset.
             start_bg "$BENCH_TMP/ringproxy.out" taskset -c "$cores" "$RINGPROXY_BIN" -c "$BENCH_TMP/ringproxy.toml" ;;
         nginx)
-            write_nginx_proxy_conf "$port" "$BACKEND_PORT" "$workers" "$cores"
+            write_nginx_proxy_conf "$port" "$BACKEND_PORT" "$workers" "$cores" "${TLS_PORT[$name]}"
             start_bg "$BENCH_TMP/nginx.out" taskset -c "$cores" \
                 nginx -p "$BENCH_TMP/nginx" -e "$BENCH_TMP/nginx/error.log" -c "$BENCH_TMP/nginx.conf" -g 'daemon off;' ;;
         haproxy)
-            write_haproxy_conf "$port" "$BACKEND_PORT" "$workers" "$cores"
+            write_haproxy_conf "$port" "$BACKEND_PORT" "$workers" "$cores" "${TLS_PORT[$name]}"
             start_bg "$BENCH_TMP/haproxy.out" taskset -c "$cores" haproxy -db -f "$BENCH_TMP/haproxy.cfg" ;;
     esac
     PID[$name]=$BG_LAST_PID
@@ -205,10 +218,16 @@ stop_proxies() {
 
 # ---------------------------------------------------------------- scenarios
 # Sets LOAD_CMD to the load generator command for SCENARIO against PORT.
-load_cmd() { # load_cmd SCENARIO PORT SECONDS
-    local url="http://127.0.0.1:$2" secs=$3 wrk
+load_cmd() { # load_cmd SCENARIO PORT SECONDS (PORT: the TLS port for tls-*)
+    local url="http://127.0.0.1:$2" secs=$3 wrk tls_load
     wrk=(taskset -c "$OTHER_CORES" wrk -t"$LG_THREADS" -d"${secs}s" --timeout 5s --latency -s "$LIB/wrk_report.lua")
+    tls_load=(taskset -c "$OTHER_CORES" "$TLS_LOAD_BIN" --port "$2" --path /small --connections 32
+        --seconds "$secs" --groups "${BENCH_TLS_CLIENT_GROUPS:-X25519}")
     case "$1" in
+        tls-small-c64) LOAD_CMD=("${wrk[@]}" -c64 "https://127.0.0.1:$2/small") ;;
+        tls-1m) LOAD_CMD=("${wrk[@]}" -c16 "https://127.0.0.1:$2/1m") ;;
+        tls-handshake) LOAD_CMD=("${tls_load[@]}") ;;
+        tls-resume) LOAD_CMD=("${tls_load[@]}" --resume) ;;
         small-c64 | routes-1 | routes-1k) LOAD_CMD=("${wrk[@]}" -c64 "$url/small") ;;
         small-c256 | scaling) LOAD_CMD=("${wrk[@]}" -c256 "$url/small") ;;
         resp-16k) LOAD_CMD=("${wrk[@]}" -c64 "$url/16k") ;;
@@ -233,7 +252,9 @@ run_one() { # run_one SCENARIO TARGET REP [--warmup]
         secs=$WARMUP
         flags=(--warmup)
     fi
-    load_cmd "$scenario" "${PORT[$target]}" "$secs"
+    local port=${PORT[$target]}
+    [[ "$scenario" == tls-* ]] && port=${TLS_PORT[$target]}
+    load_cmd "$scenario" "$port" "$secs"
     run_fg python3 "$LIB/run_load.py" --proxy "$target" --scenario "$scenario" --rep "$rep" --pids "$pids" \
         --status-port "$BACKEND_PORT" --out "$RECORDS" --timeout $((secs + 60)) "${flags[@]}" -- "${LOAD_CMD[@]}" \
         || warn "run failed: $scenario $target rep $rep"
@@ -243,7 +264,9 @@ run_load_scenario() { # run_load_scenario SCENARIO; reps interleave the proxies
     local scenario=$1 targets=() t rep i n
     for t in "${SEL_PROXIES[@]}"; do
         [[ -n "${PID[$t]:-}" ]] || continue
-        if python3 "$LIB/checks.py" scenario "$scenario" "${PORT[$t]}" "$SMALL_BODY"; then
+        local check_port=${PORT[$t]}
+        [[ "$scenario" == tls-* ]] && check_port=${TLS_PORT[$t]}
+        if python3 "$LIB/checks.py" scenario "$scenario" "$check_port" "$SMALL_BODY"; then
             targets+=("$t")
         else
             warn "$t failed the $scenario correctness check; skipped in this scenario"
@@ -264,13 +287,16 @@ run_load_scenario() { # run_load_scenario SCENARIO; reps interleave the proxies
     done
 }
 
-run_idle_scenario() {
-    local t
-    log "scenario idle-10k: $IDLE_CONNS idle keep-alive connections per proxy"
+run_idle_scenario() { # run_idle_scenario SCENARIO: idle-10k, or tls-idle-10k over TLS
+    local t scenario=$1 port flags=()
+    log "scenario $scenario: $IDLE_CONNS idle keep-alive connections per proxy"
     for t in "${SEL_PROXIES[@]}"; do
         [[ -n "${PID[$t]:-}" ]] || continue
-        run_fg taskset -c "$OTHER_CORES" python3 "$LIB/idle_conns.py" --port "${PORT[$t]}" --count "$IDLE_CONNS" \
-            --pids "${PID[$t]}" --proxy "$t" --out "$RECORDS" || warn "idle scenario failed for $t"
+        port=${PORT[$t]}
+        if [[ "$scenario" == tls-* ]]; then port=${TLS_PORT[$t]}; flags=(--tls); fi
+        run_fg taskset -c "$OTHER_CORES" python3 "$LIB/idle_conns.py" --port "$port" --count "$IDLE_CONNS" \
+            --pids "${PID[$t]}" --proxy "$t" --scenario "$scenario" --out "$RECORDS" "${flags[@]}" \
+            || warn "$scenario failed for $t"
         sleep 1
     done
 }
@@ -300,7 +326,7 @@ run_scaling() {
 log "layout: proxies on core $PROXY_CORES; backend + load generator on core(s) $OTHER_CORES; ${DURATION}s x $REPS rep(s)"
 start_backend
 start_proxies 1 "$PROXY_CORES"
-for s in small-c64 small-c256 resp-16k resp-1m post-1m close; do
+for s in small-c64 small-c256 resp-16k resp-1m post-1m close tls-small-c64 tls-handshake tls-resume tls-1m; do
     has_scenario "$s" && run_load_scenario "$s"
 done
 # Routing: each proxy restarted with the scenario's routes (bench/lib/configs.sh), then back
@@ -313,12 +339,13 @@ for s in routes-1 routes-1k; do
     start_proxies 1 "$PROXY_CORES"
     run_load_scenario "$s"
 done
-if [[ -n "$ROUTES" ]] && { has_scenario idle-10k || has_scenario scaling; }; then
+if [[ -n "$ROUTES" ]] && { has_scenario idle-10k || has_scenario tls-idle-10k || has_scenario scaling; }; then
     ROUTES=""
     stop_proxies
     start_proxies 1 "$PROXY_CORES"
 fi
-has_scenario idle-10k && run_idle_scenario
+has_scenario idle-10k && run_idle_scenario idle-10k
+has_scenario tls-idle-10k && run_idle_scenario tls-idle-10k
 has_scenario scaling && run_scaling
 stop_proxies
 meta loadavg_end "$(cut -d' ' -f1-3 /proc/loadavg)"

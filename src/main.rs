@@ -30,6 +30,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    for warning in &config.warnings {
+        eprintln!("warning: {warning}");
+    }
     if cli.check {
         println!("config ok");
         return ExitCode::SUCCESS;

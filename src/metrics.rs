@@ -19,6 +19,10 @@ pub fn status_class(status: u16) -> Option<usize> {
 
 pub const CLASS_LABELS: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
+/// Outcomes of TLS handshakes with clients (`WorkerMetrics::tls_handshakes`): a full one, a
+/// resumed one (ticket or session cache), and the failures.
+pub const TLS_HANDSHAKE_LABELS: [&str; 5] = ["full", "resumed", "failed", "timeout", "plain_http"];
+
 /// Log lines that never reached stdout: over `logging.buffer_bytes`, or stdout failing. Any
 /// thread may add to it (so `fetch_add`), only when a line is lost.
 pub static LOG_LINES_DROPPED: AtomicU64 = AtomicU64::new(0);
@@ -122,6 +126,10 @@ pub struct WorkerMetrics {
     pub upstream_discarded_closed: AtomicU64,
     /// The CPU the worker is pinned to, -1 if none.
     pub core: AtomicI64,
+    /// TLS handshakes with clients, by `TLS_HANDSHAKE_LABELS`.
+    pub tls_handshakes: [AtomicU64; TLS_HANDSHAKE_LABELS.len()],
+    /// Time from accept to the end of a successful handshake.
+    pub tls_handshake_duration: Histogram,
 }
 
 impl WorkerMetrics {

@@ -1,8 +1,10 @@
 //! Configuration reload (SIGHUP and `POST /reload`): re-read the file, and if it is valid publish
 //! a new snapshot (config, upstream groups and routes, all at once) that every worker picks up on
 //! its next request. Backends whose (group, URL) did not change keep their state; requests in
-//! flight finish on the snapshot they started with. Settings that only take effect at start
-//! (listen address, workers, pinning, admin listener) are reported.
+//! flight finish on the snapshot they started with. Certificates are read again (a bad file
+//! refuses the reload: the running certificates stay, and the error says why); connections keep
+//! the session they have. Settings that only take effect at start (listen addresses, workers,
+//! pinning, admin listener) are reported.
 
 use crate::config::{self, ConfigError, ValidConfig, DEFAULT_GROUP};
 use crate::state::{build, Shared};
@@ -58,6 +60,9 @@ pub fn reload(shared: &Shared) -> Result<ReloadReport, Vec<ConfigError>> {
         })
         .collect();
     let routes = next.routes.len();
+    for warning in &next.warnings {
+        tracing::warn!(%warning, "config");
+    }
     crate::logging::reconfigure(&next.logging);
     let generation = shared.publish(next, built);
     let report = ReloadReport {
@@ -125,6 +130,23 @@ fn keep_startup_settings(next: &mut ValidConfig, old: &ValidConfig) -> Vec<&'sta
     }
     if next.logging.format != old.logging.format {
         changed.push("logging.format");
+    }
+    // The TLS listener is bound at start: its address stays, and a [tls] section added or
+    // removed waits for a restart. Certificates and the rest of [tls] reload.
+    match (&mut next.tls, &old.tls) {
+        (Some(next_tls), Some(old_tls)) if next_tls.listen != old_tls.listen => {
+            changed.push("tls.host/tls.port");
+            next_tls.listen = old_tls.listen;
+        }
+        (None, Some(old_tls)) => {
+            changed.push("tls (removed)");
+            next.tls = Some(old_tls.clone());
+        }
+        (Some(_), None) => {
+            changed.push("tls (added)");
+            next.tls = None;
+        }
+        _ => {}
     }
     // The connection cap was fitted to the descriptor limit at start.
     if next.limits.max_connections != old.limits.max_connections {

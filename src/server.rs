@@ -27,7 +27,16 @@ pub fn run(
         .or(config.workers)
         .unwrap_or_else(|| cores.len().max(1));
     let budget = fit_descriptors(&config, count);
-    listener::ensure_address_free(config.listen).map_err(|e| with_context(e, config.listen))?;
+    let mut addresses = vec![(config.listen, Scheme::Http)];
+    if let Some(tls) = &config.tls {
+        addresses.push((tls.listen, Scheme::Https));
+    }
+    for &(addr, _) in &addresses {
+        listener::ensure_address_free(addr).map_err(|e| with_context(e, addr))?;
+    }
+    for warning in &config.warnings {
+        tracing::warn!(%warning, "config");
+    }
     let listen = config.listen;
     let pin = config.pin_cores;
     let shared = Shared::new(config, config_path, count);
@@ -46,8 +55,8 @@ pub fn run(
     // Listeners and spare descriptors before the health and admin threads open anything, so
     // they hold low descriptor numbers: a spare freed when descriptors run out must be below
     // the limit to be of use, even if the limit is lowered while running (prlimit).
-    let bound = bind_listeners(listen, count)?;
-    let wake_fds: Vec<RawFd> = bound.iter().map(|b| b.wake_fd).collect();
+    let bound = bind_listeners(&addresses, count)?;
+    let wake_fds: Vec<RawFd> = bound.iter().flat_map(|b| b.wake_fds.clone()).collect();
 
     crate::upstream::health::spawn(shared.clone())?;
     admin::spawn(shared.clone())?;
@@ -58,7 +67,7 @@ pub fn run(
         let spec = worker::WorkerSpec {
             id,
             core: (pin && !cores.is_empty()).then(|| cores[id % cores.len()]),
-            listener: b.listener,
+            listeners: b.listeners,
             shared: shared.clone(),
             pipes: budget.pipes_per_worker,
             descriptors: budget.per_worker,
@@ -71,7 +80,10 @@ pub fn run(
             .recv()
             .map_err(|_| io::Error::other("a worker exited during startup"))??;
     }
-    tracing::info!(%listen, "ready: all workers listening");
+    match snapshot.config.tls.as_ref().map(|t| t.listen) {
+        Some(tls) => tracing::info!(%listen, %tls, "ready: all workers listening"),
+        None => tracing::info!(%listen, "ready: all workers listening"),
+    }
     notify_systemd(&[sd_notify::NotifyState::Ready]);
 
     serve_signals(signals, &shared, handles, &wake_fds);
@@ -83,29 +95,37 @@ pub fn run(
     Ok(())
 }
 
-/// One worker's listening socket, a duplicate of it kept to wake its accept loop on shutdown
-/// (shutdown(2) on a listener ends a pending accept), and its spare descriptor.
+/// One worker's listening sockets (plain, and TLS where configured), a duplicate of each kept
+/// to wake its accept loop on shutdown (shutdown(2) on a listener ends a pending accept), and
+/// its spare descriptor.
 struct Bound {
-    listener: listener::Listener,
-    wake_fd: RawFd,
+    listeners: Vec<listener::Listener>,
+    wake_fds: Vec<RawFd>,
     spare: Option<std::fs::File>,
 }
 
-fn bind_listeners(listen: std::net::SocketAddr, count: usize) -> io::Result<Vec<Bound>> {
+fn bind_listeners(
+    addresses: &[(std::net::SocketAddr, Scheme)],
+    count: usize,
+) -> io::Result<Vec<Bound>> {
     (0..count)
         .map(|_| {
-            let socket =
-                listener::bind_worker_socket(listen).map_err(|e| with_context(e, listen))?;
-            // SAFETY: duplicating a descriptor we own.
-            let wake_fd = unsafe { libc::dup(socket.as_raw_fd()) };
-            Ok(Bound {
-                listener: listener::Listener {
-                    socket,
-                    scheme: Scheme::Http,
-                },
-                wake_fd,
-                spare: worker::open_spare(),
-            })
+            let mut bound = Bound {
+                listeners: Vec::with_capacity(addresses.len()),
+                wake_fds: Vec::with_capacity(addresses.len()),
+                spare: None,
+            };
+            for &(addr, scheme) in addresses {
+                let socket =
+                    listener::bind_worker_socket(addr).map_err(|e| with_context(e, addr))?;
+                // SAFETY: duplicating a descriptor we own.
+                bound
+                    .wake_fds
+                    .push(unsafe { libc::dup(socket.as_raw_fd()) });
+                bound.listeners.push(listener::Listener { socket, scheme });
+            }
+            bound.spare = worker::open_spare();
+            Ok(bound)
         })
         .collect()
 }

@@ -135,6 +135,7 @@ pub fn build(config: &ValidConfig, previous: Option<&Snapshot>, workers: usize) 
                         Some(p) => {
                             kept_ids.push(p.id);
                             p.set_weight(b.weight);
+                            p.set_tls(b.tls.clone());
                             p.clone()
                         }
                         None => Arc::new(Backend::new(b, workers)),

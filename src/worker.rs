@@ -6,7 +6,9 @@
 use crate::net::fd_budget::{self, FdOp};
 use crate::net::listener::Listener;
 use crate::net::stream::{ClientStream, Scheme};
-use crate::proxy::{run_parking_lot, spawn_connection, ConnectionSlot, WorkerCtx};
+use crate::proxy::{
+    run_parking_lot, spawn_connection, spawn_tls_connection, ConnectionSlot, WorkerCtx,
+};
 use crate::state::Shared;
 use std::cell::Cell;
 use std::io::{self, Read, Write};
@@ -34,7 +36,8 @@ const URING_ENTRIES: u32 = 4096;
 pub struct WorkerSpec {
     pub id: usize,
     pub core: Option<core_affinity::CoreId>,
-    pub listener: Listener,
+    /// The plain listener, and the TLS one where configured.
+    pub listeners: Vec<Listener>,
     pub shared: Arc<Shared>,
     /// Splice pipes this worker may hold (`FdBudget::pipes_per_worker`).
     pub pipes: usize,
@@ -65,8 +68,13 @@ fn run(spec: WorkerSpec, ready: &SyncSender<io::Result<()>>) -> io::Result<()> {
     fd_budget::set_share(spec.descriptors);
     let mut runtime = build_runtime()?;
     runtime.block_on(async move {
-        let scheme = spec.listener.scheme;
-        let listener = monoio::net::TcpListener::from_std(spec.listener.socket)?;
+        let listeners = spec
+            .listeners
+            .into_iter()
+            .map(|l| Ok((monoio::net::TcpListener::from_std(l.socket)?, l.scheme)))
+            .collect::<io::Result<Vec<_>>>()?;
+        let mut listeners = listeners.into_iter();
+        let first = listeners.next();
         let ctx = Rc::new(WorkerCtx::new(spec.id, spec.shared)?);
         let core = spec.core.filter(|_| pinned).map_or(-1, |c| c.id as i64);
         ctx.metrics.core.store(core, Ordering::Relaxed);
@@ -80,8 +88,24 @@ fn run(spec: WorkerSpec, ready: &SyncSender<io::Result<()>>) -> io::Result<()> {
             "worker listening"
         );
         let _ = ready.send(Ok(()));
-        accept_until_draining(&listener, scheme, &ctx, spec.spare).await;
-        drop(listener);
+        // One accept loop per listener. The plain listener's runs here, in the runtime's main
+        // future, which is polled ahead of the connection tasks (new connections are taken in
+        // before the busy ones grab more descriptors); the TLS one, with the spare descriptor
+        // kept by the plain one, in a task of its own.
+        let others: Vec<_> = listeners
+            .map(|(listener, scheme)| {
+                let ctx = ctx.clone();
+                monoio::spawn(async move {
+                    accept_until_draining(&listener, scheme, &ctx, None).await;
+                })
+            })
+            .collect();
+        if let Some((listener, scheme)) = first {
+            accept_until_draining(&listener, scheme, &ctx, spec.spare).await;
+        }
+        for accepting in others {
+            accepting.await;
+        }
         drain(&ctx).await;
         Ok(())
     })
@@ -142,13 +166,23 @@ async fn accept_until_draining(
                     .then(|| ConnectionSlot::take(ctx))
                     .flatten();
                 let Some(slot) = slot else {
-                    refuse_bounded(stream, ctx, &refusing);
+                    match scheme {
+                        Scheme::Http => refuse_bounded(stream, ctx, &refusing),
+                        // No plain 503 on a TLS port: the connection is just closed.
+                        Scheme::Https => {
+                            crate::metrics::bump(&ctx.metrics.connections_refused_over_cap)
+                        }
+                    }
                     continue;
                 };
-                let stream = match scheme {
-                    Scheme::Http => ClientStream::Plain(stream),
-                };
-                spawn_connection(ctx.clone(), stream, peer, slot, false);
+                match scheme {
+                    Scheme::Http => {
+                        let stream = ClientStream::Plain(stream);
+                        spawn_connection(ctx.clone(), stream, peer, slot, false);
+                    }
+                    // The handshake runs in the connection's own task, bounded by its timeout.
+                    Scheme::Https => spawn_tls_connection(ctx.clone(), stream, peer, slot),
+                }
             }
             Err(e) if fd_budget::is_exhaustion(&e) => {
                 fd_budget::exhausted(FdOp::Accept, &e);

@@ -9,6 +9,7 @@ checks.py affinity NAME CORES PID        every thread of the tree may only run o
 import http.client
 import select
 import socket
+import ssl
 import sys
 
 import procstat
@@ -24,8 +25,20 @@ def cpu_set(spec):
     return out
 
 
-def request(port, method, path, body=None, headers=None):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+def tls_context():
+    """The bench certificate is self-signed: not verified; TLS 1.3 as the scenarios use."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    return ctx
+
+
+def request(port, method, path, body=None, headers=None, tls=False):
+    if tls:
+        c = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=tls_context())
+    else:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         c.request(method, path, body=body, headers=headers or {})
         r = c.getresponse()
@@ -91,6 +104,12 @@ def check_scenario(name, port, small):
         expect(got == (200, b"ok\n"), f"POST /sink 1 MiB: got {got[0]} {got[1][:100]!r}")
     elif name == "close":
         check_close(port, small)
+    elif name in ("tls-small-c64", "tls-handshake", "tls-resume"):
+        got = request(port, "GET", "/small", tls=True)
+        expect(got == (200, small.encode()), f"GET /small over TLS: got {got[0]} {got[1][:100]!r}")
+    elif name == "tls-1m":
+        status, body = request(port, "GET", "/1m", tls=True)
+        expect(status == 200 and len(body) == MIB, f"GET /1m over TLS: got {status}, {len(body)} bytes")
 
 
 def check_affinity(name, cores, pid):

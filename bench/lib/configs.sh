@@ -105,10 +105,25 @@ EOF
     } >"$BENCH_TMP/backend.conf"
 }
 
+# The TLS scenarios' certificate, the same for all three proxies: ECDSA P-256, self-signed,
+# for localhost and 127.0.0.1. HAProxy wants certificate and key in one file.
+TLS_DIR=""
+make_bench_cert() {
+    TLS_DIR="$BENCH_TMP/tls"
+    mkdir -p "$TLS_DIR"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+        -keyout "$TLS_DIR/key.pem" -out "$TLS_DIR/cert.pem" 2>/dev/null || die "openssl could not make the bench certificate"
+    cat "$TLS_DIR/cert.pem" "$TLS_DIR/key.pem" >"$TLS_DIR/combined.pem"
+}
+
+# The proxy location every nginx server block shares.
+
 # nginx as reverse proxy. Defaults that would make it spool to disk or close
 # client connections every 1000 requests are changed (documented in README).
-write_nginx_proxy_conf() { # write_nginx_proxy_conf PORT BACKEND_PORT WORKERS CORES
-    local port=$1 backend=$2 workers=$3 cores=$4
+# TLS on TLS_PORT: TLS 1.3 only, X25519 only, session tickets on (nginx's default).
+write_nginx_proxy_conf() { # write_nginx_proxy_conf PORT BACKEND_PORT WORKERS CORES TLS_PORT
+    local port=$1 backend=$2 workers=$3 cores=$4 tls_port=$5
     {
         nginx_common nginx
         cat <<EOF
@@ -137,6 +152,15 @@ $(nginx_http_common nginx)
     proxy_set_header X-Forwarded-Proto \$scheme;
     proxy_set_header X-Forwarded-Host \$http_host;
 $(nginx_servers "$port")
+    server {
+        listen 127.0.0.1:$tls_port ssl backlog=4096;
+        ssl_certificate $TLS_DIR/cert.pem;
+        ssl_certificate_key $TLS_DIR/key.pem;
+        ssl_protocols TLSv1.3;
+        ssl_ecdh_curve X25519;
+        ssl_session_tickets on;
+        location / { proxy_pass http://backend; }
+    }
 }
 EOF
     } >"$BENCH_TMP/nginx.conf"
@@ -170,8 +194,8 @@ nginx_servers() { # nginx_servers PORT
     fi
 }
 
-write_haproxy_conf() { # write_haproxy_conf PORT BACKEND_PORT THREADS CORES
-    local port=$1 backend=$2 threads=$3 cores=$4
+write_haproxy_conf() { # write_haproxy_conf PORT BACKEND_PORT THREADS CORES TLS_PORT
+    local port=$1 backend=$2 threads=$3 cores=$4 tls_port=$5
     cat >"$BENCH_TMP/haproxy.cfg" <<EOF
 global
     nbthread $threads
@@ -200,6 +224,15 @@ frontend fe
     http-request set-header X-Forwarded-Proto http
     http-request set-header X-Forwarded-Host %[req.hdr(host)]
 $(haproxy_routing)
+
+# TLS 1.3 only, X25519 only; session tickets are on by default.
+frontend fe_tls
+    bind 127.0.0.1:$tls_port ssl crt $TLS_DIR/combined.pem ssl-min-ver TLSv1.3 curves X25519 alpn http/1.1 backlog 4096
+    maxconn $((NOFILE - 1000))
+    option forwardfor
+    http-request set-header X-Forwarded-Proto https
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    default_backend be
 
 backend be
     server s1 127.0.0.1:$backend
@@ -230,8 +263,10 @@ haproxy_routing() {
     done
 }
 
-write_ringproxy_conf() { # write_ringproxy_conf PORT BACKEND_PORT
-    local port=$1 backend=$2
+# TLS: 1.3 only, X25519 only (BENCH_RINGPROXY_TLS_GROUPS overrides it, to measure the
+# post-quantum X25519MLKEM768), session tickets on (the default).
+write_ringproxy_conf() { # write_ringproxy_conf PORT BACKEND_PORT TLS_PORT
+    local port=$1 backend=$2 tls_port=$3
     cat >"$BENCH_TMP/ringproxy.toml" <<EOF
 [server]
 host = "127.0.0.1"
@@ -251,6 +286,16 @@ access_log = false
 
 [upstream]
 max_idle_per_backend = $UPSTREAM_IDLE
+
+[tls]
+port = $tls_port
+min_version = "1.3"
+key_exchange_groups = ["${BENCH_RINGPROXY_TLS_GROUPS:-X25519}"]
+strict_sni = false
+
+[[tls.certificates]]
+cert = "$TLS_DIR/cert.pem"
+key = "$TLS_DIR/key.pem"
 EOF
     ringproxy_routes "$backend" >>"$BENCH_TMP/ringproxy.toml"
 }

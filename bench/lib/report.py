@@ -22,6 +22,11 @@ SCENARIOS = {
     "routes-1k": "small-c64 through 1,000 exact hosts + 1,000 prefix routes + 10 regexes, hitting a prefix route",
     "idle-10k": "10,000 idle keep-alive client connections (one request each, then held)",
     "scaling": "small-c256 with 2 workers (scaling ratio = 2 workers / 1 worker)",
+    "tls-small-c64": "small-c64 over TLS 1.3 (ECDSA P-256, X25519), keep-alive, 64 connections",
+    "tls-handshake": "GET 64-byte body over a new TLS 1.3 connection per request, full handshake each, 32 concurrent",
+    "tls-resume": "as tls-handshake, each new connection resumed with a session ticket",
+    "tls-1m": "GET 1 MiB body over TLS 1.3, keep-alive, 16 connections",
+    "tls-idle-10k": "10,000 idle keep-alive TLS connections (handshake and one request each, then held)",
 }
 PROXY_ORDER = ["ringproxy", "nginx", "haproxy", "direct"]
 
@@ -158,11 +163,18 @@ def calibration_lines(summary, scen):
             "| scenario | direct µs/req | proxy ÷ direct |", "|---|---:|---|", *rows, ""]
 
 
-def idle_table(records, problems):
+def idle_tables(records, problems):
+    out = []
+    for scenario in ("idle-10k", "tls-idle-10k"):
+        out += idle_table([r for r in records if r.get("scenario", "idle-10k") == scenario], scenario, problems)
+    return out
+
+
+def idle_table(records, scenario, problems):
     rs = {r["proxy"]: r for r in records if r["kind"] == "idle"}
     if not rs:
         return []
-    lines = ["### idle-10k: proxy memory with idle keep-alive connections", "",
+    lines = [f"### {scenario}: proxy memory with idle keep-alive connections", "",
              "| proxy | held / asked | failed | closed by proxy | RSS before MiB | RSS held MiB | KiB per held conn "
              "| RSS held ÷ nginx |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     base = rs.get("nginx")
@@ -173,7 +185,7 @@ def idle_table(records, problems):
         per = (r["rss_held_kb"] - r["rss_before_kb"]) / held if held else None
         fell = fell or (per is not None and per < 0)
         if r["failed"] or r["non2xx"] or r["closed_by_proxy"]:
-            problems.append(f"idle-10k / {p}: {r['failed']} failed, {r['non2xx']} non-2xx, "
+            problems.append(f"{scenario} / {p}: {r['failed']} failed, {r['non2xx']} non-2xx, "
                             f"{r['closed_by_proxy']} closed by the proxy; statuses {r.get('statuses')}"
                             + (f", first error {r['first_error']}" if r["first_error"] else ""))
         lines.append(f"| {p} | {held} / {r['count']} | {r['failed']} | {r['closed_by_proxy']} "
@@ -255,7 +267,7 @@ def main():
     problems += [f"affinity: {row[0]} thread {row[1]} may run on CPUs {row[2]} ({row[3]})" for row in outside]
 
     summary = summarize(records)
-    body = load_tables(summary, problems) + [""] + routing_lines(summary) + idle_table(records, problems) \
+    body = load_tables(summary, problems) + [""] + routing_lines(summary) + idle_tables(records, problems) \
         + scaling_table(summary, meta)
 
     out = [f"# ringproxy benchmark results ({meta.get('mode', '?')} run, {meta.get('date', '?')})", "",

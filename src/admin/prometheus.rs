@@ -3,7 +3,7 @@
 
 use crate::metrics::{
     read, HistogramTotals, WorkerMetrics, CLASS_LABELS, FD_EXHAUSTED, FD_OP_LABELS, FD_SHARE_FULL,
-    LATENCY_BUCKETS,
+    LATENCY_BUCKETS, TLS_HANDSHAKE_LABELS,
 };
 use crate::state::Shared;
 use crate::upstream::passive::now_ms;
@@ -198,6 +198,7 @@ pub fn render(shared: &Shared) -> String {
             "ringproxy_upstream_connections_discarded_total{{reason=\"{reason}\"}} {n}"
         );
     }
+    tls(&mut out, &snapshot.config, workers);
     counter(
         &mut out,
         "ringproxy_log_lines_dropped_total",
@@ -300,6 +301,70 @@ pub fn render(shared: &Shared) -> String {
         }
     }
     out
+}
+
+/// The TLS listener's handshakes (by outcome, with their duration and the share resumed) and
+/// its certificates' expiry.
+fn tls(
+    out: &mut String,
+    config: &crate::config::ValidConfig,
+    workers: &[std::sync::Arc<WorkerMetrics>],
+) {
+    let Some(tls) = &config.tls else {
+        return;
+    };
+    family(
+        out,
+        "ringproxy_tls_handshakes_total",
+        "counter",
+        "TLS handshakes with clients, by result: full, resumed (session ticket or cache), failed, timeout, plain_http (plain HTTP sent to the TLS port).",
+    );
+    let mut counts = [0u64; TLS_HANDSHAKE_LABELS.len()];
+    for w in workers {
+        for (n, c) in counts.iter_mut().zip(&w.tls_handshakes) {
+            *n += read(c);
+        }
+    }
+    for (result, n) in TLS_HANDSHAKE_LABELS.iter().zip(counts) {
+        let _ = writeln!(
+            out,
+            "ringproxy_tls_handshakes_total{{result=\"{result}\"}} {n}"
+        );
+    }
+    let (full, resumed) = (counts[0], counts[1]);
+    family(
+        out,
+        "ringproxy_tls_resumption_ratio",
+        "gauge",
+        "Share of successful TLS handshakes that resumed a session, since start.",
+    );
+    let ratio = if full + resumed == 0 {
+        0.0
+    } else {
+        resumed as f64 / (full + resumed) as f64
+    };
+    let _ = writeln!(out, "ringproxy_tls_resumption_ratio {ratio}");
+    histogram(
+        out,
+        "ringproxy_tls_handshake_seconds",
+        "Time from accepting a TLS connection to the end of its handshake.",
+        workers,
+        |w| &w.tls_handshake_duration,
+    );
+    family(
+        out,
+        "ringproxy_tls_certificate_expiry_timestamp_seconds",
+        "gauge",
+        "When each served certificate expires (seconds since the epoch), by its first name.",
+    );
+    for cert in &tls.certs.certs {
+        let _ = writeln!(
+            out,
+            "ringproxy_tls_certificate_expiry_timestamp_seconds{{name=\"{}\"}} {}",
+            escape(&cert.name),
+            cert.not_after
+        );
+    }
 }
 
 /// A per-backend metric: name, type, help, and how to read it from a backend.

@@ -3,17 +3,12 @@
 
 use super::schema::BackendConfig;
 use super::settings::ResolvedBackend;
+use super::tls::{self, UpstreamTls};
 use std::net::ToSocketAddrs;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// A problem found by validation: the dotted key and what is wrong with it, and another key
-/// the problem involves (the other route of an ambiguous pair), whose place is named too.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Problem {
-    pub key: String,
-    pub message: String,
-    pub related: Option<String>,
-}
+pub use super::problem::Problem;
 
 #[derive(Default)]
 pub(super) struct Checker {
@@ -79,11 +74,21 @@ pub(super) fn parse_status_ranges(spec: &str) -> Option<Vec<(u16, u16)>> {
 
 /// A backend at `at` (`backends[0]`, `upstreams.api.backends[1]`), its address resolved;
 /// without a `health_check_path` of its own it takes its group's `group_path`.
+/// The TLS client settings a group's `https://` backends get (from `[upstream]` or the group).
+pub(super) struct UpstreamTlsChoice<'a> {
+    /// `None` when they could not be built (the problems say why) or none is needed.
+    pub(super) config: Option<Arc<rustls::ClientConfig>>,
+    pub(super) server_name: Option<&'a str>,
+    /// Where `server_name` was set, for its errors.
+    pub(super) at: &'a str,
+}
+
 pub(super) fn resolve_backend(
     ck: &mut Checker,
     at: &str,
     b: &BackendConfig,
     group_path: Option<&str>,
+    upstream_tls: &UpstreamTlsChoice<'_>,
 ) -> Option<ResolvedBackend> {
     let key = |field: &str| format!("{at}.{field}");
     let weight = ck.range(&key("weight"), b.weight, 1, 1_000_000) as u32;
@@ -100,10 +105,13 @@ pub(super) fn resolve_backend(
             return None;
         }
     };
-    if url.scheme() != "http" {
+    if url.scheme() != "http" && url.scheme() != "https" {
         ck.fail(
             key("url"),
-            format!("only http:// backends are supported, got {:?}", b.url),
+            format!(
+                "only http:// and https:// backends are supported, got {:?}",
+                b.url
+            ),
         );
         return None;
     }
@@ -118,6 +126,31 @@ pub(super) fn resolve_backend(
     let port = url.port_or_known_default().unwrap_or(80);
     // url keeps IPv6 literals in brackets, which `ToSocketAddrs` does not accept.
     let host = host.trim_start_matches('[').trim_end_matches(']');
+    let tls = if url.scheme() == "https" {
+        let config = upstream_tls.config.clone()?;
+        let name = b
+            .tls_server_name
+            .as_deref()
+            .or(upstream_tls.server_name)
+            .unwrap_or(host);
+        match tls::server_name(name) {
+            Ok(server_name) => Some(UpstreamTls {
+                config,
+                server_name,
+            }),
+            Err(e) => {
+                let field = if b.tls_server_name.is_some() {
+                    key("tls_server_name")
+                } else {
+                    format!("{}.tls_server_name", upstream_tls.at)
+                };
+                ck.fail(field, e);
+                return None;
+            }
+        }
+    } else {
+        None
+    };
     match (host, port).to_socket_addrs().map(|mut a| a.next()) {
         Ok(Some(addr)) => Some(ResolvedBackend {
             url: b.url.clone(),
@@ -127,6 +160,7 @@ pub(super) fn resolve_backend(
                 .health_check_path
                 .clone()
                 .or_else(|| group_path.map(str::to_string)),
+            tls,
         }),
         _ => {
             ck.fail(key("url"), format!("cannot resolve host {host:?}"));

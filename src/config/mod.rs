@@ -5,9 +5,11 @@
 
 mod check;
 mod locate;
+mod problem;
 mod routing;
 mod schema;
 mod settings;
+pub mod tls;
 mod validate;
 
 pub use routing::{
@@ -59,7 +61,8 @@ pub fn load(path: &Path) -> Result<ValidConfig, Vec<ConfigError>> {
     parse(path, &source)
 }
 
-/// Parses and validates config text; `path` is only used in messages.
+/// Parses and validates config text; `path` names the file in messages, and files the config
+/// names (certificates) are found relative to its directory.
 pub fn parse(path: &Path, source: &str) -> Result<ValidConfig, Vec<ConfigError>> {
     let raw: Config = toml::from_str(source).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
@@ -73,24 +76,24 @@ pub fn parse(path: &Path, source: &str) -> Result<ValidConfig, Vec<ConfigError>>
             message: e.message().trim().to_string(),
         }]
     })?;
-    validate::validate(raw).map_err(|problems| {
-        problems
-            .into_iter()
-            .map(|p| {
-                let (line, column) = locate::line_col_of_key(source, &p.key);
-                let mut message = p.message;
-                if let Some(related) = p.related {
-                    let (line, _) = locate::line_col_of_key(source, &related);
-                    message.push_str(&format!(" ({related} is at {}:{line})", path.display()));
-                }
-                ConfigError {
-                    file: path.to_path_buf(),
-                    line,
-                    column,
-                    key: p.key,
-                    message,
-                }
-            })
-            .collect()
-    })
+    let base = path.parent().unwrap_or(Path::new(""));
+    let locate = |p: problem::Problem| {
+        let (line, column) = locate::line_col_of_key(source, &p.key);
+        let mut message = p.message;
+        if let Some(related) = p.related {
+            let (line, _) = locate::line_col_of_key(source, &related);
+            message.push_str(&format!(" ({related} is at {}:{line})", path.display()));
+        }
+        ConfigError {
+            file: path.to_path_buf(),
+            line,
+            column,
+            key: p.key,
+            message,
+        }
+    };
+    let (mut config, warnings) = validate::validate(raw, base)
+        .map_err(|problems| problems.into_iter().map(locate).collect::<Vec<_>>())?;
+    config.warnings = warnings.into_iter().map(locate).collect();
+    Ok(config)
 }

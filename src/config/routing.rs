@@ -5,13 +5,15 @@
 //! naming both: which one wins must never depend on file order. The lookup structure built
 //! from these rules is `route::RouteTable`'s business.
 
-use super::check::{parse_status_ranges, resolve_backend, Checker};
+use super::check::{parse_status_ranges, resolve_backend, Checker, Problem, UpstreamTlsChoice};
 use super::schema::*;
 use super::settings::{HealthSettings, PassiveSettings, PoolSettings, ResolvedBackend, Timeouts};
+use super::tls::{TlsCheck, UpstreamTlsConfig};
 use crate::http::head::is_hop_by_hop;
 use crate::http::normalize;
 use crate::http::target::is_valid_host;
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
 /// The name of the group `[[backends]]` forms.
 pub const DEFAULT_GROUP: &str = "default";
@@ -240,14 +242,16 @@ pub(super) fn groups(
     ck: &mut Checker,
     c: &Config,
     global: &GroupSettings,
+    mut files: TlsFiles<'_>,
 ) -> (Vec<GroupConfig>, Option<usize>) {
     let mut groups = Vec::new();
     if !c.backends.is_empty() {
+        let tls = files.choice(ck, "upstream", &c.backends, &c.upstream, None);
         let backends = c
             .backends
             .iter()
             .enumerate()
-            .filter_map(|(i, b)| resolve_backend(ck, &format!("backends[{i}]"), b, None))
+            .filter_map(|(i, b)| resolve_backend(ck, &format!("backends[{i}]"), b, None, &tls))
             .collect();
         groups.push(GroupConfig {
             name: DEFAULT_GROUP.into(),
@@ -286,12 +290,13 @@ pub(super) fn groups(
         if group_path.is_some_and(|p| !p.starts_with('/')) {
             ck.fail(format!("{key}.health_check_path"), "must start with '/'");
         }
+        let tls = files.choice(ck, &key, &g.backends, &c.upstream, Some(g));
         let backends = g
             .backends
             .iter()
             .enumerate()
             .filter_map(|(i, b)| {
-                resolve_backend(ck, &format!("{key}.backends[{i}]"), b, group_path)
+                resolve_backend(ck, &format!("{key}.backends[{i}]"), b, group_path, &tls)
             })
             .collect();
         let settings = group_settings(ck, &key, g, global, c.upstream.retries);
@@ -312,6 +317,62 @@ pub(super) fn groups(
         );
     }
     (groups, default)
+}
+
+/// What building the TLS client settings of `https://` backends needs: where the files they
+/// name are found, and where warnings go.
+pub(super) struct TlsFiles<'a> {
+    pub(super) base: &'a Path,
+    pub(super) warnings: &'a mut Vec<Problem>,
+}
+
+impl TlsFiles<'_> {
+    /// The TLS client settings of a group's `https://` backends (none without any): the keys of
+    /// `[upstream]`, each one the group (`group`, at `at`) sets taking its place.
+    fn choice<'c>(
+        &mut self,
+        ck: &mut Checker,
+        at: &'c str,
+        backends: &[BackendConfig],
+        u: &'c UpstreamConfig,
+        group: Option<&'c UpstreamGroupConfig>,
+    ) -> UpstreamTlsChoice<'c> {
+        let own = |f: fn(&UpstreamGroupConfig) -> bool| group.is_some_and(f);
+        let sets_tls = own(|g| {
+            g.tls_ca.is_some()
+                || g.tls_verify.is_some()
+                || g.tls_client_cert.is_some()
+                || g.tls_client_key.is_some()
+        });
+        let config = backends
+            .iter()
+            .any(|b| b.url.starts_with("https:"))
+            .then(|| {
+                let settings = UpstreamTlsConfig {
+                    tls_ca: group.and_then(|g| g.tls_ca.clone()).or(u.tls_ca.clone()),
+                    tls_verify: group.and_then(|g| g.tls_verify).unwrap_or(u.tls_verify),
+                    tls_client_cert: group
+                        .and_then(|g| g.tls_client_cert.clone())
+                        .or(u.tls_client_cert.clone()),
+                    tls_client_key: group
+                        .and_then(|g| g.tls_client_key.clone())
+                        .or(u.tls_client_key.clone()),
+                };
+                let mut check = TlsCheck {
+                    base: self.base,
+                    problems: &mut ck.problems,
+                    warnings: self.warnings,
+                };
+                check.upstream(if sets_tls { at } else { "upstream" }, &settings)
+            })
+            .flatten();
+        let own_name = group.and_then(|g| g.tls_server_name.as_deref());
+        UpstreamTlsChoice {
+            config,
+            server_name: own_name.or(u.tls_server_name.as_deref()),
+            at: if own_name.is_some() { at } else { "upstream" },
+        }
+    }
 }
 
 /// A group's settings: the global ones with each key the group sets.

@@ -35,6 +35,9 @@ pub struct Config {
     /// Host and path routes (`[[routes]]`), matched by specificity, never by file order.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// `[tls]`: the HTTPS listener; absent, none.
+    #[serde(default)]
+    pub tls: Option<super::tls::TlsConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -108,6 +111,10 @@ pub struct BackendConfig {
     /// Path probed by HTTP health checks; none (the default): a TCP connect check.
     #[serde(default)]
     pub health_check_path: Option<String>,
+    /// An `https://` backend's name for SNI and verification (default: `[upstream]
+    /// tls_server_name`, else the URL's host).
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
 }
 
 fn default_weight() -> i64 {
@@ -277,6 +284,16 @@ pub struct UpstreamConfig {
     /// The Host sent upstream: `client` (default), `backend` (the backend URL's authority) or a
     /// literal host.
     pub host_header: String,
+    /// `https://` backends: PEM file of the CAs to verify them with (default: the webpki roots,
+    /// Mozilla's list).
+    pub tls_ca: Option<String>,
+    /// `https://` backends: the name to send (SNI) and verify (default: the URL's host).
+    pub tls_server_name: Option<String>,
+    /// `https://` backends: verify their certificates (default true; false is for labs).
+    pub tls_verify: bool,
+    /// `https://` backends: a client certificate (PEM chain) and key for mutual TLS.
+    pub tls_client_cert: Option<String>,
+    pub tls_client_key: Option<String>,
 }
 
 impl Default for UpstreamConfig {
@@ -288,6 +305,11 @@ impl Default for UpstreamConfig {
             retry_non_idempotent: false,
             rewrite_redirects: true,
             host_header: "client".into(),
+            tls_ca: None,
+            tls_server_name: None,
+            tls_verify: true,
+            tls_client_cert: None,
+            tls_client_key: None,
         }
     }
 }
@@ -368,6 +390,11 @@ pub struct UpstreamGroupConfig {
     pub retry_non_idempotent: Option<bool>,
     pub rewrite_redirects: Option<bool>,
     pub host_header: Option<String>,
+    pub tls_ca: Option<String>,
+    pub tls_server_name: Option<String>,
+    pub tls_verify: Option<bool>,
+    pub tls_client_cert: Option<String>,
+    pub tls_client_key: Option<String>,
     /// Overrides of `[health_checks]` keys for this group.
     pub health_checks: Option<HealthCheckOverrides>,
     /// Overrides of `[passive_health]` keys for this group.

@@ -12,6 +12,8 @@ pub struct ResolvedBackend {
     pub weight: u32,
     /// Probed with `GET` by active checks; none: a TCP connect check.
     pub health_check_path: Option<String>,
+    /// An `https://` backend's TLS client settings.
+    pub tls: Option<super::tls::UpstreamTls>,
 }
 
 /// Passive health: how real traffic ejects a backend (`[passive_health]`).

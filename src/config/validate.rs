@@ -5,8 +5,10 @@ use super::check::{parse_status_ranges, Checker, Problem};
 use super::routing::{self, GroupConfig, RouteAction, RouteRule};
 use super::schema::*;
 use super::settings::{HealthSettings, PassiveSettings, PoolSettings, Timeouts};
+use super::tls::{TlsCheck, TlsSettings};
 use crate::http::HeadLimits;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -78,13 +80,20 @@ pub struct ValidConfig {
     pub passive: PassiveSettings,
     pub limits: Limits,
     pub admin: AdminSettings,
+    /// The HTTPS listener (`[tls]`), if any.
+    pub tls: Option<TlsSettings>,
+    /// What is allowed but worth saying (a certificate about to expire, unverified backends).
+    pub warnings: Vec<super::ConfigError>,
 }
 
 /// Hard ceiling on `max_headers`: the parser's header table is sized from it.
 pub const MAX_HEADERS_CEILING: i64 = 1024;
 
-pub fn validate(c: Config) -> Result<ValidConfig, Vec<Problem>> {
+/// Validates `c`; files it names are found relative to `base`. Returns the config and its
+/// warnings, or every problem found.
+pub fn validate(c: Config, base: &Path) -> Result<(ValidConfig, Vec<Problem>), Vec<Problem>> {
     let mut ck = Checker::default();
+    let mut warnings = Vec::new();
 
     let port = ck.range("server.port", c.server.port, 1, 65535) as u16;
     let listen = match c.server.host.parse::<IpAddr>() {
@@ -138,6 +147,31 @@ pub fn validate(c: Config) -> Result<ValidConfig, Vec<Problem>> {
             "must be non-empty printable ASCII without spaces",
         );
     }
+
+    let tls = c.tls.as_ref().and_then(|t| {
+        let host = t.host.as_deref().unwrap_or(&c.server.host);
+        let tls_port = ck.range("tls.port", t.port, 1, 65535) as u16;
+        let ip = host.parse::<IpAddr>().unwrap_or_else(|_| {
+            ck.fail("tls.host", format!("not an IP address: {host:?}"));
+            IpAddr::from([127, 0, 0, 1])
+        });
+        if tls_port == port && ip == listen.ip() {
+            ck.fail(
+                "tls.port",
+                "must differ from server.port (the plain listener)",
+            );
+        }
+        if admin.enabled && tls_port == admin_port {
+            ck.fail("tls.port", "must differ from admin.port");
+        }
+        let timeout = ck.seconds("tls.handshake_timeout_seconds", t.handshake_timeout_seconds);
+        let mut check = TlsCheck {
+            base,
+            problems: &mut ck.problems,
+            warnings: &mut warnings,
+        };
+        check.listener(t, SocketAddr::new(ip, tls_port), timeout)
+    });
 
     let h = &c.health_checks;
     let health = HealthSettings {
@@ -225,7 +259,11 @@ pub fn validate(c: Config) -> Result<ValidConfig, Vec<Problem>> {
     };
 
     let global = routing::global_settings(&mut ck, &c, health.clone(), passive, pool.clone());
-    let (groups, default_group) = routing::groups(&mut ck, &c, &global);
+    let tls_files = routing::TlsFiles {
+        base,
+        warnings: &mut warnings,
+    };
+    let (groups, default_group) = routing::groups(&mut ck, &c, &global, tls_files);
 
     let l = &c.limits;
     let max_body_bytes = match ck.range("limits.max_body_bytes", l.max_body_bytes, 0, i64::MAX) {
@@ -265,7 +303,7 @@ pub fn validate(c: Config) -> Result<ValidConfig, Vec<Problem>> {
     if !ck.problems.is_empty() {
         return Err(ck.problems);
     }
-    Ok(ValidConfig {
+    let config = ValidConfig {
         listen,
         workers,
         pin_cores: c.server.pin_cores,
@@ -281,7 +319,10 @@ pub fn validate(c: Config) -> Result<ValidConfig, Vec<Problem>> {
         passive,
         limits,
         admin,
-    })
+        tls,
+        warnings: Vec::new(),
+    };
+    Ok((config, warnings))
 }
 
 #[cfg(test)]
@@ -366,6 +407,7 @@ mod tests {
     fn bad_backends_refused() {
         assert!(problems("")[0].contains("backends: at least one"));
         assert!(problems("[[backends]]\nurl = \"ftp://x\"\n")[0].contains("backends[0].url"));
+        assert!(problems("[[backends]]\nurl = \"https://127.0.0.1:1\"\n").is_empty());
         assert!(problems("[[backends]]\nurl = \"not a url\"\n")[0].contains("backends[0].url"));
         assert!(problems("[[backends]]\nurl = \"http://127.0.0.1:1/api\"\n")[0].contains("path"));
     }

@@ -73,6 +73,32 @@ pub fn write_error(out: &mut BytesMut, status: u16, keep_alive: bool) {
     }
 }
 
+/// Appends a redirect to `location` with a short text body naming it.
+pub fn write_redirect(out: &mut BytesMut, status: u16, location: &str, keep_alive: bool) {
+    let mut code = itoa::Buffer::new();
+    let mut len = itoa::Buffer::new();
+    let reason = reason_phrase(status);
+    for part in [
+        "HTTP/1.1 ",
+        code.format(status),
+        " ",
+        reason,
+        "\r\nServer: ringproxy\r\nLocation: ",
+        location,
+        "\r\nContent-Type: text/plain\r\nContent-Length: ",
+        len.format(location.len() + 1),
+        if keep_alive {
+            "\r\n\r\n"
+        } else {
+            "\r\nConnection: close\r\n\r\n"
+        },
+        location,
+        "\n",
+    ] {
+        out.extend_from_slice(part.as_bytes());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,7 @@
 //! Socket primitives, below the HTTP and proxy layers: timed reads and writes (`io`, bounded by
 //! `deadline`'s coarse per-thread wheel rather than a timer each), zero-copy
 //! forwarding (`splice`), the client-facing listeners (`listener`), the open-files budget
-//! (`fd_budget`) and the client and upstream byte streams (`stream`). Nothing here knows HTTP.
+//! (`fd_budget`), the client and upstream byte streams (`stream`) and TLS on them (`tls`). Nothing here knows HTTP.
 
 pub mod deadline;
 pub mod fd_budget;
@@ -9,6 +9,7 @@ pub mod io;
 pub mod listener;
 pub mod splice;
 pub mod stream;
+pub mod tls;
 
 /// Which I/O driver monoio's `FusionDriver` picks on this machine.
 pub fn driver_name() -> &'static str {

@@ -1,8 +1,10 @@
 //! One structured line per request (target `access`), written through the non-blocking
 //! log writer so a slow stdout never stalls a worker. Requests the proxy refused before
-//! forwarding (400, 408, 413, 414, 431, 501, 505) get a line too, with the reason.
+//! forwarding (400, 408, 413, 414, 431, 501, 505) get a line too, with the reason. Requests
+//! over TLS say the version, cipher suite and server name (SNI) agreed.
 
 use crate::config::RouteRule;
+use crate::net::tls::TlsInfo;
 use crate::upstream::Backend;
 use std::borrow::Cow;
 use std::time::Duration;
@@ -55,6 +57,8 @@ pub struct AccessContext<'a> {
     pub worker: usize,
     /// From the request head to the end of the response.
     pub total: Duration,
+    /// What the TLS handshake agreed, for a request over TLS.
+    pub tls: Option<&'a TlsInfo>,
 }
 
 pub fn emit(ctx: &AccessContext<'_>, rec: &AccessRecord<'_>) {
@@ -73,6 +77,9 @@ pub fn emit(ctx: &AccessContext<'_>, rec: &AccessRecord<'_>) {
         bytes_out = rec.bytes_out,
         reason = rec.reason.unwrap_or("-"),
         worker = ctx.worker,
+        tls_version = ctx.tls.map_or("-", |t| t.version),
+        tls_cipher = ctx.tls.map_or("-", |t| t.cipher),
+        sni = ctx.tls.and_then(|t| t.sni.as_deref()).unwrap_or("-"),
     );
 }
 

@@ -10,8 +10,9 @@ use super::forwarding::write_interim_head;
 use super::transfer::TransferError;
 use crate::http::{parse_response, RequestHead, ResponseHead};
 use crate::net::deadline::Deadline;
-use crate::net::io::{read_more_until, recv_now, second_stream, write_buf, IoFail, SecondStream};
+use crate::net::io::{read_more_until, write_buf, IoFail};
 use crate::net::stream::ClientStream;
+use crate::net::stream::SecondHandle;
 use crate::net::stream::UpstreamStream;
 use crate::upstream::UpstreamConn;
 use bytes::BytesMut;
@@ -130,18 +131,14 @@ pub enum BodySent {
     Broken(Failure),
 }
 
-/// A second descriptor of the upstream socket, to wait for its answer while the body transfer
-/// holds the stream itself. `None` if it could not be had: the body is then just sent.
-pub struct Watcher(Option<SecondStream>);
+/// A second handle on the upstream stream (a second descriptor of its socket, sharing the TLS
+/// session if any), to wait for its answer while the body transfer holds the stream itself.
+/// `None` if it could not be had: the body is then just sent.
+pub struct Watcher(Option<SecondHandle>);
 
 impl Watcher {
     pub fn new(upstream: &UpstreamStream) -> Watcher {
-        if upstream.tcp().is_none() {
-            // A stream with a layer over the socket (TLS) cannot be watched from a second
-            // descriptor: the body is then just sent.
-            return Watcher(None);
-        }
-        match second_stream(upstream.socket_fd()) {
+        match upstream.second_source().open() {
             Ok(watcher) => Watcher(Some(watcher)),
             Err(e) => {
                 tracing::debug!(error = %e, "cannot watch the upstream for an early answer");
@@ -150,8 +147,8 @@ impl Watcher {
         }
     }
 
-    /// The duplicate descriptor, to read the rest of an early answer from.
-    pub fn into_stream(self) -> Option<SecondStream> {
+    /// The second handle, to read the rest of an early answer from.
+    pub fn into_stream(self) -> Option<SecondHandle> {
         self.0
     }
 }
@@ -169,10 +166,7 @@ pub async fn send_body_watching<F>(
 where
     F: Future<Output = Result<u64, TransferError>>,
 {
-    let Watcher(Some(SecondStream {
-        stream: watcher, ..
-    })) = watcher
-    else {
+    let Watcher(Some(watcher)) = watcher else {
         return BodySent::Finished(transfer.await);
     };
     loop {
@@ -181,8 +175,8 @@ where
             // is a normal exchange, and the upstream connection stays reusable.
             biased;
             sent = &mut transfer => return BodySent::Finished(sent),
-            ready = watcher.readable(false) => {
-                let received = ready.and_then(|()| recv_now(watcher, rbuf, UPSTREAM_HEAD_READ));
+            ready = watcher.readable() => {
+                let received = ready.and_then(|()| watcher.recv_now(rbuf, UPSTREAM_HEAD_READ));
                 match received {
                     Ok(Some(0)) | Err(_) => {
                         // Closed or failed: the transfer will see it too, and the caller then

@@ -4,10 +4,11 @@
 //! are answered (400-505), logged and counted here.
 
 use super::access_log::{self, AccessContext, AccessRecord};
+use super::context::ParkedConn;
 use super::context::Registration;
 use super::handle::{handle, record_metrics, Next};
 use super::linger::linger_close;
-use super::{parking, ClientConn, ConnectionSlot, WorkerCtx};
+use super::{handshake, parking, ClientConn, ConnectionSlot, WorkerCtx};
 use crate::http::{parse_request, status, RequestError, RequestHead};
 use crate::net::deadline::Deadline;
 use crate::net::io::{read_more_or_give_up, read_more_until, write_buf, IoFail};
@@ -47,22 +48,48 @@ pub fn spawn_connection(
     slot: ConnectionSlot,
     resumed: bool,
 ) {
+    monoio::spawn(run_connection(ctx, stream, peer, slot, resumed));
+}
+
+/// Serves a connection accepted on the TLS listener in its own task: the handshake first.
+pub fn spawn_tls_connection(
+    ctx: Rc<WorkerCtx>,
+    tcp: monoio::net::TcpStream,
+    peer: SocketAddr,
+    slot: ConnectionSlot,
+) {
     monoio::spawn(async move {
-        let Some((stream, idle_left)) = serve_connection(stream, peer, &ctx, resumed).await else {
-            return;
-        };
-        if ctx.shared.is_draining() {
-            return;
-        }
-        // Only a plain socket can wait in the lot (its descriptor is all there is to it).
-        let Ok(socket) = stream.into_tcp() else {
-            return;
-        };
-        let parked = ctx.parking.borrow_mut().park(socket, peer, slot, idle_left);
-        if let Err(e) = parked {
-            tracing::warn!(client = %peer, worker = ctx.worker_id, error = %e, "cannot park an idle connection; closing it");
+        if let Some(stream) = handshake::accept(&ctx, tcp, peer).await {
+            run_connection(ctx, ClientStream::Tls(stream), peer, slot, false).await;
         }
     });
+}
+
+async fn run_connection(
+    ctx: Rc<WorkerCtx>,
+    stream: ClientStream,
+    peer: SocketAddr,
+    slot: ConnectionSlot,
+    resumed: bool,
+) {
+    let Some((stream, idle_left)) = serve_connection(stream, peer, &ctx, resumed).await else {
+        return;
+    };
+    if ctx.shared.is_draining() {
+        return;
+    }
+    // The socket waits in the lot, with its TLS session if it has one.
+    let Ok((socket, tls)) = stream.into_parked() else {
+        return;
+    };
+    let parked = ParkedConn { slot, tls };
+    let parked = ctx
+        .parking
+        .borrow_mut()
+        .park(socket, peer, parked, idle_left);
+    if let Err(e) = parked {
+        tracing::warn!(client = %peer, worker = ctx.worker_id, error = %e, "cannot park an idle connection; closing it");
+    }
 }
 
 /// The parking lot's task: resumes parked connections that turn readable and closes those
@@ -84,8 +111,9 @@ pub async fn run_parking_lot(ctx: Rc<WorkerCtx>) {
         }
         let woken = ctx.parking.borrow_mut().wake();
         for conn in woken {
-            let stream = ClientStream::Plain(conn.stream);
-            spawn_connection(ctx.clone(), stream, conn.peer, conn.slot, true);
+            let ParkedConn { slot, tls } = conn.slot;
+            let stream = ClientStream::unparked(conn.stream, tls);
+            spawn_connection(ctx.clone(), stream, conn.peer, slot, true);
         }
         let now = Instant::now();
         let parked = {
@@ -113,6 +141,7 @@ async fn serve_connection(
     }
     let registration = ctx.register(stream.socket_fd());
     let mut conn = ClientConn {
+        tls: stream.tls().map(handshake::client_tls),
         scheme: stream.scheme(),
         stream,
         rbuf: BytesMut::with_capacity(CLIENT_READ_BUF),
@@ -266,6 +295,7 @@ async fn reject(
             backend_url: None,
             worker: ctx.worker_id,
             total,
+            tls: conn.tls.as_ref().map(|t| &t.info),
         };
         access_log::emit(&access, &rec);
     }

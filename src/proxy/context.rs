@@ -8,6 +8,7 @@ use super::parking::ParkingLot;
 use crate::metrics::{bump, WorkerMetrics};
 use crate::net::fd_budget::{self, Lease};
 use crate::net::io::IdleState;
+use crate::net::tls::ParkedSession;
 use crate::state::{Shared, Snapshot};
 use crate::upstream::{Balancer, UpstreamPool, Upstreams};
 use slab::Slab;
@@ -41,7 +42,13 @@ pub struct WorkerCtx {
     connections: RefCell<Slab<(RawFd, bool)>>,
     /// Client connections open on this worker (served or parked), for `max_connections`.
     active: Cell<usize>,
-    pub parking: RefCell<ParkingLot<ConnectionSlot>>,
+    pub parking: RefCell<ParkingLot<ParkedConn>>,
+}
+
+/// What a parked connection keeps besides its socket: its slot, and its TLS session.
+pub struct ParkedConn {
+    pub slot: ConnectionSlot,
+    pub tls: Option<ParkedSession>,
 }
 
 /// A connection task's entry in the worker's registry; removed when dropped.

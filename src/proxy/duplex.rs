@@ -4,11 +4,12 @@
 //! for the other and bodies larger than the socket buffers never deadlock.
 
 use super::error::Failure;
-use super::forwarding::{response_framing, write_response_head, Redirects, TrailerPolicy};
+use super::forwarding::{
+    response_framing, write_response_head, Redirects, ResponsePolicy, TrailerPolicy,
+};
 use super::transfer::{transfer_body, Sink, Source, TransferError};
-use crate::config::HeaderEdits;
 use crate::http::{BodyDecoder, RequestHead, ResponseHead};
-use crate::net::io::ReadyStream;
+use crate::net::stream::SecondHandle;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -24,15 +25,16 @@ pub struct Duplexed {
 
 /// Relays `resp` to the client while `transfer` goes on sending the request body, both at
 /// once (the upstream may need more of the body before it sends more of the answer, so neither
-/// may wait for the other). Through readiness and non-blocking calls on second descriptors
-/// (`ReadyStream`, the upstream's and the client's in `ends`): the body transfer may be
-/// splicing, which puts the sockets in non-blocking mode. Ends when the response is complete,
+/// may wait for the other). Through second handles on both streams (`ends`: the upstream's to
+/// read, the client's to write): by readiness and non-blocking calls on plain sockets, which the
+/// body transfer may be splicing (that puts them in non-blocking mode); sharing the session of
+/// a TLS one. Ends when the response is complete,
 /// with the client told `Connection: close` (whether the body will complete is not known when
 /// the head goes out). A client body that fails meanwhile aborts the exchange: the client
 /// connection is reset.
 pub async fn relay_duplex<F>(
     mut transfer: Pin<&mut F>,
-    ends: (ReadyStream, ReadyStream),
+    ends: (SecondHandle, SecondHandle),
     out: &mut bytes::BytesMut,
     up_rbuf: &mut bytes::BytesMut,
     answer: EarlyAnswer<'_>,
@@ -46,11 +48,11 @@ where
         req,
         resp,
         redirects,
-        edits,
+        policy,
     } = answer;
     let framing = response_framing(req, resp);
     out.clear();
-    write_response_head(out, req, resp, framing, false, redirects.as_ref(), edits);
+    write_response_head(out, req, resp, framing, false, redirects.as_ref(), policy);
     let mut decoder = BodyDecoder::new(resp.body);
     let source = Source {
         stream: &mut reader,
@@ -90,7 +92,7 @@ pub struct EarlyAnswer<'a> {
     pub req: &'a RequestHead,
     pub resp: &'a ResponseHead,
     pub redirects: Option<Redirects<'a>>,
-    pub edits: &'a HeaderEdits,
+    pub policy: ResponsePolicy<'a>,
 }
 
 /// How relaying the response went: the bytes the client got, and whether it was whole.

@@ -64,6 +64,10 @@ pub enum Failure {
     OutOfDescriptors,
     /// The response had started when the upstream failed: the client connection is reset.
     Aborted(&'static str),
+    /// The Host is not a name of the certificate the connection was set up with (strict SNI).
+    Misdirected,
+    /// Plain HTTP to be redirected to this `https://` location (`redirect_http`).
+    ToHttps(String),
 }
 
 impl Failure {
@@ -79,7 +83,14 @@ impl Failure {
             Failure::BodyTooLarge => Some(413),
             Failure::ClientBodyTimeout => Some(408),
             Failure::ClientGone | Failure::Aborted(_) => None,
+            Failure::Misdirected => Some(421),
+            Failure::ToHttps(_) => Some(308),
         }
+    }
+
+    /// Answered by the proxy as a matter of policy, not because something failed.
+    pub fn is_policy(&self) -> bool {
+        matches!(self, Failure::Misdirected | Failure::ToHttps(_))
     }
 }
 
@@ -91,6 +102,7 @@ impl Failure {
             Failure::NoBackendUp => "no backend is up",
             Failure::Connect(ConnectError::Timeout) => "connect to upstream timed out",
             Failure::Connect(ConnectError::Failed(_)) => "connect to upstream failed",
+            Failure::Connect(ConnectError::Handshake(_)) => "TLS handshake with upstream failed",
             Failure::Connect(ConnectError::NoDescriptor(_)) => "out of file descriptors",
             Failure::UpstreamTimeout => "upstream response head timed out",
             Failure::Upstream(why) | Failure::Aborted(why) => why,
@@ -99,6 +111,8 @@ impl Failure {
             Failure::ClientBodyTimeout => "client stalled sending the body",
             Failure::ClientGone => "client closed the connection",
             Failure::OutOfDescriptors => "out of file descriptors",
+            Failure::Misdirected => "host not covered by the certificate chosen by SNI",
+            Failure::ToHttps(_) => "redirected to https",
         }
     }
 }
@@ -116,6 +130,10 @@ impl std::fmt::Display for Failure {
             Failure::ClientBodyTimeout => f.write_str("client stalled sending the body"),
             Failure::ClientGone => f.write_str("client closed the connection"),
             Failure::OutOfDescriptors => f.write_str("out of file descriptors"),
+            Failure::Misdirected => {
+                f.write_str("host not covered by the certificate chosen by SNI")
+            }
+            Failure::ToHttps(to) => write!(f, "redirected to {to}"),
         }
     }
 }

@@ -9,7 +9,10 @@ use super::answer::{
 };
 use super::duplex::{relay_duplex, Duplexed, EarlyAnswer};
 use super::error::{request_body_failure, AttemptError, Failure, Retry};
-use super::forwarding::{write_request_head, ForwardedFor, Outgoing, Redirects, TrailerPolicy};
+use super::forwarding::{
+    write_request_head, ForwardedFor, Outgoing, Redirects, ResponsePolicy, TrailerPolicy,
+};
+use super::https;
 use super::request_body::RequestBody;
 use super::route::Route;
 use super::transfer::{transfer_body, Sink, Source, TransferError};
@@ -18,7 +21,7 @@ use crate::config::HostHeader;
 use crate::http::{status, BodyDecoder, OutFraming, RequestHead, ResponseHead, Version};
 use crate::metrics::bump;
 use crate::net::deadline::Deadline;
-use crate::net::io::{second_stream, write_buf, write_buf_tracked, IoFail, ReadyStream};
+use crate::net::io::{write_buf, write_buf_tracked, IoFail};
 use crate::upstream::{connect, group, ConnectError, InFlight, UpstreamConn};
 use smallvec::SmallVec;
 use std::time::{Duration, Instant};
@@ -141,11 +144,11 @@ async fn upstream_connection(
         }
     }
     let timeout = route.timeouts.connect;
-    let mut connected = connect(target.id, target.addr, timeout).await;
+    let mut connected = connect(target.id, target.addr, target.tls(), timeout).await;
     if let Err(ConnectError::NoDescriptor(_)) = connected {
         // The worker's share is full: an idle pooled connection gives its descriptor up.
         if ctx.pool().close_oldest() {
-            connected = connect(target.id, target.addr, timeout).await;
+            connected = connect(target.id, target.addr, target.tls(), timeout).await;
         }
     }
     match connected {
@@ -160,7 +163,7 @@ async fn upstream_connection(
             Err(AttemptError::never_local(Failure::Connect(e)))
         }
         Err(e) => {
-            tracing::warn!(backend = %target.url, error = ?e, worker = ctx.worker_id, "upstream connect failed");
+            tracing::warn!(backend = %target.url, error = %e, worker = ctx.worker_id, "upstream connect failed");
             let stats = target.stats(ctx.worker_id);
             bump(&stats.connect_errors);
             if matches!(e, ConnectError::Timeout) {
@@ -293,6 +296,7 @@ async fn send_request(
         client_ip: &conn.peer_ip,
         scheme: conn.scheme,
         allow_underscores: config.limits.allow_underscores,
+        client_cert: conn.tls.as_ref().and_then(|t| t.client_cert.as_ref()),
     };
     let target = &route.backends()[backend];
     let outgoing = Outgoing {
@@ -379,8 +383,12 @@ async fn send_streaming_body(
 ) -> Result<Sent, Failure> {
     let io_timeout = route.timeouts.io;
     let sent_at = Instant::now();
-    // The client's socket, for a second descriptor to answer on while the body still streams.
-    let client_fd = conn.stream.tcp().map(|_| conn.stream.socket_fd());
+    // The client's stream, for a second handle to answer on while the body still streams.
+    let client_second = conn.stream.second_source();
+    let policy = ResponsePolicy {
+        hsts: https::hsts(conn, route.config),
+        edits: route.response_headers,
+    };
     let watcher = Watcher::new(&up.stream);
     let source = Source {
         stream: &mut conn.stream,
@@ -411,20 +419,20 @@ async fn send_streaming_body(
         BodySent::AnsweredEarly(mut head) => {
             let head_after = sent_at.elapsed();
             let reader = watcher.into_stream();
-            let writer = client_fd.map(second_stream);
-            let (Some(reader), Some(Ok(writer))) = (reader, writer) else {
+            let writer = client_second.open();
+            let (Some(reader), Ok(writer)) = (reader, writer) else {
                 // No descriptors to go both ways at once: the answer is relayed alone and the
                 // rest of the body is not sent (the connection is then out of step).
                 drop(transfer);
                 head.reusable = false;
                 return Ok(Sent::AnsweredEarly(head));
             };
-            let ends = (ReadyStream(reader), ReadyStream(writer));
+            let ends = (reader, writer);
             let answer = EarlyAnswer {
                 req,
                 resp: &head,
                 redirects: Redirects::for_request(route, backend, req, conn.scheme),
-                edits: route.response_headers,
+                policy,
             };
             let relayed = relay_duplex(
                 transfer.as_mut(),

@@ -23,6 +23,9 @@ pub struct ForwardedFor<'a> {
     pub scheme: Scheme,
     /// Forward request fields whose name contains `_` (`[limits] allow_underscores_in_headers`).
     pub allow_underscores: bool,
+    /// The client's verified certificate (mutual TLS): subject and subjectAltName, sent as
+    /// `X-Client-Cert-Subject` and `X-Client-Cert-SAN`.
+    pub client_cert: Option<&'a (String, String)>,
 }
 
 /// The request fields the proxy itself answers for: dropped from what the client sent, then
@@ -31,7 +34,9 @@ pub struct ForwardedFor<'a> {
 enum Vouched {
     ForwardedFor,
     Forwarded,
-    /// `X-Forwarded-Proto`, `X-Forwarded-Host`: replaced.
+    /// `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Client-Cert-Subject`, `X-Client-Cert-SAN`:
+    /// replaced (the client-certificate fields dropped when no certificate was verified, so a
+    /// client cannot claim one).
     Replaced,
 }
 
@@ -42,6 +47,8 @@ fn vouched(name: &[u8]) -> Option<Vouched> {
         9 if name.eq_ignore_ascii_case(b"forwarded") => Some(Vouched::Forwarded),
         16 if name.eq_ignore_ascii_case(b"x-forwarded-host") => Some(Vouched::Replaced),
         17 if name.eq_ignore_ascii_case(b"x-forwarded-proto") => Some(Vouched::Replaced),
+        17 if name.eq_ignore_ascii_case(b"x-client-cert-san") => Some(Vouched::Replaced),
+        21 if name.eq_ignore_ascii_case(b"x-client-cert-subject") => Some(Vouched::Replaced),
         _ => None,
     }
 }
@@ -143,6 +150,10 @@ fn write_vouched(out: &mut BytesMut, req: &RequestHead, from: &ForwardedFor<'_>,
     out.extend_from_slice(b"\r\n");
     if let Some(host) = req.host() {
         push_header(out, b"X-Forwarded-Host", host);
+    }
+    if let Some((subject, san)) = from.client_cert {
+        push_header(out, b"X-Client-Cert-Subject", subject.as_bytes());
+        push_header(out, b"X-Client-Cert-SAN", san.as_bytes());
     }
     out.extend_from_slice(b"Forwarded: ");
     for v in prior(Vouched::Forwarded) {
@@ -263,6 +274,24 @@ impl<'a> Redirects<'a> {
     }
 }
 
+/// What the proxy sets in every response to a client: `Strict-Transport-Security` over HTTPS
+/// (`[tls] hsts_max_age_seconds`), in place of the upstream's.
+/// And the route's edits of response fields (`response_headers`).
+#[derive(Clone, Copy)]
+pub struct ResponsePolicy<'a> {
+    pub hsts: Option<&'a str>,
+    pub edits: &'a HeaderEdits,
+}
+
+impl Default for ResponsePolicy<'_> {
+    fn default() -> Self {
+        ResponsePolicy {
+            hsts: None,
+            edits: HeaderEdits::none(),
+        }
+    }
+}
+
 /// Appends the client response head; `redirects`, where given, rewrites the backend's own
 /// absolute redirects; `edits` are the route's response fields.
 pub fn write_response_head(
@@ -272,7 +301,7 @@ pub fn write_response_head(
     framing: OutFraming,
     keep_alive: bool,
     redirects: Option<&Redirects<'_>>,
-    edits: &HeaderEdits,
+    policy: ResponsePolicy<'_>,
 ) {
     let raw = &resp.raw[..];
     let mut code = itoa::Buffer::new();
@@ -284,8 +313,11 @@ pub fn write_response_head(
     for h in &resp.headers {
         let (name, value) = (h.name.of(raw), h.value.of(raw));
         if (framing != OutFraming::Chunked && name.eq_ignore_ascii_case(b"trailer"))
-            || edits.touches(name)
+            || policy.edits.touches(name)
         {
+            continue;
+        }
+        if policy.hsts.is_some() && name.eq_ignore_ascii_case(b"strict-transport-security") {
             continue;
         }
         match redirects.and_then(|r| r.rewrite_field(name, value)) {
@@ -293,7 +325,7 @@ pub fn write_response_head(
             None => push_header(out, name, value),
         }
     }
-    push_set_fields(out, edits);
+    push_set_fields(out, policy.edits);
     match (framing, resp.body) {
         (OutFraming::Length, BodyKind::Length(n)) => push_content_length(out, n),
         (OutFraming::Chunked, _) => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
@@ -306,6 +338,9 @@ pub fn write_response_head(
             }
         }
         _ => {}
+    }
+    if let Some(hsts) = policy.hsts {
+        push_header(out, b"Strict-Transport-Security", hsts.as_bytes());
     }
     if !keep_alive {
         out.extend_from_slice(b"Connection: close\r\n");
@@ -440,6 +475,7 @@ mod tests {
             client_ip,
             scheme: Scheme::Http,
             allow_underscores: false,
+            client_cert: None,
         }
     }
 
@@ -558,6 +594,8 @@ mod tests {
             "forwarded: for=10.0.0.1",
             "X-Forwarded-Proto: https",
             "X-Forwarded-Host: evil",
+            "X-Client-Cert-Subject: CN=admin",
+            "x-client-cert-san: DNS:admin",
             "X-Hop: named in Connection",
             "Close: named in Connection",
             "X_Forwarded_Proto: https",
@@ -676,7 +714,7 @@ mod tests {
                 framing,
                 true,
                 None,
-                HeaderEdits::none(),
+                ResponsePolicy::default(),
             );
             assert!(std::str::from_utf8(&out).unwrap().contains(want), "{raw}");
         }
@@ -713,7 +751,7 @@ mod tests {
             framing,
             false,
             None,
-            HeaderEdits::none(),
+            ResponsePolicy::default(),
         );
         assert_eq!(
             &out[..],
@@ -732,7 +770,7 @@ mod tests {
             framing,
             true,
             None,
-            HeaderEdits::none(),
+            ResponsePolicy::default(),
         );
         assert_eq!(&out[..], b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n");
     }
@@ -794,7 +832,10 @@ mod tests {
             OutFraming::Length,
             true,
             None,
-            &edits,
+            ResponsePolicy {
+                hsts: None,
+                edits: &edits,
+            },
         );
         assert_eq!(
             std::str::from_utf8(&out).unwrap(),

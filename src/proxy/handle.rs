@@ -8,11 +8,11 @@ use super::access_log::{self, AccessContext, AccessRecord};
 use super::error::Failure;
 use super::request_body::RequestBody;
 use super::route::Routed;
-use super::{admit, exchange, relay, reply, route};
+use super::{admit, exchange, https, relay, reply, route};
 use super::{ClientConn, WorkerCtx};
 use crate::http::{status, RequestHead};
 use crate::metrics::{bump, status_class};
-use crate::net::io::{reset_on_close, write_buf};
+use crate::net::io::write_buf;
 use crate::state::Snapshot;
 use std::time::{Duration, Instant};
 
@@ -66,6 +66,7 @@ async fn proxy_request<'v>(
     view: &'v Snapshot,
     rec: &mut AccessRecord<'v>,
 ) -> Result<bool, Failure> {
+    https::check(conn, req, &view.config)?;
     let route = match route::route(req, view).map_err(Failure::BadRequest)? {
         Routed::Forward(route) => route,
         Routed::Reply(answer) => return reply::send(conn, req, body, answer, ctx, view, rec).await,
@@ -94,7 +95,7 @@ async fn answer_failure(
         tracing::info!(client = %conn.peer, backend, reason = %failure, worker = ctx.worker_id, "request abandoned");
         rec.answered = false;
         if let Failure::Aborted(_) = failure {
-            reset_on_close(conn.stream.socket_fd());
+            conn.stream.reset_on_close();
         }
         // The status that went out, if a head did (nginx logs that too); else 502 for an
         // upstream that broke, or nginx's 499 for "client closed the connection".
@@ -107,11 +108,19 @@ async fn answer_failure(
         }
         return false;
     };
-    tracing::warn!(client = %conn.peer, backend, status = code, reason = %failure, worker = ctx.worker_id, "request failed");
+    if !failure.is_policy() {
+        tracing::warn!(client = %conn.peer, backend, status = code, reason = %failure, worker = ctx.worker_id, "request failed");
+    }
     rec.status = code;
-    let keep = req.keep_alive && body.complete() && code >= 500 && !ctx.shared.is_draining();
+    let keep = req.keep_alive
+        && body.complete()
+        && (code >= 500 || failure.is_policy())
+        && !ctx.shared.is_draining();
     conn.out.clear();
-    status::write_error(&mut conn.out, code, keep);
+    match &failure {
+        Failure::ToHttps(location) => status::write_redirect(&mut conn.out, code, location, keep),
+        _ => status::write_error(&mut conn.out, code, keep),
+    }
     rec.bytes_out = conn.out.len() as u64;
     write_buf(&mut conn.stream, &mut conn.out, view.config.timeouts.io)
         .await
@@ -140,6 +149,7 @@ fn log_request(
             backend_url: rec.backend.map(|b| b.url.as_str()),
             worker: ctx.worker_id,
             total,
+            tls: conn.tls.as_ref().map(|t| &t.info),
         };
         access_log::emit(&access, rec);
     }

@@ -5,7 +5,8 @@
 //! `exchange` (pick an upstream, send, read the answer, retry as `error`'s verdicts allow) ->
 //! `relay` (stream the answer back, or tunnel) -> the access log. `forwarding` is what the
 //! proxy adds, removes and rewrites; `transfer` streams one body; `answer` reads the upstream's
-//! answer, also while a request body still streams.
+//! answer, also while a request body still streams. `handshake` runs a TLS client's handshake;
+//! `https` is what the TLS settings ask of each request (strict SNI, redirects to HTTPS).
 
 mod access_log;
 mod admit;
@@ -17,6 +18,8 @@ mod error;
 mod exchange;
 mod forwarding;
 mod handle;
+mod handshake;
+mod https;
 mod linger;
 mod parking;
 mod relay;
@@ -26,10 +29,11 @@ mod route;
 mod transfer;
 mod tunnel;
 
-pub use connection::{run_parking_lot, spawn_connection};
+pub use connection::{run_parking_lot, spawn_connection, spawn_tls_connection};
 pub use context::{ConnectionSlot, WorkerCtx};
 
 use crate::net::stream::{ClientStream, Scheme};
+use crate::net::tls::TlsInfo;
 use bytes::BytesMut;
 use std::net::SocketAddr;
 
@@ -46,4 +50,13 @@ pub struct ClientConn {
     pub upstream_out: BytesMut,
     pub peer: SocketAddr,
     pub peer_ip: String,
+    /// What the TLS handshake agreed, on the TLS listener.
+    pub tls: Option<ClientTls>,
+}
+
+/// A TLS connection's facts a request uses: what was agreed (access log, strict SNI) and the
+/// client's verified certificate, as subject and subjectAltName text (mutual TLS).
+pub struct ClientTls {
+    pub info: TlsInfo,
+    pub client_cert: Option<(String, String)>,
 }

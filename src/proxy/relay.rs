@@ -7,7 +7,10 @@
 use super::access_log::AccessRecord;
 use super::error::Failure;
 use super::exchange::{Answer, Exchanged};
-use super::forwarding::{response_framing, write_response_head, Redirects, TrailerPolicy};
+use super::forwarding::{
+    response_framing, write_response_head, Redirects, ResponsePolicy, TrailerPolicy,
+};
+use super::https;
 use super::request_body::RequestBody;
 use super::route::Route;
 use super::transfer::{transfer_body, Sink, Source, TransferError};
@@ -83,6 +86,10 @@ async fn relay_response(
         && !from.ctx.shared.is_draining();
     conn.out.clear();
     let redirects = Redirects::for_request(from.route, from.backend, req, conn.scheme);
+    let policy = ResponsePolicy {
+        hsts: https::hsts(conn, from.route.config),
+        edits: from.route.response_headers,
+    };
     write_response_head(
         &mut conn.out,
         req,
@@ -90,7 +97,7 @@ async fn relay_response(
         framing,
         client_keep,
         redirects.as_ref(),
-        from.route.response_headers,
+        policy,
     );
     rec.status = resp.status;
     rec.bytes_out = conn.out.len() as u64;

@@ -7,12 +7,12 @@
 use super::forwarding::write_switching_head;
 use super::ClientConn;
 use crate::http::ResponseHead;
-use crate::net::io::{read_more_or_give_up, second_stream, write_buf, HalfClose, SecondStream};
-use crate::net::stream::{ClientStream, UpstreamStream};
+use crate::net::io::{read_more_or_give_up, write_buf, HalfClose, ReadyStream, SecondStream};
+use crate::net::stream::{ClientStream, SecondHandle, SecondSource, UpstreamStream};
+use crate::net::tls::TlsHalf;
 use crate::upstream::UpstreamConn;
 use bytes::BytesMut;
 use monoio::io::{AsyncWriteRent, CancelableAsyncReadRent};
-use monoio::net::TcpStream;
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
@@ -63,32 +63,52 @@ pub async fn switch_protocols(
     {
         return Ok(moved);
     }
-    let ends = Ends {
-        client: &mut conn.stream,
-        upstream: &mut up.stream,
-        client_dup: &mut client_dup.stream,
-        upstream_dup: &mut upstream_dup.stream,
+    // Each direction reads one socket and writes the other; the second handles take the
+    // direction from upstream to client, plain sockets or TLS halves.
+    let (client, upstream) = (&mut conn.stream, &mut up.stream);
+    let (tunneled, ended) = match (&mut client_dup, &mut upstream_dup) {
+        (Second::Plain(c), Second::Plain(u)) => {
+            tunnel(client, upstream, &mut u.stream, &mut c.stream, idle).await
+        }
+        (Second::Plain(c), Second::Tls(u)) => {
+            tunnel(client, upstream, u, &mut c.stream, idle).await
+        }
+        (Second::Tls(c), Second::Plain(u)) => {
+            tunnel(client, upstream, &mut u.stream, c, idle).await
+        }
+        (Second::Tls(c), Second::Tls(u)) => tunnel(client, upstream, u, c, idle).await,
     };
-    let (tunneled, ended) = tunnel(ends, idle).await;
     tracing::debug!(client = %conn.peer, ?ended, ?tunneled, "tunnel closed");
     moved.to_upstream += tunneled.to_upstream;
     moved.to_client += tunneled.to_client;
     Ok(moved)
 }
 
-/// Second descriptors of both sockets: each direction of the tunnel reads one socket and
-/// writes the other, and they run at once without sharing a stream.
+/// A second handle on one end of the tunnel: a second descriptor of a plain socket (used with
+/// io_uring reads and writes like the first: nothing splices in a tunnel), or a TLS half
+/// sharing the stream's session.
+enum Second {
+    Plain(SecondStream),
+    Tls(TlsHalf),
+}
+
+/// A second handle on a stream, as the tunnel uses it.
+fn open_second(source: SecondSource) -> std::io::Result<Second> {
+    Ok(match source.open()? {
+        SecondHandle::Plain(ReadyStream(s)) => Second::Plain(s),
+        SecondHandle::Tls(half) => Second::Tls(half),
+    })
+}
+
+/// Second handles on both streams: each direction of the tunnel reads one socket and writes
+/// the other, and they run at once without sharing a stream.
 fn second_streams(
     client: &ClientStream,
     upstream: &UpstreamStream,
-) -> Result<(SecondStream, SecondStream), SwitchError> {
-    let (Some(_), Some(_)) = (client.tcp(), upstream.tcp()) else {
-        tracing::warn!("cannot set up a tunnel over a stream that is not plain TCP");
-        return Err(SwitchError::NoDescriptor);
-    };
+) -> Result<(Second, Second), SwitchError> {
     match (
-        second_stream(client.socket_fd()),
-        second_stream(upstream.socket_fd()),
+        open_second(client.second_source()),
+        open_second(upstream.second_source()),
     ) {
         (Ok(c), Ok(u)) => Ok((c, u)),
         (Err(e), _) | (_, Err(e)) => {
@@ -108,28 +128,25 @@ enum Ended {
     Failed,
 }
 
-/// The four ends of a tunnel: both streams and a second descriptor of each.
-struct Ends<'a> {
-    client: &'a mut ClientStream,
-    upstream: &'a mut UpstreamStream,
-    client_dup: &'a mut TcpStream,
-    upstream_dup: &'a mut TcpStream,
-}
-
-/// Moves bytes both ways until the tunnel ends.
-async fn tunnel(ends: Ends<'_>, idle: Duration) -> (Moved, Ended) {
+/// Moves bytes both ways until the tunnel ends: client to upstream on the streams themselves,
+/// upstream to client on their second handles.
+async fn tunnel<R, W>(
+    client: &mut ClientStream,
+    upstream: &mut UpstreamStream,
+    upstream_second: &mut R,
+    client_second: &mut W,
+    idle: Duration,
+) -> (Moved, Ended)
+where
+    R: CancelableAsyncReadRent,
+    W: AsyncWriteRent + HalfClose,
+{
     let last_moved = Cell::new(Instant::now());
     let (to_upstream, to_client) = (Cell::new(0), Cell::new(0));
-    let mut up = std::pin::pin!(pump(
-        ends.client,
-        ends.upstream,
-        idle,
-        &last_moved,
-        &to_upstream
-    ));
+    let mut up = std::pin::pin!(pump(client, upstream, idle, &last_moved, &to_upstream));
     let mut down = std::pin::pin!(pump(
-        ends.upstream_dup,
-        ends.client_dup,
+        upstream_second,
+        client_second,
         idle,
         &last_moved,
         &to_client

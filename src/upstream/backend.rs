@@ -3,8 +3,10 @@
 //! admin API) writes them.
 
 use super::passive::{Circuit, PassiveHealth};
+use crate::config::tls::UpstreamTls;
 use crate::config::ResolvedBackend;
 use crate::metrics::{add_gauge, BackendStats};
+use arc_swap::ArcSwapOption;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -36,6 +38,9 @@ pub struct Backend {
     pub own_origins: Vec<String>,
     /// Probed with `GET` by active checks; none: a TCP connect check.
     pub health_check_path: Option<String>,
+    /// An `https://` backend's TLS client settings; a reload may replace them (a new CA) while
+    /// the backend keeps its state.
+    tls: ArcSwapOption<UpstreamTls>,
     up: AtomicBool,
     weight: AtomicU32,
     /// Circuit breaker fed by every worker's traffic.
@@ -59,6 +64,7 @@ impl Backend {
             authority: authority(&b.url),
             own_origins: own_origins(&b.url, b.addr),
             health_check_path: b.health_check_path.clone(),
+            tls: ArcSwapOption::from(b.tls.clone().map(Arc::new)),
             // Until health checks run, every backend is taken to be up.
             up: AtomicBool::new(true),
             weight: AtomicU32::new(b.weight),
@@ -138,28 +144,45 @@ impl Backend {
             WEIGHTS_EPOCH.fetch_add(1, Ordering::Relaxed);
         }
     }
+
+    /// How new connections to an `https://` backend speak TLS; `None` for `http://`.
+    pub fn tls(&self) -> Option<Arc<UpstreamTls>> {
+        self.tls.load_full()
+    }
+
+    pub fn set_tls(&self, tls: Option<UpstreamTls>) {
+        self.tls.store(tls.map(Arc::new));
+    }
 }
 
-/// The `host[:port]` of an `http://host[:port][/]` URL.
+/// The `host[:port]` of an `http(s)://host[:port][/]` URL.
 fn authority(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     rest.trim_end_matches('/').to_string()
 }
 
-/// `http://authority` forms of a backend: as its URL says (with and without a default port),
+/// `scheme://authority` forms of a backend: as its URL says (with and without a default port),
 /// and by its address.
 fn own_origins(url: &str, addr: SocketAddr) -> Vec<String> {
     let mut origins = Vec::with_capacity(3);
     let url = url.trim_end_matches('/');
     origins.push(url.to_ascii_lowercase());
-    if let Some(authority) = url.strip_prefix("http://") {
+    let (scheme, port) = if url.starts_with("https://") {
+        ("https", ":443")
+    } else {
+        ("http", ":80")
+    };
+    if let Some(authority) = url.split_once("://").map(|(_, a)| a) {
         if !authority.contains(':') || authority.ends_with(']') {
-            origins.push(format!("http://{}:80", authority.to_ascii_lowercase()));
-        } else if let Some(host) = authority.strip_suffix(":80") {
-            origins.push(format!("http://{}", host.to_ascii_lowercase()));
+            origins.push(format!(
+                "{scheme}://{}{port}",
+                authority.to_ascii_lowercase()
+            ));
+        } else if let Some(host) = authority.strip_suffix(port) {
+            origins.push(format!("{scheme}://{}", host.to_ascii_lowercase()));
         }
     }
-    let by_address = format!("http://{addr}");
+    let by_address = format!("{scheme}://{addr}");
     if !origins.contains(&by_address) {
         origins.push(by_address);
     }

@@ -1,6 +1,6 @@
 //! Active health checks: one dedicated thread with its own small monoio runtime, one task per
-//! backend sending `GET <health_check_path>` every interval (or, without a path, opening a TCP
-//! connection). Results go through a fall/rise
+//! backend sending `GET <health_check_path>` every interval (over TLS to an `https://` one), or,
+//! without a path, opening a TCP connection. Results go through a fall/rise
 //! tracker (HAProxy's semantics) and are published as the backend's `up` atomic, which every
 //! worker reads on each pick. This thread is the only writer of active-check results.
 //!
@@ -14,6 +14,8 @@ use super::backend::ProbeResult;
 use super::Backend;
 use crate::config::HealthSettings;
 use crate::net::fd_budget::{self, FdOp};
+use crate::net::stream::UpstreamStream;
+use crate::net::tls::TlsStream;
 use bytes::BytesMut;
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
@@ -193,7 +195,7 @@ pub async fn probe(backend: &Backend, timeout: Duration) -> ProbeResult {
 
 async fn probe_unbounded(backend: &Backend) -> ProbeResult {
     let connected = TcpStream::connect_addr(backend.addr).await;
-    let mut stream = match fd_budget::note(FdOp::HealthCheck, connected) {
+    let stream = match fd_budget::note(FdOp::HealthCheck, connected) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return ProbeResult::Refused,
         Err(e) if fd_budget::is_exhaustion(&e) => return ProbeResult::Skipped,
@@ -201,6 +203,18 @@ async fn probe_unbounded(backend: &Backend) -> ProbeResult {
     };
     let Some(path) = &backend.health_check_path else {
         return ProbeResult::Connected;
+    };
+    // An `https://` backend is asked over TLS, verified as for requests.
+    let mut stream = match backend.tls() {
+        None => UpstreamStream::Plain(stream),
+        Some(tls) => {
+            let (config, name) = (tls.config.clone(), tls.server_name.clone());
+            let deadline = Instant::now() + PROBE_READ_BOUND;
+            match TlsStream::connect(stream, config, name, deadline).await {
+                Ok(s) => UpstreamStream::Tls(s),
+                Err(e) => return ProbeResult::Failed(format!("TLS handshake: {e}")),
+            }
+        }
     };
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ringproxy-health\r\nConnection: close\r\n\r\n",

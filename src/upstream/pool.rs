@@ -3,16 +3,19 @@
 //! closed after `idle_timeout`, or when more than `max_idle_per_backend` wait (both per group).
 
 use super::Upstreams;
+use crate::config::tls::UpstreamTls;
 use crate::net::deadline;
 use crate::net::fd_budget::{self, FdOp, Lease};
-use crate::net::io::{idle_state, IdleState};
+use crate::net::io::IdleState;
 use crate::net::stream::UpstreamStream;
+use crate::net::tls::{HandshakeError, TlsStream};
 use bytes::BytesMut;
 use monoio::net::TcpStream;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Read buffer of a fresh upstream connection; it grows for large heads and bodies.
 const UPSTREAM_READ_BUF: usize = 16 * 1024;
@@ -132,7 +135,7 @@ impl UpstreamPool {
                 queue.clear();
                 return None;
             }
-            match idle_state(conn.stream.socket_fd()) {
+            match conn.stream.idle_state() {
                 IdleState::Clean => {
                     conn.reused = true;
                     return Some(conn);
@@ -157,7 +160,7 @@ impl UpstreamPool {
         };
         let max = keep.max_idle;
         if spliced {
-            match idle_state(conn.stream.socket_fd()) {
+            match conn.stream.idle_state() {
                 IdleState::Clean => {}
                 dirty => return Err(dirty),
             }
@@ -205,6 +208,9 @@ fn expired_before(timeout: Duration) -> u64 {
 pub enum ConnectError {
     Failed(std::io::Error),
     Timeout,
+    /// The TLS handshake with an `https://` backend failed (its certificate did not verify,
+    /// it does not speak TLS, ...): why, as rustls says it.
+    Handshake(String),
     /// No descriptor for the socket (EMFILE/ENFILE): this process is short, the backend is not
     /// at fault and another backend would fare no better.
     NoDescriptor(std::io::Error),
@@ -223,7 +229,7 @@ impl ConnectError {
         match self {
             ConnectError::Timeout => 504,
             ConnectError::NoDescriptor(_) => 503,
-            ConnectError::Failed(_) => 502,
+            ConnectError::Failed(_) | ConnectError::Handshake(_) => 502,
         }
     }
 }
@@ -233,6 +239,7 @@ impl std::fmt::Display for ConnectError {
         match self {
             ConnectError::Timeout => f.write_str("connect to upstream timed out"),
             ConnectError::Failed(e) => write!(f, "connect to upstream failed: {e}"),
+            ConnectError::Handshake(e) => write!(f, "TLS handshake with upstream failed: {e}"),
             ConnectError::NoDescriptor(e) => {
                 write!(f, "no descriptor for an upstream connection: {e}")
             }
@@ -240,13 +247,16 @@ impl std::fmt::Display for ConnectError {
     }
 }
 
-/// Opens a new connection to a backend within `timeout`, on a descriptor leased from the
-/// worker's budget (none to lease: `NoDescriptor`, as when the kernel has none).
+/// Opens a new connection to a backend within `timeout` (with its TLS handshake, for an
+/// `https://` one: `tls`), on a descriptor leased from the worker's budget (none to lease:
+/// `NoDescriptor`, as when the kernel has none).
 pub async fn connect(
     backend_id: u64,
     addr: SocketAddr,
+    tls: Option<Arc<UpstreamTls>>,
     timeout: Duration,
 ) -> Result<UpstreamConn, ConnectError> {
+    let deadline = Instant::now() + timeout;
     let no_room = || ConnectError::NoDescriptor(std::io::Error::from_raw_os_error(libc::EMFILE));
     let descriptor = fd_budget::lease(1, FdOp::Connect).ok_or_else(no_room)?;
     let connecting = monoio::time::timeout(timeout, TcpStream::connect_addr(addr));
@@ -258,8 +268,19 @@ pub async fn connect(
     };
     // Heads and small bodies go out in one write; Nagle would only add latency.
     let _ = stream.set_nodelay(true);
+    let stream = match tls {
+        None => UpstreamStream::Plain(stream),
+        Some(tls) => {
+            let name = tls.server_name.clone();
+            match TlsStream::connect(stream, tls.config.clone(), name, deadline).await {
+                Ok(s) => UpstreamStream::Tls(s),
+                Err(HandshakeError::Timeout) => return Err(ConnectError::Timeout),
+                Err(e) => return Err(ConnectError::Handshake(e.to_string())),
+            }
+        }
+    };
     Ok(UpstreamConn {
-        stream: UpstreamStream::Plain(stream),
+        stream,
         _descriptor: descriptor,
         rbuf: BytesMut::with_capacity(UPSTREAM_READ_BUF),
         backend_id,

@@ -69,6 +69,7 @@ mod tests {
                 addr: ([127, 0, 0, 1], port).into(),
                 weight,
                 health_check_path: None,
+                tls: None,
             },
             1,
         )

@@ -48,6 +48,9 @@ pub struct TestConfig {
     pub upstreams: BTreeMap<String, UpstreamGroupSection>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteEntry>,
+    /// `[tls]`; present or not, as the TLS listener is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSection>,
 }
 
 /// True for a section with no key set, which is left out of the file.
@@ -81,6 +84,8 @@ pub struct BackendEntry {
     pub weight: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health_check_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_server_name: Option<String>,
 }
 
 impl BackendEntry {
@@ -92,6 +97,7 @@ impl BackendEntry {
                 url: format!("http://127.0.0.1:{port}"),
                 weight: Some(weight),
                 health_check_path: None,
+                tls_server_name: None,
             })
             .collect()
     }
@@ -200,6 +206,16 @@ pub struct UpstreamSection {
     pub rewrite_redirects: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_header: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_server_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_verify: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_cert: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_key: Option<String>,
 }
 
 /// One `[upstreams.<name>]` group: its backends and the keys it overrides.
@@ -221,6 +237,10 @@ pub struct UpstreamGroupSection {
     pub retries: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rewrite_redirects: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_server_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health_checks: Option<HealthChecksSection>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -343,7 +363,67 @@ pub struct AdminSection {
     pub allow_unauthenticated_remote: Option<bool>,
 }
 
+/// `[tls]`.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+pub struct TlsSection {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alpn: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_tickets: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handshake_timeout_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strict_sni: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redirect_http: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hsts_max_age_seconds: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_exchange_groups: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertificateEntry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<ClientAuthSection>,
+}
+
+/// One `[[tls.certificates]]` entry: file paths.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+pub struct CertificateEntry {
+    pub cert: String,
+    pub key: String,
+}
+
+/// `[tls.client_auth]`.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+pub struct ClientAuthSection {
+    pub ca: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub required: Option<bool>,
+}
+
 impl TestConfig {
+    /// The TLS listener on a port of its own with `certificates`, unless already set.
+    pub fn tls(mut self, certificates: Vec<CertificateEntry>) -> Self {
+        let tls = self.tls.get_or_insert_with(TlsSection::default);
+        tls.port.get_or_insert_with(free_port);
+        tls.certificates = certificates;
+        self
+    }
+
+    /// The TLS listener's port.
+    pub fn tls_port(&self) -> u16 {
+        self.tls
+            .as_ref()
+            .and_then(|t| t.port)
+            .expect("a TestConfig with [tls] and a port")
+    }
+
     /// The harness's config in front of `backends` (weight 1 each): a fresh port on 127.0.0.1,
     /// one unpinned worker, text logs with the access log, active health checks off (so
     /// backends see only the tests' requests) and the admin listener off (its default port is

@@ -103,23 +103,27 @@ impl Message {
     }
 }
 
-/// One side of a TCP connection speaking HTTP/1.1, with 10 s read and write timeouts.
-pub struct HttpConn {
-    reader: BufReader<TcpStream>,
+/// What an `HttpConn` runs over: a TCP socket, or a TLS stream on one (`common::tls`).
+pub trait Wire: Read + Write {
+    /// The socket, for timeouts.
+    fn tcp(&self) -> &TcpStream;
 }
 
-impl HttpConn {
+impl Wire for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+/// One side of a connection speaking HTTP/1.1, with 10 s read and write timeouts: over TCP,
+/// or over TLS (`S`).
+pub struct HttpConn<S: Wire = TcpStream> {
+    reader: BufReader<S>,
+}
+
+impl HttpConn<TcpStream> {
     pub fn new(stream: TcpStream) -> HttpConn {
-        stream
-            .set_read_timeout(Some(IO_TIMEOUT))
-            .expect("set_read_timeout");
-        stream
-            .set_write_timeout(Some(IO_TIMEOUT))
-            .expect("set_write_timeout");
-        stream.set_nodelay(true).expect("set_nodelay");
-        HttpConn {
-            reader: BufReader::with_capacity(64 * 1024, stream),
-        }
+        HttpConn::over(stream)
     }
 
     pub fn connect(port: u16) -> HttpConn {
@@ -129,22 +133,48 @@ impl HttpConn {
         HttpConn::new(stream)
     }
 
-    pub fn stream(&self) -> &TcpStream {
-        self.reader.get_ref()
-    }
-
-    pub fn try_send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.reader.get_mut().write_all(bytes)
-    }
-
-    pub fn send(&mut self, bytes: &[u8]) {
-        self.try_send(bytes).expect("write to socket");
-    }
-
     pub fn shutdown_write(&self) {
         self.stream()
             .shutdown(Shutdown::Write)
             .expect("shutdown write");
+    }
+}
+
+impl<S: Wire> HttpConn<S> {
+    /// HTTP over `stream`, whose socket gets the suite's timeouts.
+    pub fn over(stream: S) -> HttpConn<S> {
+        let tcp = stream.tcp();
+        tcp.set_read_timeout(Some(IO_TIMEOUT))
+            .expect("set_read_timeout");
+        tcp.set_write_timeout(Some(IO_TIMEOUT))
+            .expect("set_write_timeout");
+        tcp.set_nodelay(true).expect("set_nodelay");
+        HttpConn {
+            reader: BufReader::with_capacity(64 * 1024, stream),
+        }
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        self.reader.get_ref().tcp()
+    }
+
+    /// The wire itself (a TLS stream's session, say).
+    pub fn wire(&self) -> &S {
+        self.reader.get_ref()
+    }
+
+    pub fn wire_mut(&mut self) -> &mut S {
+        self.reader.get_mut()
+    }
+
+    pub fn try_send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let wire = self.reader.get_mut();
+        wire.write_all(bytes)?;
+        wire.flush()
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.try_send(bytes).expect("write to socket");
     }
 
     /// Reads a head; `Ok(None)` when the peer closed cleanly before sending any byte.
@@ -286,7 +316,7 @@ impl HttpConn {
     }
 }
 
-impl Read for HttpConn {
+impl<S: Wire> Read for HttpConn<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.reader.read(buf)
     }

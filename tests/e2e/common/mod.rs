@@ -2,7 +2,8 @@
 //! its config (`config`); upstreams: scripted raw-socket ones (`backend`) and named ones with a
 //! switchable health answer (`live_backend`); a strict HTTP/1.1 reader for both sides (`http`);
 //! the admin API client (`admin`) and its Prometheus scrape (`metrics`); a steady keep-alive
-//! load (`load`); a systemd notify socket (`notify`); smuggling probes (`smuggling`); and here,
+//! load (`load`); a systemd notify socket (`notify`); smuggling probes (`smuggling`); TLS
+//! certificates, clients and upstreams (`tls`); and here,
 //! ports, the one polling wait, and small data helpers (patterns, hashes, RSS).
 
 pub mod admin;
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod notify;
 pub mod proxy;
 pub mod smuggling;
+pub mod tls;
 
 pub use backend::{chunked_response_bytes, response_bytes, Backend, Recorded, Reply};
 pub use config::TestConfig;
