@@ -112,7 +112,11 @@ impl HeaderEdits {
     }
 
     /// Whether an incoming field of this name is dropped (removed, or replaced by a set one).
+    #[inline]
     pub fn touches(&self, name: &[u8]) -> bool {
+        if self.set.is_empty() && self.remove.is_empty() {
+            return false;
+        }
         self.remove
             .iter()
             .map(String::as_bytes)

@@ -17,7 +17,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 /// Granularity of the wheel, and how often the sweeper looks.
-const TICK: Duration = Duration::from_millis(10);
+const TICK: Duration = Duration::from_millis(TICK_MS);
+const TICK_MS: u64 = 10;
 /// Slots of the wheel: a deadline further out than this many ticks waits for more rounds.
 const SLOTS: usize = 1024;
 const NONE: usize = usize::MAX;
@@ -123,7 +124,7 @@ impl Wheel {
 /// Ticks from the cached clock to a deadline `timeout` away: rounded up, plus one for the
 /// clock's own lag (the sweeper updates it every tick while the thread's loop turns).
 fn ticks_for(timeout: Duration) -> u64 {
-    (timeout.as_nanos() / TICK.as_nanos()) as u64 + 2
+    timeout.as_millis() as u64 / TICK_MS + 2
 }
 
 /// The sweeper of this thread's wheel: started by the first deadline registered on a thread
@@ -134,7 +135,7 @@ async fn sweep() {
         monoio::time::sleep(TICK).await;
         WHEEL.with(|w| {
             let mut w = w.borrow_mut();
-            let now = (w.base.elapsed().as_nanos() / TICK.as_nanos()) as u64;
+            let now = w.base.elapsed().as_millis() as u64 / TICK_MS;
             w.advance(now, &mut wake);
         });
         for waker in wake.drain(..) {
@@ -214,7 +215,7 @@ pub fn coarse_now() -> u64 {
 
 /// `duration` in ticks of the coarse clock, rounded up.
 pub fn coarse_ticks(duration: Duration) -> u64 {
-    duration.as_nanos().div_ceil(TICK.as_nanos()) as u64
+    (duration.as_millis() as u64).div_ceil(TICK_MS)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -273,6 +274,7 @@ impl<F: Future> Future for Timeout<F> {
 }
 
 /// Completes once `duration` has passed (to within `TICK`), without a timer of its own.
+#[allow(dead_code)] // for waits that are not an operation's (the rate limiter's delays)
 pub fn sleep(duration: Duration) -> Timeout<std::future::Pending<()>> {
     timeout(duration, std::future::pending())
 }

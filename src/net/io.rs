@@ -5,7 +5,7 @@ use super::deadline;
 use super::fd_budget::{FdOp, Lease};
 use bytes::{Bytes, BytesMut};
 use monoio::buf::{IoBufMut, SliceMut};
-use monoio::io::{AsyncReadRent, CancelableAsyncReadRent, Canceller};
+use monoio::io::{AsyncReadRent, CancelableAsyncReadRent};
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
@@ -59,13 +59,18 @@ pub async fn read_more_or_give_up<S: CancelableAsyncReadRent>(
     timeout: Duration,
 ) -> std::io::Result<Option<usize>> {
     let tail = spare_tail(buf, reserve);
-    let canceller = Canceller::new();
+    let canceller = cancellers::take();
     let mut read = std::pin::pin!(stream.cancelable_read(tail, canceller.handle()));
-    let (result, tail) = monoio::select! {
-        done = &mut read => done,
-        _ = deadline::sleep(timeout) => {
-            let _cancelled = canceller.cancel();
-            read.await
+    let (result, tail) = match deadline::timeout(timeout, &mut read).await {
+        Ok(done) => {
+            cancellers::give(canceller);
+            done
+        }
+        Err(deadline::Elapsed) => {
+            let canceller = canceller.cancel();
+            let done = read.await;
+            cancellers::give(canceller);
+            done
         }
     };
     *buf = tail.into_inner();
@@ -73,6 +78,34 @@ pub async fn read_more_or_give_up<S: CancelableAsyncReadRent>(
         Ok(n) => Ok(Some(n)),
         Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+/// monoio's `Canceller`s, kept for reuse by this thread: a new one allocates its shared state
+/// and, at its first read, a hash set; an idle keep-alive wait takes one per request.
+mod cancellers {
+    use monoio::io::Canceller;
+    use std::cell::RefCell;
+
+    /// At most this many kept (one per connection waiting at once is plenty).
+    const KEEP: usize = 4096;
+
+    thread_local! {
+        static FREE: RefCell<Vec<Canceller>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub fn take() -> Canceller {
+        FREE.with(|f| f.borrow_mut().pop()).unwrap_or_default()
+    }
+
+    /// Back for reuse, once no read is associated with it any more.
+    pub fn give(canceller: Canceller) {
+        FREE.with(|f| {
+            let mut free = f.borrow_mut();
+            if free.len() < KEEP {
+                free.push(canceller);
+            }
+        });
     }
 }
 

@@ -53,18 +53,23 @@ pub fn pick(
     tried: &[usize],
     key: Option<u64>,
 ) -> Option<usize> {
-    let now = now_ms();
+    // The clock is read only when some backend was ejected: most requests see none.
+    let now = std::cell::OnceCell::new();
+    let now = || *now.get_or_init(now_ms);
     let mut lost_trial: SmallVec<[usize; 2]> = SmallVec::new();
     loop {
         let chosen = balancer.pick(backends, key, |i| {
             let b = &backends[i];
             b.accepts_traffic()
-                && b.passive.admits(now, passive)
+                && (b.passive.not_ejected() || b.passive.admits(now(), passive))
                 && !tried.contains(&i)
                 && !lost_trial.contains(&i)
         })?;
         let health = &backends[chosen].passive;
-        if health.circuit(now) != Circuit::HalfOpen || health.claim_trial(now) {
+        if health.not_ejected()
+            || health.circuit(now()) != Circuit::HalfOpen
+            || health.claim_trial(now())
+        {
             return Some(chosen);
         }
         lost_trial.push(chosen);
@@ -110,7 +115,9 @@ pub fn report_response(
 ) {
     if status >= 500 && settings.eject_on_5xx {
         report_failure(backends, index, settings, worker);
-    } else if backends[index].passive.record_success(now_ms()) {
+    } else if !backends[index].passive.not_ejected()
+        && backends[index].passive.record_success(now_ms())
+    {
         tracing::info!(backend = %backends[index].url, worker, "backend readmitted after a successful trial request");
     }
 }

@@ -34,6 +34,12 @@ pub struct PassiveHealth {
 }
 
 impl PassiveHealth {
+    /// Not ejected (nor half-open): its circuit is closed whatever the time, which callers use
+    /// to read no clock.
+    pub fn not_ejected(&self) -> bool {
+        self.ejected_until_ms.load(Ordering::Relaxed) == 0
+    }
+
     pub fn circuit(&self, now: u64) -> Circuit {
         match self.ejected_until_ms.load(Ordering::Relaxed) {
             0 => Circuit::Closed,
