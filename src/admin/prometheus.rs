@@ -5,6 +5,7 @@ use crate::metrics::{
     read, HistogramTotals, WorkerMetrics, CLASS_LABELS, FD_EXHAUSTED, FD_OP_LABELS, FD_SHARE_FULL,
     LATENCY_BUCKETS,
 };
+use crate::limits::{Limiter, RateLimits};
 use crate::state::Shared;
 use crate::upstream::passive::now_ms;
 use crate::upstream::Backend;
@@ -104,6 +105,43 @@ pub fn render(shared: &Shared) -> String {
         "Client connections refused over limits.max_connections.",
         sum(&|w| read(&w.connections_refused_over_cap)),
     );
+    counter(
+        &mut out,
+        "ringproxy_connections_refused_per_ip_total",
+        "Client connections closed at accept over limits.max_connections_per_ip.",
+        sum(&|w| read(&w.connections_refused_per_ip)),
+    );
+    family(
+        &mut out,
+        "ringproxy_proxy_protocol_refused_total",
+        "counter",
+        "Connections closed before a request on a PROXY protocol listener: from a peer not in trusted_proxies (untrusted), or with a missing, broken or late header (header).",
+    );
+    for (reason, n) in [
+        ("untrusted", sum(&|w| read(&w.proxy_protocol_untrusted))),
+        ("header", sum(&|w| read(&w.proxy_protocol_refused))),
+    ] {
+        let _ = writeln!(
+            out,
+            "ringproxy_proxy_protocol_refused_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    family(
+        &mut out,
+        "ringproxy_access_refused_total",
+        "counter",
+        "Requests refused by a route's access rules: allow/deny (forbidden, 403), basic_auth (unauthorized, 401).",
+    );
+    for (reason, n) in [
+        ("forbidden", sum(&|w| read(&w.access_forbidden))),
+        ("unauthorized", sum(&|w| read(&w.access_unauthorized))),
+    ] {
+        let _ = writeln!(
+            out,
+            "ringproxy_access_refused_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    rate_limits(&mut out, &snapshot.limits);
     family(
         &mut out,
         "ringproxy_fd_exhausted_total",
@@ -300,6 +338,45 @@ pub fn render(shared: &Shared) -> String {
         }
     }
     out
+}
+
+/// Per rate limit: requests refused (429) and delayed, and for fleet-wide limits whether the
+/// store answers.
+fn rate_limits(out: &mut String, limits: &RateLimits) {
+    let families: [(&str, &str, &str, &dyn Fn(&Limiter) -> Option<u64>); 4] = [
+        (
+            "ringproxy_rate_limited_total",
+            "counter",
+            "Requests refused with 429 by each rate limit.",
+            &|l| Some(l.refused_total()),
+        ),
+        (
+            "ringproxy_rate_limit_delayed_total",
+            "counter",
+            "Requests a rate limit in mode = \"delay\" held back until the rate admitted them.",
+            &|l| Some(l.delayed_total()),
+        ),
+        (
+            "ringproxy_rate_limit_store_up",
+            "gauge",
+            "1 while a fleet-wide limit's store (Redis) answers its sync, 0 while it does not (the limit then falls back as on_store_error says).",
+            &|l| l.store_up().map(u64::from),
+        ),
+        (
+            "ringproxy_rate_limit_table_bytes",
+            "gauge",
+            "Memory of each rate limit's key table (fixed by max_keys).",
+            &|l| Some(l.table_bytes() as u64),
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        family(out, name, kind, help);
+        for limit in limits.iter() {
+            if let Some(v) = value(limit) {
+                let _ = writeln!(out, "{name}{{limit=\"{}\"}} {v}", escape(limit.name()));
+            }
+        }
+    }
 }
 
 /// A per-backend metric: name, type, help, and how to read it from a backend.

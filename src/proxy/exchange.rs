@@ -19,8 +19,10 @@ use crate::http::{status, BodyDecoder, OutFraming, RequestHead, ResponseHead, Ve
 use crate::metrics::bump;
 use crate::net::deadline::Deadline;
 use crate::net::io::{second_stream, write_buf, write_buf_tracked, IoFail, ReadyStream};
-use crate::upstream::{connect, group, ConnectError, InFlight, UpstreamConn};
+use crate::net::proxy_protocol;
+use crate::upstream::{connect, group, proxy_version, ConnectError, InFlight, UpstreamConn};
 use smallvec::SmallVec;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// After the upstream stopped taking the request body, how long an answer it sent before
@@ -59,7 +61,15 @@ pub async fn exchange<'v>(
 ) -> Result<Exchanged<'v>, Failure> {
     let settings = &route.group.settings;
     let max_backends = 1 + settings.pool.retries;
-    let key = route.hash_key(req, &conn.peer_ip);
+    let key = route.hash_key(req, conn.client.as_str());
+    // Behind `send_proxy_protocol`, a connection announces its client, and carries only its
+    // requests: the connection's own port when the client is the connection's address.
+    let proxied_for = route.group.settings.pool.send_proxy_protocol.map(|_| {
+        match conn.client.forwarded_entries {
+            0 => conn.peer,
+            _ => SocketAddr::new(conn.client.ip, 0),
+        }
+    });
     // Inline: no allocation on the common path of one or two backends.
     let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
     let mut last_failure: Option<Failure> = None;
@@ -90,7 +100,8 @@ pub async fn exchange<'v>(
         let target = &*route.backends()[backend];
         rec.backend = Some(target);
         let in_flight = target.start_request(ctx.worker_id);
-        let failed = match upstream_connection(ctx, route, backend, fresh_only).await {
+        let connection = upstream_connection(ctx, route, backend, fresh_only, proxied_for);
+        let failed = match connection.await {
             Ok(mut up) => match attempt(conn, req, body, &mut up, route, ctx, backend, rec).await {
                 Ok(answer) => {
                     return Ok(Exchanged {
@@ -129,12 +140,13 @@ async fn upstream_connection(
     route: &Route<'_>,
     backend: usize,
     fresh_only: bool,
+    proxied_for: Option<SocketAddr>,
 ) -> Result<UpstreamConn, AttemptError> {
     let target = &route.backends()[backend];
     if !fresh_only {
-        let pooled = ctx
-            .pool()
-            .checkout(target.id, |state| ctx.note_discarded(&target.url, state));
+        let pooled = ctx.pool().checkout(target.id, proxied_for, |state| {
+            ctx.note_discarded(&target.url, state)
+        });
         if let Some(up) = pooled {
             bump(&ctx.metrics.upstream_reused);
             return Ok(up);
@@ -149,8 +161,9 @@ async fn upstream_connection(
         }
     }
     match connected {
-        Ok(up) => {
+        Ok(mut up) => {
             bump(&ctx.metrics.upstream_opened);
+            up.proxied_for = proxied_for;
             Ok(up)
         }
         Err(e) if !e.is_backend_failure() => {
@@ -290,7 +303,8 @@ async fn send_request(
     let config = route.config;
     let framing = body.framing(req);
     let from = ForwardedFor {
-        client_ip: &conn.peer_ip,
+        client_ip: conn.client.as_str(),
+        forwarded_entries: conn.client.forwarded_entries,
         scheme: conn.scheme,
         allow_underscores: config.limits.allow_underscores,
     };
@@ -306,6 +320,16 @@ async fn send_request(
     };
     let out = &mut conn.upstream_out;
     out.clear();
+    if let (false, Some(source), Some(version)) = (
+        up.reused,
+        up.proxied_for,
+        route.group.settings.pool.send_proxy_protocol,
+    ) {
+        // A new connection's first bytes: whose it is (HAProxy's `send-proxy`), to the address
+        // the client reached this proxy on.
+        let destination = local_address(conn.stream.socket_fd()).unwrap_or(source);
+        proxy_protocol::write_header(out, proxy_version(version), source, destination);
+    }
     write_request_head(out, req, &outgoing, &from, framing, target.addr);
     match body {
         RequestBody::Empty | RequestBody::Buffered(_) => {
@@ -339,6 +363,13 @@ async fn send_request(
             .map_err(AttemptError::never)
         }
     }
+}
+
+/// The local address of a socket (the client connection's: where the client reached us).
+fn local_address(fd: std::os::fd::RawFd) -> Option<SocketAddr> {
+    // SAFETY: the descriptor belongs to the open client stream for the whole call.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    socket2::SockRef::from(&borrowed).local_addr().ok()?.as_socket()
 }
 
 /// The verdict on a request (head and buffered body) whose write failed: nothing of it left

@@ -5,6 +5,7 @@
 //! started gets a status; after it started, the client connection is reset.
 
 use super::access_log::{self, AccessContext, AccessRecord};
+use super::client_ip;
 use super::error::Failure;
 use super::request_body::RequestBody;
 use super::route::Routed;
@@ -33,12 +34,18 @@ pub async fn handle(
     ctx: &WorkerCtx,
 ) -> Next {
     let view = ctx.view();
+    conn.client = client_ip::of_request(&conn.origin, &req, &view.config.trusted_proxies);
     let mut rec = AccessRecord {
         bytes_in: req.raw.len() as u64,
         ..Default::default()
     };
     let mut body = RequestBody::new(&req, &mut conn.rbuf);
-    let outcome = proxy_request(conn, &req, &mut body, ctx, &view, &mut rec).await;
+    let phases = Phases {
+        ctx,
+        view: &view,
+        started,
+    };
+    let outcome = proxy_request(conn, &req, &mut body, &phases, &mut rec).await;
     let keep = match outcome {
         Ok(keep) => keep,
         Err(failure) => answer_failure(conn, &req, &body, ctx, &view, failure, &mut rec).await,
@@ -57,22 +64,39 @@ pub async fn handle(
     }
 }
 
+/// What the phases of one request run with.
+struct Phases<'v> {
+    ctx: &'v WorkerCtx,
+    view: &'v Snapshot,
+    /// When the request's head began to arrive (rate limits count from it).
+    started: Instant,
+}
+
 /// The phases that may fail. Returns whether the client connection stays open.
 async fn proxy_request<'v>(
     conn: &mut ClientConn,
     req: &'v RequestHead,
     body: &mut RequestBody,
-    ctx: &WorkerCtx,
-    view: &'v Snapshot,
+    phases: &Phases<'v>,
     rec: &mut AccessRecord<'v>,
 ) -> Result<bool, Failure> {
-    let route = match route::route(req, view).map_err(Failure::BadRequest)? {
+    let (ctx, view) = (phases.ctx, phases.view);
+    let routed = route::route(req, view).map_err(Failure::BadRequest)?;
+    rec.route = routed.rule();
+    if let Routed::Forward(route) = &routed {
+        rec.upstream = Some(&route.group.name);
+        admit::body_fits(req, route)?;
+    }
+    let rule = rec.route.map(|(_, rule)| rule);
+    let (client, worker) = (&conn.client, ctx.worker_id);
+    let admitted = admit::admit(req, rule, view, client, phases.started, worker, rec).await;
+    if let Err(refusal) = admitted {
+        return admit::refuse(conn, req, body, refusal, ctx, view, rec).await;
+    }
+    let route = match routed {
         Routed::Forward(route) => route,
         Routed::Reply(answer) => return reply::send(conn, req, body, answer, ctx, view, rec).await,
     };
-    rec.route = route.rule;
-    rec.upstream = Some(&route.group.name);
-    admit::admit(req, &route)?;
     let exchanged = exchange::exchange(conn, req, body, &route, ctx, rec).await?;
     relay::relay(conn, req, body, exchanged, &route, ctx, rec).await
 }
@@ -91,7 +115,7 @@ async fn answer_failure(
     let backend = rec.backend.map_or("-", |b| b.url.as_str());
     rec.reason = Some(failure.summary());
     let Some(code) = failure.status() else {
-        tracing::info!(client = %conn.peer, backend, reason = %failure, worker = ctx.worker_id, "request abandoned");
+        tracing::info!(client = conn.client.as_str(), backend, reason = %failure, worker = ctx.worker_id, "request abandoned");
         rec.answered = false;
         if let Failure::Aborted(_) = failure {
             reset_on_close(conn.stream.socket_fd());
@@ -107,7 +131,7 @@ async fn answer_failure(
         }
         return false;
     };
-    tracing::warn!(client = %conn.peer, backend, status = code, reason = %failure, worker = ctx.worker_id, "request failed");
+    tracing::warn!(client = conn.client.as_str(), backend, status = code, reason = %failure, worker = ctx.worker_id, "request failed");
     rec.status = code;
     let keep = req.keep_alive && body.complete() && code >= 500 && !ctx.shared.is_draining();
     conn.out.clear();
@@ -134,7 +158,7 @@ fn log_request(
     }
     if view.config.logging.access_log {
         let access = AccessContext {
-            client: &conn.peer_ip,
+            client: conn.client.as_str(),
             method: req.method(),
             path: req.target(),
             backend_url: rec.backend.map(|b| b.url.as_str()),

@@ -1,15 +1,16 @@
 //! The proxy: client connections and the requests on them. `connection` serves one client
 //! connection request after request (parking it between requests when it goes quiet);
 //! `handle` runs one request through its phases, each a module: `route` (or a `reply` the
-//! proxy makes itself: redirect, fixed response, 404) -> `admit` ->
+//! proxy makes itself: redirect, fixed response, 404) -> `admit` (access rules, rate limits) ->
 //! `exchange` (pick an upstream, send, read the answer, retry as `error`'s verdicts allow) ->
 //! `relay` (stream the answer back, or tunnel) -> the access log. `forwarding` is what the
 //! proxy adds, removes and rewrites; `transfer` streams one body; `answer` reads the upstream's
-//! answer, also while a request body still streams.
+//! answer, also while a request body still streams. `client_ip` says who the client is.
 
 mod access_log;
 mod admit;
 mod answer;
+mod client_ip;
 mod connection;
 mod context;
 mod duplex;
@@ -31,6 +32,7 @@ pub use context::{ConnectionSlot, WorkerCtx};
 
 use crate::net::stream::{ClientStream, Scheme};
 use bytes::BytesMut;
+use client_ip::ClientIp;
 use std::net::SocketAddr;
 
 /// One client connection's state that outlives a request.
@@ -44,6 +46,11 @@ pub struct ClientConn {
     pub out: BytesMut,
     /// Pending output to the upstream, reused.
     pub upstream_out: BytesMut,
+    /// The connection's client: its peer, or the source its PROXY protocol header named.
     pub peer: SocketAddr,
-    pub peer_ip: String,
+    /// `peer`'s address, as text too.
+    pub origin: ClientIp,
+    /// The client of the request being served: `origin`, or as `X-Forwarded-For` names it
+    /// when `origin` is a trusted proxy (`client_ip`); set per request.
+    pub client: ClientIp,
 }

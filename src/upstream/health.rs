@@ -12,8 +12,9 @@
 
 use super::backend::ProbeResult;
 use super::Backend;
-use crate::config::HealthSettings;
+use crate::config::{HealthSettings, ProxyHeader};
 use crate::net::fd_budget::{self, FdOp};
+use crate::net::proxy_protocol;
 use bytes::BytesMut;
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
@@ -154,7 +155,7 @@ async fn check_forever(watched: Watched, backend: Arc<Backend>) {
             continue;
         }
         let started = Instant::now();
-        let result = probe(&backend, settings.timeout).await;
+        let result = probe(&backend, settings.timeout, settings.proxy_header).await;
         if result == ProbeResult::Skipped {
             // A shortage here, not a verdict on the backend: its state stays as it is.
             monoio::time::sleep(settings.interval.saturating_sub(started.elapsed())).await;
@@ -183,15 +184,21 @@ async fn check_forever(watched: Watched, backend: Arc<Backend>) {
 
 /// One check bounded by `timeout` as a whole: a `GET <health_check_path>` and its status, or,
 /// without a path, whether a TCP connection can be made (HAProxy's `check` without
-/// `option httpchk`): a backend need not serve a health URL to be checked.
-pub async fn probe(backend: &Backend, timeout: Duration) -> ProbeResult {
-    match monoio::time::timeout(timeout, probe_unbounded(backend)).await {
+/// `option httpchk`): a backend need not serve a health URL to be checked. An HTTP check
+/// starts with `proxy_header`'s `LOCAL` header, for backends that expect one on every
+/// connection.
+async fn probe(
+    backend: &Backend,
+    timeout: Duration,
+    proxy_header: Option<ProxyHeader>,
+) -> ProbeResult {
+    match monoio::time::timeout(timeout, probe_unbounded(backend, proxy_header)).await {
         Ok(result) => result,
         Err(_) => ProbeResult::Timeout,
     }
 }
 
-async fn probe_unbounded(backend: &Backend) -> ProbeResult {
+async fn probe_unbounded(backend: &Backend, proxy_header: Option<ProxyHeader>) -> ProbeResult {
     let connected = TcpStream::connect_addr(backend.addr).await;
     let mut stream = match fd_budget::note(FdOp::HealthCheck, connected) {
         Ok(s) => s,
@@ -202,11 +209,14 @@ async fn probe_unbounded(backend: &Backend) -> ProbeResult {
     let Some(path) = &backend.health_check_path else {
         return ProbeResult::Connected;
     };
-    let request = format!(
+    let mut request = proxy_header
+        .map(|h| proxy_protocol::local_header(super::proxy_version(h)))
+        .unwrap_or_default();
+    request.extend_from_slice(format!(
         "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ringproxy-health\r\nConnection: close\r\n\r\n",
         backend.addr
-    );
-    if let (Err(e), _) = stream.write_all(request.into_bytes()).await {
+    ).as_bytes());
+    if let (Err(e), _) = stream.write_all(request).await {
         return ProbeResult::Failed(format!("write: {e}"));
     }
     let mut buf = BytesMut::with_capacity(1024);

@@ -27,6 +27,9 @@ pub struct UpstreamConn {
     pub backend_id: u64,
     /// Taken from the pool rather than freshly connected.
     pub reused: bool,
+    /// The client a PROXY protocol header announced on it (`send_proxy_protocol`): it carries
+    /// that client's requests only.
+    pub proxied_for: Option<SocketAddr>,
 }
 
 struct IdleConn {
@@ -118,14 +121,35 @@ impl UpstreamPool {
     /// is peeked (one non-blocking syscall) however briefly it was idle, so an upstream that
     /// sent bytes after its response (a broken server, a HEAD answered with a body) or closed
     /// never hands them to the next request. Each one discarded is reported to `discarded`.
+    /// Only a connection announced for `proxied_for` (by a PROXY protocol header) is taken,
+    /// none for a plain one.
     pub fn checkout(
         &mut self,
         backend_id: u64,
+        proxied_for: Option<SocketAddr>,
         mut discarded: impl FnMut(IdleState),
     ) -> Option<UpstreamConn> {
         let keep = *self.current.get(&backend_id)?;
         let expired = expired_before(keep.idle_timeout);
         let queue = self.idle.get_mut(&backend_id)?;
+        if proxied_for.is_some() {
+            // Each client's connections apart: the most recent of this client's, if any.
+            let at = queue.iter().rposition(|c| c.conn.proxied_for == proxied_for)?;
+            let IdleConn { mut conn, since } = queue.remove(at)?;
+            if since < expired {
+                return None;
+            }
+            return match idle_state(conn.stream.socket_fd()) {
+                IdleState::Clean => {
+                    conn.reused = true;
+                    Some(conn)
+                }
+                dirty => {
+                    discarded(dirty);
+                    None
+                }
+            };
+        }
         while let Some(IdleConn { mut conn, since }) = queue.pop_back() {
             if since < expired {
                 // Everything older is expired too.
@@ -264,5 +288,6 @@ pub async fn connect(
         rbuf: BytesMut::with_capacity(UPSTREAM_READ_BUF),
         backend_id,
         reused: false,
+        proxied_for: None,
     })
 }
