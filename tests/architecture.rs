@@ -237,7 +237,10 @@ fn arrows_point_down_only() {
         ("route", &["config", "http", "upstream", "metrics"]),
         ("limits", &["config", "metrics"]),
         ("access", &["config", "net"]),
-        ("state", &["config", "metrics", "upstream", "route", "limits"]),
+        (
+            "state",
+            &["config", "metrics", "upstream", "route", "limits"],
+        ),
         ("logging", &["config", "metrics"]),
         (
             "proxy",

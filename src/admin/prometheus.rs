@@ -1,11 +1,11 @@
 //! `GET /metrics` in the Prometheus text exposition format (version 0.0.4). Per-worker counters
 //! are summed here, on read.
 
+use crate::limits::{Limiter, RateLimits};
 use crate::metrics::{
     read, HistogramTotals, WorkerMetrics, CLASS_LABELS, FD_EXHAUSTED, FD_OP_LABELS, FD_SHARE_FULL,
     LATENCY_BUCKETS,
 };
-use crate::limits::{Limiter, RateLimits};
 use crate::state::Shared;
 use crate::upstream::passive::now_ms;
 use crate::upstream::Backend;
@@ -340,10 +340,13 @@ pub fn render(shared: &Shared) -> String {
     out
 }
 
+/// A per-limit metric: name, type, help, and how to read it from a limit (none: not this one).
+type LimitFamily<'a> = (&'a str, &'a str, &'a str, &'a dyn Fn(&Limiter) -> Option<u64>);
+
 /// Per rate limit: requests refused (429) and delayed, and for fleet-wide limits whether the
 /// store answers.
 fn rate_limits(out: &mut String, limits: &RateLimits) {
-    let families: [(&str, &str, &str, &dyn Fn(&Limiter) -> Option<u64>); 4] = [
+    let families: [LimitFamily; 4] = [
         (
             "ringproxy_rate_limited_total",
             "counter",

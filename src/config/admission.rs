@@ -267,7 +267,10 @@ fn rate(ck: &mut Checker, key: &str, value: f64) -> f64 {
     if value.is_finite() && value > 0.0 && value <= 1e9 {
         value
     } else {
-        ck.fail(key, format!("must be a positive number up to 1e9, got {value}"));
+        ck.fail(
+            key,
+            format!("must be a positive number up to 1e9, got {value}"),
+        );
         1.0
     }
 }
@@ -409,7 +412,11 @@ fn basic_auth(
     base_dir: &Path,
 ) -> Option<BasicAuth> {
     let realm = b.realm.clone().unwrap_or_else(|| "ringproxy".into());
-    if realm.is_empty() || !realm.bytes().all(|c| (0x20..0x7f).contains(&c) && c != b'"' && c != b'\\') {
+    if realm.is_empty()
+        || !realm
+            .bytes()
+            .all(|c| (0x20..0x7f).contains(&c) && c != b'"' && c != b'\\')
+    {
         ck.fail(
             format!("{key}.realm"),
             "printable ASCII without '\"' or '\\' (it goes in WWW-Authenticate)",
@@ -508,7 +515,11 @@ mod tests {
         let r = ip_ranges(
             &mut ck,
             "k",
-            &["10.0.0.0/8".into(), "127.0.0.1".into(), "2001:db8::/32".into()],
+            &[
+                "10.0.0.0/8".into(),
+                "127.0.0.1".into(),
+                "2001:db8::/32".into(),
+            ],
         );
         assert!(ck.problems.is_empty());
         for yes in ["10.1.2.3", "127.0.0.1", "::ffff:10.9.9.9", "2001:db8::5"] {

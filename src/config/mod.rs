@@ -12,13 +12,13 @@ mod schema;
 mod settings;
 mod validate;
 
-pub use routing::{
-    Forward, GroupConfig, GroupSettings, HashKey, HeaderCondition, HeaderEdits, HostHeader,
-    HostPattern, PathMatch, PathRewrite, Redirect, Respond, RouteAction, RouteRule, DEFAULT_GROUP,
-};
 pub use admission::{
     parse_htpasswd, Admission, BasicAuth, IpRanges, LimitKey, LimitMode, RateLimitRule,
     StoreSettings,
+};
+pub use routing::{
+    Forward, GroupConfig, GroupSettings, HashKey, HeaderCondition, HeaderEdits, HostHeader,
+    HostPattern, PathMatch, PathRewrite, Redirect, Respond, RouteAction, RouteRule, DEFAULT_GROUP,
 };
 pub use schema::*;
 pub use settings::{

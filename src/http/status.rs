@@ -45,7 +45,12 @@ pub fn write_error(out: &mut BytesMut, status: u16, keep_alive: bool) {
 }
 
 /// As `write_error`, with these fields too (a 429's `Retry-After`, a 401's `WWW-Authenticate`).
-pub fn write_error_with(out: &mut BytesMut, status: u16, keep_alive: bool, fields: &[(&str, &str)]) {
+pub fn write_error_with(
+    out: &mut BytesMut,
+    status: u16,
+    keep_alive: bool,
+    fields: &[(&str, &str)],
+) {
     let reason = reason_phrase(status);
     let body_len = 3 + 1 + reason.len() + 1;
     let mut code_buf = itoa::Buffer::new();

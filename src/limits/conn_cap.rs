@@ -164,7 +164,8 @@ mod tests {
                 std::thread::spawn(move || {
                     let mut most = 0;
                     for _ in 0..20_000 {
-                        let held: Vec<_> = (0..3).filter_map(|_| counts.acquire(ip, 5).ok()).collect();
+                        let held: Vec<_> =
+                            (0..3).filter_map(|_| counts.acquire(ip, 5).ok()).collect();
                         most = most.max(counts.open(ip));
                         drop(held);
                     }

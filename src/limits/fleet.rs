@@ -90,7 +90,10 @@ fn run(limits: impl Fn() -> Vec<Arc<Limiter>>) {
             }
             next = next.min(entry.last + interval);
         }
-        std::thread::sleep(next.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)));
+        std::thread::sleep(
+            next.saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+        );
     }
 }
 
@@ -123,13 +126,20 @@ fn sync(limiter: &Limiter, synced: &mut Synced, store: &mut Store, instance: &st
     for (key, n) in &counts {
         let k = format!("ringproxy:rl:{name}:{key:016x}");
         pipe.cmd("INCRBY").arg(&k).arg(*n);
-        pipe.cmd("PEXPIRE").arg(&k).arg(ttl.as_millis() as u64).ignore();
+        pipe.cmd("PEXPIRE")
+            .arg(&k)
+            .arg(ttl.as_millis() as u64)
+            .ignore();
     }
     let members = format!("ringproxy:rl:{name}:instances");
     let now_ms = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    pipe.cmd("ZADD").arg(&members).arg(now_ms).arg(instance).ignore();
+    pipe.cmd("ZADD")
+        .arg(&members)
+        .arg(now_ms)
+        .arg(instance)
+        .ignore();
     pipe.cmd("ZREMRANGEBYSCORE")
         .arg(&members)
         .arg("-inf")
@@ -167,7 +177,9 @@ fn sync(limiter: &Limiter, synced: &mut Synced, store: &mut Store, instance: &st
             });
         }
     }
-    synced.totals.retain(|_, (_, at)| now.duration_since(*at) < ttl);
+    synced
+        .totals
+        .retain(|_, (_, at)| now.duration_since(*at) < ttl);
 }
 
 /// The store's connection, (re)made if it is time to try.

@@ -28,11 +28,18 @@ impl Params {
 /// What becomes of a request, and the TAT to store when it goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
-    Admit { tat: u64 },
+    Admit {
+        tat: u64,
+    },
     /// Goes after `wait`: its place at the rate is taken now (nginx's `delay`).
-    Delay { tat: u64, wait: u64 },
+    Delay {
+        tat: u64,
+        wait: u64,
+    },
     /// Does not fit within `max_delay`; one would fit after `wait`.
-    Refuse { wait: u64 },
+    Refuse {
+        wait: u64,
+    },
 }
 
 pub fn decide(stored: u64, now: u64, p: &Params) -> Decision {

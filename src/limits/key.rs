@@ -51,6 +51,9 @@ mod tests {
         let mut b = [0u8; 16];
         let v4 = ip_octets("10.1.2.3".parse().unwrap(), &mut a).to_vec();
         assert_eq!(v4, [10, 1, 2, 3]);
-        assert_eq!(ip_octets("::ffff:10.1.2.3".parse().unwrap(), &mut b), &v4[..]);
+        assert_eq!(
+            ip_octets("::ffff:10.1.2.3".parse().unwrap(), &mut b),
+            &v4[..]
+        );
     }
 }

@@ -58,7 +58,9 @@ pub enum Verdict {
     /// Admitted, to go after this wait (its place at the rate is taken).
     Delay(Duration),
     /// Over the limit; one request of this key would fit after `retry_after`.
-    Refuse { retry_after: Duration },
+    Refuse {
+        retry_after: Duration,
+    },
 }
 
 /// A request a limit let through, to be given back if another limit refuses it.
@@ -253,7 +255,9 @@ mod tests {
         assert_eq!(a.check(5, t).0, Verdict::Admit);
         let (second, pass) = a.check(5, t);
         assert_eq!(second, Verdict::Admit);
-        assert!(matches!(a.check(5, t).0, Verdict::Refuse { retry_after } if retry_after <= Duration::from_millis(100)));
+        assert!(
+            matches!(a.check(5, t).0, Verdict::Refuse { retry_after } if retry_after <= Duration::from_millis(100))
+        );
         a.refund(pass.unwrap());
         assert_eq!(a.check(5, t).0, Verdict::Admit, "given back");
         a.note_refused(1);
@@ -266,7 +270,12 @@ mod tests {
         let fresh = RateLimits::build(&[bigger], 2, Some(&again));
         assert_eq!(fresh.get(0).check(5, t).0, Verdict::Admit);
         let delayed = RateLimits::build(
-            &[rule("d", 10, 1, LimitMode::Delay(Duration::from_millis(250)))],
+            &[rule(
+                "d",
+                10,
+                1,
+                LimitMode::Delay(Duration::from_millis(250)),
+            )],
             1,
             None,
         );

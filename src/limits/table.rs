@@ -107,12 +107,9 @@ impl Table {
                 }
             }
             let (slot, _, held) = victim;
-            let claimed = self.key_at(slot).compare_exchange(
-                held,
-                key,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            );
+            let claimed =
+                self.key_at(slot)
+                    .compare_exchange(held, key, Ordering::AcqRel, Ordering::Relaxed);
             if claimed.is_ok() {
                 // The new key starts with no history (a TAT of 0 is a full bucket).
                 self.tat(slot).store(0, Ordering::Release);
@@ -128,7 +125,11 @@ impl Table {
     /// Runs `decide` on `key`'s stored TAT (0 for a new key) and stores what it returns, by
     /// compare-and-swap, retried only when another worker changed it in between. `decide`
     /// gives the TAT to store (none: leave it) and a result. Returns the slot and the result.
-    pub fn update<R>(&self, key: u64, mut decide: impl FnMut(u64) -> (Option<u64>, R)) -> (usize, R) {
+    pub fn update<R>(
+        &self,
+        key: u64,
+        mut decide: impl FnMut(u64) -> (Option<u64>, R),
+    ) -> (usize, R) {
         let slot = self.find(key).unwrap_or_else(|| self.insert(key));
         let tat = self.tat(slot);
         let mut stored = tat.load(Ordering::Acquire);
@@ -157,7 +158,12 @@ impl Table {
         let tat = self.tat(slot);
         let mut stored = tat.load(Ordering::Acquire);
         while self.key_at(slot).load(Ordering::Acquire) == key {
-            match tat.compare_exchange_weak(stored, change(stored), Ordering::AcqRel, Ordering::Acquire) {
+            match tat.compare_exchange_weak(
+                stored,
+                change(stored),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => return,
                 Err(now) => stored = now,
             }

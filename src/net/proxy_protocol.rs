@@ -109,7 +109,11 @@ pub async fn read_header(stream: &TcpStream, timeout: Duration) -> Result<Header
 }
 
 /// Takes exactly `len` bytes (the header, TLVs included) off the socket.
-async fn consume(stream: &TcpStream, mut len: usize, deadline: Deadline) -> Result<(), HeaderError> {
+async fn consume(
+    stream: &TcpStream,
+    mut len: usize,
+    deadline: Deadline,
+) -> Result<(), HeaderError> {
     let fd = stream.as_raw_fd();
     let mut scratch = [0u8; 512];
     while len > 0 {
@@ -292,7 +296,12 @@ fn parse_v2(bytes: &[u8]) -> Result<Parsed, HeaderError> {
 
 /// Appends the header announcing a connection from `source` to `destination`. Mixed address
 /// families are sent as IPv6 (an IPv4 address mapped).
-pub fn write_header(out: &mut bytes::BytesMut, version: Version, source: SocketAddr, destination: SocketAddr) {
+pub fn write_header(
+    out: &mut bytes::BytesMut,
+    version: Version,
+    source: SocketAddr,
+    destination: SocketAddr,
+) {
     let (src, dst) = match (source.ip(), destination.ip()) {
         (IpAddr::V4(s), IpAddr::V4(d)) => (IpAddr::V4(s), IpAddr::V4(d)),
         (s, d) => (IpAddr::V6(mapped(s)), IpAddr::V6(mapped(d))),
@@ -375,7 +384,10 @@ mod tests {
             ))
         );
         let v6 = b"PROXY TCP6 2001:db8::1 ::1 1 65535\r\n";
-        assert!(matches!(parse(v6), Ok(Parsed::Complete(36, Header::Proxied { .. }))));
+        assert!(matches!(
+            parse(v6),
+            Ok(Parsed::Complete(36, Header::Proxied { .. }))
+        ));
         assert_eq!(
             parse(b"PROXY UNKNOWN ignored stuff\r\n"),
             Ok(Parsed::Complete(29, Header::Local))
@@ -433,7 +445,12 @@ mod tests {
         }
         // TLVs after the addresses are counted in the length and skipped.
         let mut with_tlv = BytesMut::new();
-        write_header(&mut with_tlv, Version::V2, addr("1.2.3.4:5"), addr("6.7.8.9:10"));
+        write_header(
+            &mut with_tlv,
+            Version::V2,
+            addr("1.2.3.4:5"),
+            addr("6.7.8.9:10"),
+        );
         with_tlv[15] += 7;
         with_tlv.extend_from_slice(&[0x04, 0, 4, 1, 2, 3, 4]);
         assert!(matches!(parse(&with_tlv), Ok(Parsed::Complete(35, _))));
@@ -454,7 +471,12 @@ mod tests {
         bad[12] = 0x22;
         assert!(parse(&bad).is_err(), "command 2");
         let mut short = BytesMut::new();
-        write_header(&mut short, Version::V2, addr("1.2.3.4:5"), addr("6.7.8.9:10"));
+        write_header(
+            &mut short,
+            Version::V2,
+            addr("1.2.3.4:5"),
+            addr("6.7.8.9:10"),
+        );
         short[15] = 4;
         assert!(parse(&short).is_err(), "length below its addresses");
         assert_eq!(parse(&short[..14]), Ok(Parsed::Partial));

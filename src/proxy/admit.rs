@@ -56,7 +56,6 @@ pub async fn admit<'v>(
     rule: Option<&'v RouteRule>,
     view: &'v Snapshot,
     client: &ClientIp,
-    arrived: Instant,
     worker: usize,
     rec: &mut AccessRecord<'v>,
 ) -> Result<(), Refusal<'v>> {
@@ -65,6 +64,9 @@ pub async fn admit<'v>(
     if server_limits.is_empty() && admission.is_none_or(Admission::is_open) {
         return Ok(());
     }
+    // The clock is read here, when the request is decided: a connection's first request may
+    // come long after its accept.
+    let now = Instant::now();
     let route_label = rule.map_or("-", |r| r.label.as_str());
     let route_limits = admission.map_or(&[][..], |a| &a.rate_limits[..]);
     let mut delay = Duration::ZERO;
@@ -74,7 +76,7 @@ pub async fn admit<'v>(
         let Some(key) = limit_key(&limiter.rule.key, req, client, route_label) else {
             continue; // a request without the key is not limited by it (as nginx's limit_req)
         };
-        let (verdict, pass) = limiter.check(key, arrived);
+        let (verdict, pass) = limiter.check(key, now);
         match verdict {
             Verdict::Admit => {}
             Verdict::Delay(wait) => {

@@ -163,7 +163,10 @@ mod tests {
     fn the_rightmost_untrusted_entry_is_the_client() {
         let lb = ["10.0.0.0/8"];
         // Not from a trusted proxy: X-Forwarded-For is the client's word, ignored.
-        assert_eq!(client("192.0.2.7", &["1.2.3.4"], &lb), ("192.0.2.7".into(), 0));
+        assert_eq!(
+            client("192.0.2.7", &["1.2.3.4"], &lb),
+            ("192.0.2.7".into(), 0)
+        );
         assert_eq!(client("10.0.0.1", &[], &lb), ("10.0.0.1".into(), 0));
         // From the balancer: its entry; a spoofed one to the left is not believed.
         assert_eq!(
@@ -176,12 +179,33 @@ mod tests {
             ("203.0.113.5".into(), 2)
         );
         // All trusted: the leftmost.
-        assert_eq!(client("10.0.0.1", &["10.1.1.1, 10.2.2.2"], &lb), ("10.1.1.1".into(), 2));
+        assert_eq!(
+            client("10.0.0.1", &["10.1.1.1, 10.2.2.2"], &lb),
+            ("10.1.1.1".into(), 2)
+        );
         // Garbage stops the walk at the last hop vouched for.
-        assert_eq!(client("10.0.0.1", &["203.0.113.5, junk, 10.0.0.3"], &lb), ("10.0.0.3".into(), 1));
+        assert_eq!(
+            client("10.0.0.1", &["203.0.113.5, junk, 10.0.0.3"], &lb),
+            ("10.0.0.3".into(), 1)
+        );
         // Ports and brackets.
-        assert_eq!(client("10.0.0.1", &["[2001:db8::1]:443"], &lb), ("2001:db8::1".into(), 1));
-        assert_eq!(client("10.0.0.1", &["198.51.100.1:80"], &lb), ("198.51.100.1".into(), 1));
-        assert_eq!(ClientIp::new("ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255".parse().unwrap()).as_str().len(), 39);
+        assert_eq!(
+            client("10.0.0.1", &["[2001:db8::1]:443"], &lb),
+            ("2001:db8::1".into(), 1)
+        );
+        assert_eq!(
+            client("10.0.0.1", &["198.51.100.1:80"], &lb),
+            ("198.51.100.1".into(), 1)
+        );
+        assert_eq!(
+            ClientIp::new(
+                "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
+                    .parse()
+                    .unwrap()
+            )
+            .as_str()
+            .len(),
+            39
+        );
     }
 }

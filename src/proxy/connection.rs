@@ -96,7 +96,9 @@ async fn admit_connection(
         Err(e) => {
             let m = &ctx.metrics;
             let (counter, reason) = match e {
-                Unidentified::Untrusted => (&m.proxy_protocol_untrusted, "peer not in trusted_proxies"),
+                Unidentified::Untrusted => {
+                    (&m.proxy_protocol_untrusted, "peer not in trusted_proxies")
+                }
                 Unidentified::Header(h) => (&m.proxy_protocol_refused, h.reason()),
             };
             bump(counter);

@@ -369,7 +369,10 @@ async fn send_request(
 fn local_address(fd: std::os::fd::RawFd) -> Option<SocketAddr> {
     // SAFETY: the descriptor belongs to the open client stream for the whole call.
     let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    socket2::SockRef::from(&borrowed).local_addr().ok()?.as_socket()
+    socket2::SockRef::from(&borrowed)
+        .local_addr()
+        .ok()?
+        .as_socket()
 }
 
 /// The verdict on a request (head and buffered body) whose write failed: nothing of it left

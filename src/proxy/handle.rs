@@ -40,12 +40,7 @@ pub async fn handle(
         ..Default::default()
     };
     let mut body = RequestBody::new(&req, &mut conn.rbuf);
-    let phases = Phases {
-        ctx,
-        view: &view,
-        started,
-    };
-    let outcome = proxy_request(conn, &req, &mut body, &phases, &mut rec).await;
+    let outcome = proxy_request(conn, &req, &mut body, ctx, &view, &mut rec).await;
     let keep = match outcome {
         Ok(keep) => keep,
         Err(failure) => answer_failure(conn, &req, &body, ctx, &view, failure, &mut rec).await,
@@ -64,23 +59,15 @@ pub async fn handle(
     }
 }
 
-/// What the phases of one request run with.
-struct Phases<'v> {
-    ctx: &'v WorkerCtx,
-    view: &'v Snapshot,
-    /// When the request's head began to arrive (rate limits count from it).
-    started: Instant,
-}
-
 /// The phases that may fail. Returns whether the client connection stays open.
 async fn proxy_request<'v>(
     conn: &mut ClientConn,
     req: &'v RequestHead,
     body: &mut RequestBody,
-    phases: &Phases<'v>,
+    ctx: &WorkerCtx,
+    view: &'v Snapshot,
     rec: &mut AccessRecord<'v>,
 ) -> Result<bool, Failure> {
-    let (ctx, view) = (phases.ctx, phases.view);
     let routed = route::route(req, view).map_err(Failure::BadRequest)?;
     rec.route = routed.rule();
     if let Routed::Forward(route) = &routed {
@@ -89,7 +76,7 @@ async fn proxy_request<'v>(
     }
     let rule = rec.route.map(|(_, rule)| rule);
     let (client, worker) = (&conn.client, ctx.worker_id);
-    let admitted = admit::admit(req, rule, view, client, phases.started, worker, rec).await;
+    let admitted = admit::admit(req, rule, view, client, worker, rec).await;
     if let Err(refusal) = admitted {
         return admit::refuse(conn, req, body, refusal, ctx, view, rec).await;
     }

@@ -134,7 +134,9 @@ impl UpstreamPool {
         let queue = self.idle.get_mut(&backend_id)?;
         if proxied_for.is_some() {
             // Each client's connections apart: the most recent of this client's, if any.
-            let at = queue.iter().rposition(|c| c.conn.proxied_for == proxied_for)?;
+            let at = queue
+                .iter()
+                .rposition(|c| c.conn.proxied_for == proxied_for)?;
             let IdleConn { mut conn, since } = queue.remove(at)?;
             if since < expired {
                 return None;

@@ -2,7 +2,8 @@
 //! its config (`config`); upstreams: scripted raw-socket ones (`backend`) and named ones with a
 //! switchable health answer (`live_backend`); a strict HTTP/1.1 reader for both sides (`http`);
 //! the admin API client (`admin`) and its Prometheus scrape (`metrics`); a steady keep-alive
-//! load (`load`); a systemd notify socket (`notify`); smuggling probes (`smuggling`); and here,
+//! load (`load`); a systemd notify socket (`notify`); smuggling probes (`smuggling`); a real
+//! redis-server (`redis`); and here,
 //! ports, the one polling wait, and small data helpers (patterns, hashes, RSS).
 
 pub mod admin;
@@ -14,6 +15,7 @@ pub mod load;
 pub mod metrics;
 pub mod notify;
 pub mod proxy;
+pub mod redis;
 pub mod smuggling;
 
 pub use backend::{chunked_response_bytes, response_bytes, Backend, Recorded, Reply};
@@ -81,6 +83,22 @@ fn kernel_picked_port() -> u16 {
             return port;
         }
     }
+}
+
+/// A connection to the proxy on `port` from the local address `source` (any of 127.0.0.0/8 is
+/// this machine), for tests of rules on the client's address.
+pub fn connect_from(source: &str, port: u16) -> HttpConn {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let source: std::net::IpAddr = source.parse().expect("source address");
+    socket
+        .bind(&std::net::SocketAddr::new(source, 0).into())
+        .expect("bind the source address");
+    let proxy = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    socket
+        .connect_timeout(&proxy.into(), IO_TIMEOUT)
+        .unwrap_or_else(|e| panic!("connect from {source} to {proxy}: {e}"));
+    HttpConn::new(socket.into())
 }
 
 /// A listening IPv4 socket on 127.0.0.1 with the given backlog, optionally SO_REUSEPORT,
