@@ -341,7 +341,12 @@ pub fn render(shared: &Shared) -> String {
 }
 
 /// A per-limit metric: name, type, help, and how to read it from a limit (none: not this one).
-type LimitFamily<'a> = (&'a str, &'a str, &'a str, &'a dyn Fn(&Limiter) -> Option<u64>);
+type LimitFamily<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a dyn Fn(&Limiter) -> Option<u64>,
+);
 
 /// Per rate limit: requests refused (429) and delayed, and for fleet-wide limits whether the
 /// store answers.

@@ -508,6 +508,38 @@ mod tests {
     }
 
     #[test]
+    fn a_client_found_in_x_forwarded_for_goes_last_without_the_trusted_hops() {
+        let req = request(
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 6.6.6.6, 203.0.113.5\r\n\
+             X-Forwarded-For: 10.0.0.2\r\n\r\n",
+        );
+        let mut out = BytesMut::new();
+        // The client is 203.0.113.5, found two entries from the right.
+        let from = ForwardedFor {
+            forwarded_entries: 2,
+            ..from("203.0.113.5")
+        };
+        let backend = "127.0.0.1:9000".parse().unwrap();
+        write_request_head(
+            &mut out,
+            &req,
+            &plain(&req),
+            &from,
+            OutFraming::None,
+            backend,
+        );
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(
+            text.contains("\r\nX-Forwarded-For: 6.6.6.6, 203.0.113.5\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Forwarded: for=203.0.113.5;proto=http;host=a\r\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn http10_request_without_host_gets_one() {
         let req = request("GET / HTTP/1.0\r\n\r\n");
         let mut out = BytesMut::new();
