@@ -111,36 +111,24 @@ pub fn render(shared: &Shared) -> String {
         "Client connections closed at accept over limits.max_connections_per_ip.",
         sum(&|w| read(&w.connections_refused_per_ip)),
     );
-    family(
+    by_reason(
         &mut out,
         "ringproxy_proxy_protocol_refused_total",
-        "counter",
         "Connections closed before a request on a PROXY protocol listener: from a peer not in trusted_proxies (untrusted), or with a missing, broken or late header (header).",
+        &[
+            ("untrusted", sum(&|w| read(&w.proxy_protocol_untrusted))),
+            ("header", sum(&|w| read(&w.proxy_protocol_refused))),
+        ],
     );
-    for (reason, n) in [
-        ("untrusted", sum(&|w| read(&w.proxy_protocol_untrusted))),
-        ("header", sum(&|w| read(&w.proxy_protocol_refused))),
-    ] {
-        let _ = writeln!(
-            out,
-            "ringproxy_proxy_protocol_refused_total{{reason=\"{reason}\"}} {n}"
-        );
-    }
-    family(
+    by_reason(
         &mut out,
         "ringproxy_access_refused_total",
-        "counter",
         "Requests refused by a route's access rules: allow/deny (forbidden, 403), basic_auth (unauthorized, 401).",
+        &[
+            ("forbidden", sum(&|w| read(&w.access_forbidden))),
+            ("unauthorized", sum(&|w| read(&w.access_unauthorized))),
+        ],
     );
-    for (reason, n) in [
-        ("forbidden", sum(&|w| read(&w.access_forbidden))),
-        ("unauthorized", sum(&|w| read(&w.access_unauthorized))),
-    ] {
-        let _ = writeln!(
-            out,
-            "ringproxy_access_refused_total{{reason=\"{reason}\"}} {n}"
-        );
-    }
     rate_limits(&mut out, &snapshot.limits);
     family(
         &mut out,
@@ -221,21 +209,15 @@ pub fn render(shared: &Shared) -> String {
         "Requests sent on a pooled upstream connection.",
         sum(&|w| read(&w.upstream_reused)),
     );
-    family(
+    by_reason(
         &mut out,
         "ringproxy_upstream_connections_discarded_total",
-        "counter",
         "Idle upstream connections closed instead of reused: bytes had arrived on them that belong to no request (stray_bytes), or they were closed (closed).",
+        &[
+            ("stray_bytes", sum(&|w| read(&w.upstream_discarded_stray))),
+            ("closed", sum(&|w| read(&w.upstream_discarded_closed))),
+        ],
     );
-    for (reason, n) in [
-        ("stray_bytes", sum(&|w| read(&w.upstream_discarded_stray))),
-        ("closed", sum(&|w| read(&w.upstream_discarded_closed))),
-    ] {
-        let _ = writeln!(
-            out,
-            "ringproxy_upstream_connections_discarded_total{{reason=\"{reason}\"}} {n}"
-        );
-    }
     counter(
         &mut out,
         "ringproxy_log_lines_dropped_total",
@@ -404,6 +386,14 @@ fn per_worker<V: std::fmt::Display>(
     family(out, name, kind, help);
     for (id, w) in workers.iter().enumerate() {
         let _ = writeln!(out, "{name}{{worker=\"{id}\"}} {}", value(w));
+    }
+}
+
+/// A counter family with one sample per `reason`.
+fn by_reason(out: &mut String, name: &str, help: &str, counts: &[(&str, u64)]) {
+    family(out, name, "counter", help);
+    for (reason, n) in counts {
+        let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {n}");
     }
 }
 

@@ -9,6 +9,7 @@
 use super::access_log::AccessRecord;
 use super::client_ip::ClientIp;
 use super::error::Failure;
+use super::reply::send_own_answer;
 use super::request_body::RequestBody;
 use super::route::Route;
 use super::{ClientConn, WorkerCtx};
@@ -19,7 +20,6 @@ use crate::http::{normalize, status, BodyKind, RequestHead};
 use crate::limits::{key, Limiter, Pass, Verdict};
 use crate::metrics::bump;
 use crate::net::deadline;
-use crate::net::io::write_buf;
 use crate::state::Snapshot;
 use smallvec::SmallVec;
 use std::time::{Duration, Instant};
@@ -155,7 +155,7 @@ pub async fn refuse<'v>(
     let keep = req.keep_alive && body.complete() && !ctx.shared.is_draining();
     let out = &mut conn.out;
     out.clear();
-    let (code, reason) = match refusal {
+    let answer = match refusal {
         Refusal::Limited { limit, retry_after } => {
             // Whole seconds, rounded up: a client waiting that long finds room.
             let wait = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
@@ -199,11 +199,5 @@ pub async fn refuse<'v>(
             (503, "password verification busy")
         }
     };
-    rec.status = code;
-    rec.reason = Some(reason);
-    rec.bytes_out = out.len() as u64;
-    write_buf(&mut conn.stream, &mut conn.out, view.config.timeouts.io)
-        .await
-        .map_err(|_| Failure::ClientGone)?;
-    Ok(keep)
+    send_own_answer(conn, rec, answer, keep, view).await
 }

@@ -48,18 +48,10 @@ fn two_instances_share_one_limit_and_survive_losing_redis() {
         store_up(&admin_a) == 1.0 && store_up(&admin_b) == 1.0
     });
     let shared = load(&a, &b, Duration::from_secs(6));
-    let expected = BURST as f64 + RATE * shared.span.as_secs_f64();
-    let error = (f64::from(shared.admitted) - expected) / expected;
-    eprintln!(
-        "fleet limit: {} admitted by two instances in {:?}, expected {expected:.0}: {:+.2}%",
-        shared.admitted,
-        shared.span,
-        error * 100.0
-    );
+    let error = shared.error_against(RATE, BURST, "fleet limit, two instances");
     assert!(
         error.abs() <= 0.10,
-        "two instances admitted {} where the limit allows {expected:.0} ({:+.1}%)",
-        shared.admitted,
+        "two instances admitted {:+.1}% off the limit",
         error * 100.0
     );
 

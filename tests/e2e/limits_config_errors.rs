@@ -6,14 +6,6 @@ use crate::common::*;
 const BACKEND: &str = "[[backends]]\nurl = \"http://127.0.0.1:9001\"\n";
 const LIMIT: &str = "[rate_limits.api]\nrequests_per_second = 10\n";
 
-fn check(config: &TempConfig) -> RunOutcome {
-    run_to_exit(
-        &["--check".as_ref(), "-c".as_ref(), config.path.as_os_str()],
-        &[],
-        None,
-    )
-}
-
 #[test]
 fn limit_and_access_errors_name_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -119,7 +111,7 @@ fn limit_and_access_errors_name_file_line_and_key() {
     ];
     for (what, text, key, line, message) in cases {
         let config = TempConfig::new(&text);
-        let outcome = check(&config);
+        let outcome = check_config(&config);
         assert_eq!(outcome.code(), Some(1), "{what}: {outcome:?}");
         let place = format!("{}:{line}:", config.path.display());
         let found = outcome
@@ -151,6 +143,6 @@ fn a_config_with_limits_and_access_rules_checks_ok() {
     );
     let config = TempConfig::new(&text);
     std::fs::copy(dir.path().join("users"), config.dir.path().join("users")).unwrap();
-    let outcome = check(&config);
+    let outcome = check_config(&config);
     assert_eq!(outcome.code(), Some(0), "{outcome:?}");
 }

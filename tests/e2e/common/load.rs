@@ -161,6 +161,23 @@ pub struct Paced {
     pub span: Duration,
 }
 
+impl Paced {
+    /// How far the admitted count is from what a limit of `rate` per second and `burst` allows
+    /// over the span (a fraction, signed), printed with `what`.
+    pub fn error_against(&self, rate: f64, burst: u64, what: &str) -> f64 {
+        let expected = burst as f64 + rate * self.span.as_secs_f64();
+        let error = (f64::from(self.admitted) - expected) / expected;
+        eprintln!(
+            "{what}: {} admitted, {} refused in {:?}; the limit allows {expected:.0}: {:+.2}%",
+            self.admitted,
+            self.refused,
+            self.span,
+            error * 100.0
+        );
+        error
+    }
+}
+
 /// Offers `per_second` GETs of `path` in all over `conns` (keep-alive, each connection its
 /// share on a fixed schedule, catching up when late, so the offered rate holds however the
 /// threads are scheduled) for `run`. Any status but 200 and 429 fails.

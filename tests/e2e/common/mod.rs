@@ -21,7 +21,7 @@ pub mod smuggling;
 pub use backend::{chunked_response_bytes, response_bytes, Backend, Recorded, Reply};
 pub use config::TestConfig;
 pub use http::{get_request, request_bytes, response_framing, Framing, Head, HttpConn, Message};
-pub use proxy::{log_field, run_to_exit, Proxy, RunOutcome, TempConfig, DRIVERS};
+pub use proxy::{check_config, log_field, run_to_exit, Proxy, RunOutcome, TempConfig, DRIVERS};
 
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
