@@ -235,3 +235,47 @@ fn mark(limiter: &Limiter, up: bool, instances: u32, policy: StoreErrorPolicy) {
         _ => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{LimitKey, LimitMode, RateLimitRule, StoreSettings};
+    use crate::limits::{RateLimits, Verdict};
+
+    #[test]
+    fn an_unreachable_store_leaves_the_local_share_or_lets_requests_through() {
+        let rule = |on_error| RateLimitRule {
+            name: "fleet".into(),
+            key: LimitKey::ClientIp,
+            interval_ns: 10_000_000, // 100 per second
+            burst: 1,
+            mode: LimitMode::Reject,
+            max_keys: 64,
+            store: Some(StoreSettings {
+                url: "redis://127.0.0.1:1".into(),
+                sync_interval: Duration::from_millis(100),
+                on_error,
+            }),
+            quota: (100, 1),
+        };
+        let t = Instant::now();
+        let local = RateLimits::build(&[rule(StoreErrorPolicy::Local)], 1, None);
+        let l = local.get(0);
+        mark(l, false, 4, StoreErrorPolicy::Local);
+        assert_eq!(l.store_up(), Some(false));
+        assert_eq!(l.check(1, t).0, Verdict::Admit);
+        // A quarter of the rate: the next one fits after 40 ms, not 10.
+        let Verdict::Refuse { retry_after } = l.check(1, t).0 else {
+            panic!("refused")
+        };
+        assert_eq!(retry_after, Duration::from_millis(40));
+        mark(l, true, 4, StoreErrorPolicy::Local);
+        assert_eq!(l.store_up(), Some(true));
+        let allow = RateLimits::build(&[rule(StoreErrorPolicy::Allow)], 1, None);
+        let a = allow.get(0);
+        mark(a, false, 4, StoreErrorPolicy::Allow);
+        for _ in 0..10 {
+            assert_eq!(a.check(1, t).0, Verdict::Admit);
+        }
+    }
+}

@@ -201,3 +201,53 @@ pub async fn refuse<'v>(
     };
     send_own_answer(conn, rec, answer, keep, view).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::{parse_request, HeadLimits};
+    use bytes::BytesMut;
+
+    fn request(raw: &str) -> RequestHead {
+        let limits = HeadLimits {
+            max_request_line_bytes: 8192,
+            max_header_bytes: 65536,
+            max_headers: 100,
+            max_body_bytes: None,
+        };
+        parse_request(&mut BytesMut::from(raw), &limits)
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn keys_come_from_the_named_parts_of_the_request() {
+        let a = ClientIp::new("192.0.2.1".parse().unwrap());
+        let b = ClientIp::new("192.0.2.2".parse().unwrap());
+        let req = request("GET / HTTP/1.1\r\nHost: API.Example.com.:8080\r\nX-Key:  k1 \r\n\r\n");
+        let same_host = request("GET / HTTP/1.1\r\nHost: api.example.com\r\n\r\n");
+        let bare = request("GET / HTTP/1.0\r\n\r\n");
+        let key = |kind: &LimitKey, req: &RequestHead, client: &ClientIp, route: &str| {
+            limit_key(kind, req, client, route)
+        };
+        let ip = LimitKey::ClientIp;
+        assert_eq!(key(&ip, &req, &a, "r1"), key(&ip, &bare, &a, "r2"));
+        assert_ne!(key(&ip, &req, &a, "r1"), key(&ip, &req, &b, "r1"));
+        let both = LimitKey::ClientIpRoute;
+        assert_ne!(key(&both, &req, &a, "r1"), key(&both, &req, &a, "r2"));
+        assert_ne!(key(&both, &req, &a, "r1"), key(&both, &req, &b, "r1"));
+        let route = LimitKey::Route;
+        assert_eq!(key(&route, &req, &a, "r1"), key(&route, &bare, &b, "r1"));
+        // The normalised host: case, port and trailing dot do not make another key.
+        let host = LimitKey::Host;
+        assert_eq!(key(&host, &req, &a, "r"), key(&host, &same_host, &b, "r"));
+        assert_eq!(key(&host, &bare, &a, "r"), None, "no host: not limited");
+        let header = LimitKey::Header("x-key".into());
+        assert_eq!(key(&header, &req, &a, "r"), Some(key::of(&[b"k1"])));
+        assert_eq!(
+            key(&header, &same_host, &a, "r"),
+            None,
+            "no field: not limited"
+        );
+    }
+}
