@@ -18,9 +18,9 @@ source "$LIB/common.sh"
 # shellcheck source=lib/configs.sh
 source "$LIB/configs.sh"
 
-ALL_SCENARIOS=(small-c64 small-c256 resp-16k resp-1m post-1m close routes-1 routes-1k idle-10k scaling
+ALL_SCENARIOS=(small-c64 small-c256 resp-16k resp-1m post-1m close routes-1 routes-1k limit-1 idle-10k scaling
     tls-small-c64 tls-handshake tls-resume tls-1m tls-idle-10k)
-SCENARIOS="small-c64,small-c256,resp-16k,resp-1m,post-1m,close,routes-1,routes-1k,idle-10k,scaling,tls-small-c64,tls-handshake,tls-resume,tls-1m,tls-idle-10k"
+SCENARIOS="small-c64,small-c256,resp-16k,resp-1m,post-1m,close,routes-1,routes-1k,limit-1,idle-10k,scaling,tls-small-c64,tls-handshake,tls-resume,tls-1m,tls-idle-10k"
 PROXIES="ringproxy,nginx,haproxy"
 DURATION=10
 REPS=3
@@ -228,7 +228,7 @@ load_cmd() { # load_cmd SCENARIO PORT SECONDS (PORT: the TLS port for tls-*)
         tls-1m) LOAD_CMD=("${wrk[@]}" -c16 "https://127.0.0.1:$2/1m") ;;
         tls-handshake) LOAD_CMD=("${tls_load[@]}") ;;
         tls-resume) LOAD_CMD=("${tls_load[@]}" --resume) ;;
-        small-c64 | routes-1 | routes-1k) LOAD_CMD=("${wrk[@]}" -c64 "$url/small") ;;
+        small-c64 | routes-1 | routes-1k | limit-1) LOAD_CMD=("${wrk[@]}" -c64 "$url/small") ;;
         small-c256 | scaling) LOAD_CMD=("${wrk[@]}" -c256 "$url/small") ;;
         resp-16k) LOAD_CMD=("${wrk[@]}" -c64 "$url/16k") ;;
         resp-1m) LOAD_CMD=("${wrk[@]}" -c16 "$url/1m") ;;
@@ -331,16 +331,17 @@ for s in small-c64 small-c256 resp-16k resp-1m post-1m close tls-small-c64 tls-h
 done
 # Routing: each proxy restarted with the scenario's routes (bench/lib/configs.sh), then back
 # to the plain configs for what follows.
-for s in routes-1 routes-1k; do
+# limit-1 is routes-1 with a rate limit that never refuses on the route.
+for s in routes-1 routes-1k limit-1; do
     has_scenario "$s" || continue
     log "scenario $s: restarting the proxies with its routes"
     stop_proxies
-    ROUTES=${s#routes-}
+    if [[ "$s" == limit-1 ]]; then ROUTES=1 LIMIT=1; else ROUTES=${s#routes-} LIMIT=""; fi
     start_proxies 1 "$PROXY_CORES"
     run_load_scenario "$s"
 done
 if [[ -n "$ROUTES" ]] && { has_scenario idle-10k || has_scenario tls-idle-10k || has_scenario scaling; }; then
-    ROUTES=""
+    ROUTES="" LIMIT=""
     stop_proxies
     start_proxies 1 "$PROXY_CORES"
 fi

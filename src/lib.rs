@@ -8,9 +8,11 @@
 //!
 //! Public: what the binary (`main.rs`) and the fuzz targets use.
 
+mod access;
 mod admin;
 pub mod config;
 pub mod http;
+mod limits;
 pub mod logging;
 mod metrics;
 mod net;

@@ -111,6 +111,15 @@ pub struct WorkerMetrics {
     /// Of the active connections, those switched to another protocol (WebSocket tunnels).
     pub tunnels: AtomicI64,
     pub connections_refused_over_cap: AtomicU64,
+    /// Connections closed at accept over `max_connections_per_ip`.
+    pub connections_refused_per_ip: AtomicU64,
+    /// Connections closed before a request because their PROXY protocol header was missing,
+    /// broken or late, or (`untrusted`) their peer may not send one.
+    pub proxy_protocol_refused: AtomicU64,
+    pub proxy_protocol_untrusted: AtomicU64,
+    /// Requests refused by a route's `allow`/`deny` (403) and `basic_auth` (401).
+    pub access_forbidden: AtomicU64,
+    pub access_unauthorized: AtomicU64,
     pub retries: AtomicU64,
     pub request_duration: Histogram,
     pub upstream_duration: Histogram,

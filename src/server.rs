@@ -59,6 +59,8 @@ pub fn run(
     let wake_fds: Vec<RawFd> = bound.iter().flat_map(|b| b.wake_fds.clone()).collect();
 
     crate::upstream::health::spawn(shared.clone())?;
+    let limits_of = shared.clone();
+    crate::limits::fleet::spawn(move || limits_of.snapshot().limits.with_store())?;
     admin::spawn(shared.clone())?;
 
     let (ready_tx, ready_rx) = mpsc::sync_channel(count);

@@ -6,6 +6,7 @@
 
 use crate::config::HealthSettings;
 use crate::config::ValidConfig;
+use crate::limits::{ConnectionCounts, RateLimits};
 use crate::metrics::WorkerMetrics;
 use crate::route::RouteTable;
 use crate::upstream::backend::Backend;
@@ -14,21 +15,25 @@ use crate::upstream::{UpstreamGroup, Upstreams};
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime};
 
-/// One consistent view of the configuration, the upstream groups and the routes it names.
+/// One consistent view of the configuration, the upstream groups, the routes and the rate
+/// limits it names.
 pub struct Snapshot {
     pub generation: u64,
     pub config: Arc<ValidConfig>,
     pub upstreams: Upstreams,
     pub routes: RouteTable,
+    /// By index in `config.rate_limits`; their tables outlive a reload that keeps them.
+    pub limits: RateLimits,
 }
 
 /// What a snapshot is built from besides its config.
 pub struct Built {
     pub upstreams: Upstreams,
     pub routes: RouteTable,
+    pub limits: RateLimits,
 }
 
 pub struct Shared {
@@ -42,17 +47,27 @@ pub struct Shared {
     pub config_path: PathBuf,
     /// Serialises reloads (SIGHUP and the admin API); never taken on the request path.
     pub reload_lock: Mutex<()>,
+    /// Open connections per client address (`max_connections_per_ip`), made on first use, for
+    /// as many addresses as the workers may hold connections at start.
+    connection_counts: OnceLock<Arc<ConnectionCounts>>,
+    max_connections: usize,
 }
 
 impl Shared {
     pub fn new(config: ValidConfig, config_path: PathBuf, workers: usize) -> Arc<Shared> {
-        let Built { upstreams, routes } = build(&config, None, workers);
+        let Built {
+            upstreams,
+            routes,
+            limits,
+        } = build(&config, None, workers);
+        let max_connections = config.limits.max_connections.saturating_mul(workers);
         Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot {
                 generation: 1,
                 config: Arc::new(config),
                 upstreams,
                 routes,
+                limits,
             }),
             generation: AtomicU64::new(1),
             workers: (0..workers).map(|_| Arc::default()).collect(),
@@ -63,7 +78,15 @@ impl Shared {
                 .map_or(0, |d| d.as_secs()),
             config_path,
             reload_lock: Mutex::new(()),
+            connection_counts: OnceLock::new(),
+            max_connections,
         })
+    }
+
+    /// The per-address connection counts, shared by every worker.
+    pub fn connection_counts(&self) -> &Arc<ConnectionCounts> {
+        self.connection_counts
+            .get_or_init(|| ConnectionCounts::new(self.max_connections))
     }
 
     pub fn generation(&self) -> u64 {
@@ -82,6 +105,7 @@ impl Shared {
             config: Arc::new(config),
             upstreams: built.upstreams,
             routes: built.routes,
+            limits: built.limits,
         }));
         self.generation.store(generation, Ordering::Release);
         generation
@@ -155,5 +179,6 @@ pub fn build(config: &ValidConfig, previous: Option<&Snapshot>, workers: usize) 
             default: config.default_group,
         },
         routes: RouteTable::build(&config.routes, workers, previous.map(|p| &p.routes)),
+        limits: RateLimits::build(&config.rate_limits, workers, previous.map(|p| &p.limits)),
     }
 }

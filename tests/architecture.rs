@@ -1,5 +1,5 @@
 //! The layout's rules, checked on the source: arrows point one way (server -> worker -> proxy
-//! -> {route, upstream, http, net}; config is data everyone may read), and no module reaches back up
+//! -> {route, limits, access, upstream, http, net}; config is data everyone may read), and no module reaches back up
 //! or round in a circle. Reads every `use crate::`/`use super::` path (braces expanded) and every
 //! inline `crate::a::b` path of `src/`, resolves each to the file of the module it names, and
 //! checks the graph of files. Re-exports in a `mod.rs` (`pub use child::X`) are a facade, not a
@@ -235,19 +235,25 @@ fn arrows_point_down_only() {
         ("net", &["metrics"]),
         ("upstream", &["config", "metrics", "net", "http"]),
         ("route", &["config", "http", "upstream", "metrics"]),
-        ("state", &["config", "metrics", "upstream", "route"]),
+        ("limits", &["config", "metrics"]),
+        ("access", &["config", "net"]),
+        (
+            "state",
+            &["config", "metrics", "upstream", "route", "limits"],
+        ),
         ("logging", &["config", "metrics"]),
         (
             "proxy",
             &[
-                "config", "metrics", "net", "http", "upstream", "state", "route",
+                "config", "metrics", "net", "http", "upstream", "state", "route", "limits",
+                "access",
             ],
         ),
         ("reload", &["config", "state", "logging", "upstream"]),
         (
             "admin",
             &[
-                "config", "metrics", "net", "http", "upstream", "state", "reload",
+                "config", "metrics", "net", "http", "upstream", "state", "reload", "limits",
             ],
         ),
         (

@@ -88,11 +88,11 @@ def check_close(port, small):
 
 
 def check_scenario(name, port, small):
-    if name.startswith("routes-"):
+    if name.startswith("routes-") or name == "limit-1":
         # Only /small has a route: anything else must be answered without the backend.
         status, _ = request(port, "GET", "/unrouted")
         expect(status in (404, 503), f"GET /unrouted with {name}'s routes: got {status}, not 404/503")
-    if name in ("small-c64", "small-c256", "scaling", "routes-1", "routes-1k"):
+    if name in ("small-c64", "small-c256", "scaling", "routes-1", "routes-1k", "limit-1"):
         got = request(port, "GET", "/small")
         expect(got == (200, small.encode()), f"GET /small: got {got[0]} {got[1][:100]!r}")
     elif name in ("resp-16k", "resp-1m"):

@@ -11,6 +11,11 @@ SMALL_BODY="ringproxy bench: small response body, 64 bytes of text........"
 # proxy routes /small to the backend by its prefix route and answers anything no route
 # matches itself (404/503), so the correctness check proves the route was used.
 ROUTES=""
+# Rate-limit scenario (compare.sh sets LIMIT=1 with ROUTES=1): the prefix route /small also
+# passes one per-client-address limit so high it never refuses (ringproxy [rate_limits], nginx
+# limit_req, HAProxy a stick table), to measure what checking a limit costs.
+LIMIT=""
+NEVER_RATE=1000000
 ROUTE_COUNT=1000
 ROUTE_REGEXES=10
 
@@ -176,8 +181,13 @@ nginx_servers() { # nginx_servers PORT
         return
     fi
     printf '    server_names_hash_max_size 4096;\n    server_names_hash_bucket_size 128;\n'
+    [[ -z "$LIMIT" ]] || printf '    limit_req_zone $binary_remote_addr zone=never:10m rate=%sr/s;\n    limit_req_status 429;\n' "$NEVER_RATE"
     printf '    server {\n        listen 127.0.0.1:%s default_server backlog=4096;\n' "$port"
-    printf '        location ^~ /small { proxy_pass http://backend; }\n'
+    if [[ -n "$LIMIT" ]]; then
+        printf '        location ^~ /small { limit_req zone=never burst=%s nodelay; proxy_pass http://backend; }\n' "$NEVER_RATE"
+    else
+        printf '        location ^~ /small { proxy_pass http://backend; }\n'
+    fi
     if [[ "$ROUTES" == 1k ]]; then
         for ((i = 1; i < ROUTE_COUNT; i++)); do
             printf '        location ^~ /p%d/ { proxy_pass http://backend; }\n' "$i"
@@ -249,6 +259,11 @@ haproxy_routing() {
         return
     fi
     if [[ "$ROUTES" == 1 ]]; then
+        if [[ -n "$LIMIT" ]]; then
+            printf '    stick-table type ip size 100k expire 10s store http_req_rate(1s)\n'
+            printf '    http-request track-sc0 src\n'
+            printf '    http-request deny deny_status 429 if { sc_http_req_rate(0) gt %s }\n' "$NEVER_RATE"
+        fi
         printf '    use_backend be if { path_beg /small }\n'
         return
     fi
@@ -308,6 +323,10 @@ ringproxy_routes() { # ringproxy_routes BACKEND_PORT
     [[ -n "$ROUTES" ]] || return 0
     printf '\n[upstreams.app]\nbackends = [{ url = "http://127.0.0.1:%s" }]\n' "$backend"
     printf '\n[[routes]]\npath_prefix = "/small"\nupstream = "app"\n'
+    if [[ -n "$LIMIT" ]]; then
+        printf 'rate_limits = ["never"]\n\n[rate_limits.never]\nkey = "client_ip"\n'
+        printf 'requests_per_second = %s\nburst = %s\n' "$NEVER_RATE" "$NEVER_RATE"
+    fi
     [[ "$ROUTES" == 1k ]] || return 0
     for ((i = 0; i < ROUTE_COUNT; i++)); do
         printf '[[routes]]\nhosts = ["h%d.bench.example"]\nupstream = "app"\n' "$i"

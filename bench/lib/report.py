@@ -20,6 +20,7 @@ SCENARIOS = {
     "close": "GET 64-byte body, new connection per request, 64 concurrent",
     "routes-1": "small-c64 through one prefix route",
     "routes-1k": "small-c64 through 1,000 exact hosts + 1,000 prefix routes + 10 regexes, hitting a prefix route",
+    "limit-1": "routes-1 with a per-client-address rate limit on the route that never refuses",
     "idle-10k": "10,000 idle keep-alive client connections (one request each, then held)",
     "scaling": "small-c256 with 2 workers (scaling ratio = 2 workers / 1 worker)",
     "tls-small-c64": "small-c64 over TLS 1.3 (ECDSA P-256, X25519), keep-alive, 64 connections",
@@ -134,15 +135,19 @@ def routing_lines(summary):
     """What routing costs each proxy: CPU per request of the routes scenarios over small-c64's
     (the same request without routes) in the same run."""
     rows = []
-    for p in ordered({k[1] for k in summary if k[0].startswith("routes-")}):
+    for p in ordered({k[1] for k in summary if k[0].startswith("routes-") or k[0] == "limit-1"}):
         base = summary.get(("small-c64", p), {}).get("cpu")
         cells = [summary.get((s, p), {}).get("cpu") for s in ("routes-1", "routes-1k")]
+        routed = summary.get(("routes-1", p), {}).get("cpu")
+        limited = summary.get(("limit-1", p), {}).get("cpu")
         rows.append(f"| {p} | {fmt(base, 1)} | " + " | ".join(
-            f"{fmt(c, 1)} ({ratio(c, base)})" for c in cells) + " |")
+            f"{fmt(c, 1)} ({ratio(c, base)})" for c in cells)
+            + f" | {fmt(limited, 1)} ({ratio(limited, routed)} of routes-1) |")
     if not rows:
         return []
     return ["### Routing: CPU µs/req with routes (÷ small-c64, the same load without them)", "",
-            "| proxy | small-c64 | routes-1 | routes-1k |", "|---|---:|---:|---:|", *rows, ""]
+            "limit-1 is routes-1 with a rate limit on the route that never refuses, ÷ routes-1.", "",
+            "| proxy | small-c64 | routes-1 | routes-1k | limit-1 |", "|---|---:|---:|---:|---:|", *rows, ""]
 
 
 def calibration_lines(summary, scen):

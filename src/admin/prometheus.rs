@@ -1,6 +1,7 @@
 //! `GET /metrics` in the Prometheus text exposition format (version 0.0.4). Per-worker counters
 //! are summed here, on read.
 
+use crate::limits::{Limiter, RateLimits};
 use crate::metrics::{
     read, HistogramTotals, WorkerMetrics, CLASS_LABELS, FD_EXHAUSTED, FD_OP_LABELS, FD_SHARE_FULL,
     LATENCY_BUCKETS, TLS_HANDSHAKE_LABELS,
@@ -104,6 +105,31 @@ pub fn render(shared: &Shared) -> String {
         "Client connections refused over limits.max_connections.",
         sum(&|w| read(&w.connections_refused_over_cap)),
     );
+    counter(
+        &mut out,
+        "ringproxy_connections_refused_per_ip_total",
+        "Client connections closed at accept over limits.max_connections_per_ip.",
+        sum(&|w| read(&w.connections_refused_per_ip)),
+    );
+    by_reason(
+        &mut out,
+        "ringproxy_proxy_protocol_refused_total",
+        "Connections closed before a request on a PROXY protocol listener: from a peer not in trusted_proxies (untrusted), or with a missing, broken or late header (header).",
+        &[
+            ("untrusted", sum(&|w| read(&w.proxy_protocol_untrusted))),
+            ("header", sum(&|w| read(&w.proxy_protocol_refused))),
+        ],
+    );
+    by_reason(
+        &mut out,
+        "ringproxy_access_refused_total",
+        "Requests refused by a route's access rules: allow/deny (forbidden, 403), basic_auth (unauthorized, 401).",
+        &[
+            ("forbidden", sum(&|w| read(&w.access_forbidden))),
+            ("unauthorized", sum(&|w| read(&w.access_unauthorized))),
+        ],
+    );
+    rate_limits(&mut out, &snapshot.limits);
     family(
         &mut out,
         "ringproxy_fd_exhausted_total",
@@ -183,21 +209,15 @@ pub fn render(shared: &Shared) -> String {
         "Requests sent on a pooled upstream connection.",
         sum(&|w| read(&w.upstream_reused)),
     );
-    family(
+    by_reason(
         &mut out,
         "ringproxy_upstream_connections_discarded_total",
-        "counter",
         "Idle upstream connections closed instead of reused: bytes had arrived on them that belong to no request (stray_bytes), or they were closed (closed).",
+        &[
+            ("stray_bytes", sum(&|w| read(&w.upstream_discarded_stray))),
+            ("closed", sum(&|w| read(&w.upstream_discarded_closed))),
+        ],
     );
-    for (reason, n) in [
-        ("stray_bytes", sum(&|w| read(&w.upstream_discarded_stray))),
-        ("closed", sum(&|w| read(&w.upstream_discarded_closed))),
-    ] {
-        let _ = writeln!(
-            out,
-            "ringproxy_upstream_connections_discarded_total{{reason=\"{reason}\"}} {n}"
-        );
-    }
     tls(&mut out, &snapshot.config, workers);
     counter(
         &mut out,
@@ -367,6 +387,53 @@ fn tls(
     }
 }
 
+/// A per-limit metric: name, type, help, and how to read it from a limit (none: not this one).
+type LimitFamily<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a dyn Fn(&Limiter) -> Option<u64>,
+);
+
+/// Per rate limit: requests refused (429) and delayed, and for fleet-wide limits whether the
+/// store answers.
+fn rate_limits(out: &mut String, limits: &RateLimits) {
+    let families: [LimitFamily; 4] = [
+        (
+            "ringproxy_rate_limited_total",
+            "counter",
+            "Requests refused with 429 by each rate limit.",
+            &|l| Some(l.refused_total()),
+        ),
+        (
+            "ringproxy_rate_limit_delayed_total",
+            "counter",
+            "Requests a rate limit in mode = \"delay\" held back until the rate admitted them.",
+            &|l| Some(l.delayed_total()),
+        ),
+        (
+            "ringproxy_rate_limit_store_up",
+            "gauge",
+            "1 while a fleet-wide limit's store (Redis) answers its sync, 0 while it does not (the limit then falls back as on_store_error says).",
+            &|l| l.store_up().map(u64::from),
+        ),
+        (
+            "ringproxy_rate_limit_table_bytes",
+            "gauge",
+            "Memory of each rate limit's key table (fixed by max_keys).",
+            &|l| Some(l.table_bytes() as u64),
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        family(out, name, kind, help);
+        for limit in limits.iter() {
+            if let Some(v) = value(limit) {
+                let _ = writeln!(out, "{name}{{limit=\"{}\"}} {v}", escape(limit.name()));
+            }
+        }
+    }
+}
+
 /// A per-backend metric: name, type, help, and how to read it from a backend.
 type BackendFamily<'a> = (&'a str, &'a str, &'a str, &'a dyn Fn(&Backend) -> f64);
 
@@ -384,6 +451,14 @@ fn per_worker<V: std::fmt::Display>(
     family(out, name, kind, help);
     for (id, w) in workers.iter().enumerate() {
         let _ = writeln!(out, "{name}{{worker=\"{id}\"}} {}", value(w));
+    }
+}
+
+/// A counter family with one sample per `reason`.
+fn by_reason(out: &mut String, name: &str, help: &str, counts: &[(&str, u64)]) {
+    family(out, name, "counter", help);
+    for (reason, n) in counts {
+        let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {n}");
     }
 }
 

@@ -1,8 +1,10 @@
 //! The TOML configuration: schema with documented defaults (`schema.rs`), semantic validation
-//! (`validate.rs`; upstream groups and routes in `routing.rs`; shared checks in `check.rs`) into
+//! (`validate.rs`; upstream groups and routes in `routing.rs`; client identity, rate limits and
+//! access rules in `admission.rs`; shared checks in `check.rs`) into
 //! typed settings (`settings.rs`), and error locations by file, line and key (`locate.rs`).
 //! Unknown keys are errors: a typo must never be silently ignored.
 
+mod admission;
 mod check;
 mod locate;
 mod problem;
@@ -12,12 +14,18 @@ mod settings;
 pub mod tls;
 mod validate;
 
+pub use admission::{
+    parse_htpasswd, Admission, BasicAuth, IpRanges, LimitKey, LimitMode, RateLimitRule,
+    StoreSettings,
+};
 pub use routing::{
     Forward, GroupConfig, GroupSettings, HashKey, HeaderCondition, HeaderEdits, HostHeader,
     HostPattern, PathMatch, PathRewrite, Redirect, Respond, RouteAction, RouteRule, DEFAULT_GROUP,
 };
 pub use schema::*;
-pub use settings::{HealthSettings, PassiveSettings, PoolSettings, ResolvedBackend, Timeouts};
+pub use settings::{
+    HealthSettings, PassiveSettings, PoolSettings, ProxyHeader, ResolvedBackend, Timeouts,
+};
 pub use validate::{AdminSettings, Limits, ValidConfig};
 
 use std::fmt;

@@ -5,9 +5,12 @@
 //! naming both: which one wins must never depend on file order. The lookup structure built
 //! from these rules is `route::RouteTable`'s business.
 
+use super::admission::{self, Admission, RateLimitRule};
 use super::check::{parse_status_ranges, resolve_backend, Checker, Problem, UpstreamTlsChoice};
 use super::schema::*;
-use super::settings::{HealthSettings, PassiveSettings, PoolSettings, ResolvedBackend, Timeouts};
+use super::settings::{
+    HealthSettings, PassiveSettings, PoolSettings, ProxyHeader, ResolvedBackend, Timeouts,
+};
 use super::tls::{TlsCheck, UpstreamTlsConfig};
 use crate::http::head::is_hop_by_hop;
 use crate::http::normalize;
@@ -182,6 +185,8 @@ pub struct RouteRule {
     pub headers: Vec<HeaderCondition>,
     pub action: RouteAction,
     pub response_headers: HeaderEdits,
+    /// Address rules, basic auth and rate limits its requests must pass.
+    pub admission: Admission,
 }
 
 impl RouteRule {
@@ -225,7 +230,7 @@ pub(super) fn global_settings(
         }
         None => HashKey::ClientIp,
     };
-    GroupSettings {
+    let mut settings = GroupSettings {
         strategy: lb.strategy,
         hash_key,
         hash_balance_factor: balance_factor(
@@ -236,7 +241,27 @@ pub(super) fn global_settings(
         host_header: host_header(ck, "upstream.host_header", &c.upstream.host_header),
         health,
         passive,
-        pool,
+        pool: PoolSettings {
+            send_proxy_protocol: c
+                .upstream
+                .send_proxy_protocol
+                .as_deref()
+                .and_then(|v| proxy_header(ck, "upstream.send_proxy_protocol", v)),
+            ..pool
+        },
+    };
+    settings.health.proxy_header = settings.pool.send_proxy_protocol;
+    settings
+}
+
+fn proxy_header(ck: &mut Checker, key: &str, value: &str) -> Option<ProxyHeader> {
+    match value {
+        "v1" => Some(ProxyHeader::V1),
+        "v2" => Some(ProxyHeader::V2),
+        other => {
+            ck.fail(key, format!("expected \"v1\" or \"v2\", got {other:?}"));
+            None
+        }
     }
 }
 
@@ -421,6 +446,9 @@ fn group_settings(
     if let Some(v) = g.rewrite_redirects {
         s.pool.rewrite_redirects = v;
     }
+    if let Some(v) = &g.send_proxy_protocol {
+        s.pool.send_proxy_protocol = proxy_header(ck, &k("send_proxy_protocol"), v);
+    }
     if let Some(h) = &g.health_checks {
         let hk = |field: &str| format!("{key}.health_checks.{field}");
         let health = &mut s.health;
@@ -465,6 +493,7 @@ fn group_settings(
             passive.eject_on_5xx = v;
         }
     }
+    s.health.proxy_header = s.pool.send_proxy_protocol;
     s
 }
 
@@ -517,23 +546,28 @@ fn host_header(ck: &mut Checker, key: &str, value: &str) -> HostHeader {
     }
 }
 
-/// The routes, checked, in file order (their index is their place in the file).
+/// What routes take from the rest of the config.
+pub(super) struct RouteDefaults<'a> {
+    pub groups: &'a [GroupConfig],
+    pub timeouts: &'a Timeouts,
+    pub max_body_bytes: Option<u64>,
+    pub rate_limits: &'a [RateLimitRule],
+    /// Where relative paths (users files) are found: the config file's directory.
+    pub base_dir: &'a Path,
+}
+
+/// The routes, checked, in file order (their index is their place in the file). The rate
+/// limits each uses are marked in `used`.
 pub(super) fn routes(
     ck: &mut Checker,
     c: &Config,
-    groups: &[GroupConfig],
-    timeouts: &Timeouts,
-    max_body_bytes: Option<u64>,
+    d: &RouteDefaults<'_>,
+    used: &mut [bool],
 ) -> Vec<RouteRule> {
     let mut labels: BTreeMap<String, usize> = BTreeMap::new();
     let mut rules = Vec::with_capacity(c.routes.len());
     for (i, r) in c.routes.iter().enumerate() {
-        let defaults = ForwardDefaults {
-            groups,
-            timeouts,
-            max_body_bytes,
-        };
-        let Some(rule) = route(ck, i, r, &defaults) else {
+        let Some(rule) = route(ck, i, r, d, used) else {
             continue;
         };
         if let Some(&first) = labels.get(&rule.label) {
@@ -550,19 +584,13 @@ pub(super) fn routes(
     rules.into_iter().map(|(_, rule)| rule).collect()
 }
 
-/// What a forwarding route takes from the rest of the config.
-struct ForwardDefaults<'a> {
-    groups: &'a [GroupConfig],
-    timeouts: &'a Timeouts,
-    max_body_bytes: Option<u64>,
-}
-
 /// One route, checked; `None` when it is too broken to take part in the conflict check.
 fn route(
     ck: &mut Checker,
     i: usize,
     r: &RouteConfig,
-    d: &ForwardDefaults<'_>,
+    d: &RouteDefaults<'_>,
+    used: &mut [bool],
 ) -> Option<RouteRule> {
     let key = |field: &str| format!("routes[{i}].{field}");
     let label = match &r.name {
@@ -589,7 +617,14 @@ fn route(
         &r.remove_response_headers,
         &NOT_EDITABLE_IN_RESPONSES,
     );
-    let action = action(ck, i, r, path.as_ref(), d);
+    let mut action = action(ck, i, r, path.as_ref(), d);
+    let admission = admission::route_admission(ck, i, r, d.rate_limits, used, d.base_dir);
+    if let (Some(auth), Some(RouteAction::Forward(f))) = (&admission.basic_auth, &mut action) {
+        // The credentials were for this proxy: not passed on unless asked.
+        if !auth.forward_authorization && !f.request_headers.touches(b"authorization") {
+            f.request_headers.remove.push("authorization".into());
+        }
+    }
     Some(RouteRule {
         label,
         hosts,
@@ -598,6 +633,7 @@ fn route(
         headers,
         action: action?,
         response_headers,
+        admission,
     })
 }
 
@@ -609,7 +645,7 @@ fn is_label(name: &str) -> bool {
 }
 
 /// RFC 9110 token: field names, methods, cookie names.
-fn is_token(s: &str) -> bool {
+pub(super) fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
@@ -872,7 +908,7 @@ fn action(
     i: usize,
     r: &RouteConfig,
     path: Option<&PathMatch>,
-    d: &ForwardDefaults<'_>,
+    d: &RouteDefaults<'_>,
 ) -> Option<RouteAction> {
     let key = |field: &str| format!("routes[{i}].{field}");
     let given = usize::from(r.upstream.is_some())

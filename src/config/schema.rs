@@ -38,6 +38,9 @@ pub struct Config {
     /// `[tls]`: the HTTPS listener; absent, none.
     #[serde(default)]
     pub tls: Option<super::tls::TlsConfig>,
+    /// Named rate limits (`[rate_limits.<name>]`), applied by routes and `[server] rate_limits`.
+    #[serde(default)]
+    pub rate_limits: BTreeMap<String, RateLimitConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -56,6 +59,14 @@ pub struct ServerConfig {
     /// Merge repeated slashes in the path that is matched and forwarded (default true, as
     /// Envoy's `merge_slashes` and nginx's).
     pub merge_slashes: bool,
+    /// Addresses and ranges (`"10.0.0.0/8"`, `"127.0.0.1"`) of the proxies in front whose word
+    /// on the client's address is taken (PROXY protocol, `X-Forwarded-For`); default none.
+    pub trusted_proxies: Vec<String>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2), accepted from
+    /// `trusted_proxies` only (default false).
+    pub proxy_protocol: bool,
+    /// Rate limits every request must pass (names of `[rate_limits.<name>]`).
+    pub rate_limits: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -67,6 +78,9 @@ impl Default for ServerConfig {
             pin_cores: true,
             shutdown_timeout_seconds: 30.0,
             merge_slashes: true,
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
+            rate_limits: Vec::new(),
         }
     }
 }
@@ -294,6 +308,9 @@ pub struct UpstreamConfig {
     /// `https://` backends: a client certificate (PEM chain) and key for mutual TLS.
     pub tls_client_cert: Option<String>,
     pub tls_client_key: Option<String>,
+    /// Start each upstream connection with a PROXY protocol header, `"v1"` or `"v2"` (default
+    /// none), as HAProxy's `send-proxy`.
+    pub send_proxy_protocol: Option<String>,
 }
 
 impl Default for UpstreamConfig {
@@ -310,6 +327,7 @@ impl Default for UpstreamConfig {
             tls_verify: true,
             tls_client_cert: None,
             tls_client_key: None,
+            send_proxy_protocol: None,
         }
     }
 }
@@ -330,6 +348,12 @@ pub struct LimitsConfig {
     /// Keep request header fields whose name contains `_` (default false: dropped, as nginx's
     /// `underscores_in_headers off`).
     pub allow_underscores_in_headers: bool,
+    /// Open connections per client address over all workers, 0 = unlimited (nginx's
+    /// `limit_conn`); default 0.
+    pub max_connections_per_ip: i64,
+    /// Requests served on one client connection before it is closed, 0 = unlimited (nginx's
+    /// `keepalive_requests`); default 0.
+    pub max_requests_per_connection: i64,
 }
 
 impl Default for LimitsConfig {
@@ -341,6 +365,8 @@ impl Default for LimitsConfig {
             max_body_bytes: 0,
             max_connections: 16384,
             allow_underscores_in_headers: false,
+            max_connections_per_ip: 0,
+            max_requests_per_connection: 0,
         }
     }
 }
@@ -395,6 +421,7 @@ pub struct UpstreamGroupConfig {
     pub tls_verify: Option<bool>,
     pub tls_client_cert: Option<String>,
     pub tls_client_key: Option<String>,
+    pub send_proxy_protocol: Option<String>,
     /// Overrides of `[health_checks]` keys for this group.
     pub health_checks: Option<HealthCheckOverrides>,
     /// Overrides of `[passive_health]` keys for this group.
@@ -456,6 +483,73 @@ pub struct RouteConfig {
     pub max_body_bytes: Option<i64>,
     pub redirect: Option<RedirectConfig>,
     pub respond: Option<RespondConfig>,
+    /// Rate limits this route's requests must pass (names of `[rate_limits.<name>]`).
+    pub rate_limits: Option<Vec<String>>,
+    /// Client addresses and ranges let in (absent: everyone not denied).
+    pub allow: Option<Vec<String>>,
+    /// Client addresses and ranges refused with 403; deny wins over allow.
+    pub deny: Option<Vec<String>>,
+    /// Users and password hashes the route's requests must authenticate as.
+    pub basic_auth: Option<BasicAuthConfig>,
+    /// Pass the client's `Authorization` on upstream (default false: removed once checked).
+    pub forward_authorization: Option<bool>,
+}
+
+/// `basic_auth = { users_file = "/etc/ringproxy/users", realm = "admin" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuthConfig {
+    /// An htpasswd file (`user:hash` lines) of bcrypt or argon2 hashes; relative to the config
+    /// file's directory.
+    pub users_file: String,
+    /// Shown by browsers in the login prompt (default `"ringproxy"`).
+    pub realm: Option<String>,
+}
+
+/// What a rate limit does with a request beyond its burst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitMode {
+    /// 429 at once.
+    #[default]
+    Reject,
+    /// Wait until the rate admits it, up to `max_delay_ms`, else 429 (nginx's `limit_req` with
+    /// `burst` and `delay`).
+    Delay,
+}
+
+/// What a fleet-wide limit does while its store cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreErrorPolicy {
+    /// Keep enforcing this instance's share of the limit.
+    #[default]
+    Local,
+    /// Let every request through.
+    Allow,
+}
+
+/// `[rate_limits.<name>]`: a GCRA (token bucket) limit by a key.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// `client_ip` (default), `header:NAME`, `host`, `route` or `client_ip+route`.
+    pub key: Option<String>,
+    pub requests_per_second: Option<f64>,
+    pub requests_per_minute: Option<f64>,
+    /// Requests allowed at once after idle (default 1).
+    pub burst: Option<i64>,
+    #[serde(default)]
+    pub mode: RateLimitMode,
+    /// Longest wait in `mode = "delay"` (default 500).
+    pub max_delay_ms: Option<i64>,
+    /// Keys tracked at most (default 100,000); the stalest are forgotten first.
+    pub max_keys: Option<i64>,
+    /// `redis://host:port[/db]`: enforce the limit over every instance sharing the store.
+    pub store: Option<String>,
+    /// How often the counts are exchanged with the store (default 100).
+    pub sync_interval_ms: Option<i64>,
+    pub on_store_error: Option<StoreErrorPolicy>,
 }
 
 /// `redirect = { to = "https://example.com/new/", status = 308, keep_path = true }`.

@@ -44,6 +44,15 @@ pub struct PoolSettings {
     pub retry_non_idempotent: bool,
     /// Rewrite a backend's own absolute redirects to the client's address.
     pub rewrite_redirects: bool,
+    /// Start each new connection with a PROXY protocol header of this version.
+    pub send_proxy_protocol: Option<ProxyHeader>,
+}
+
+/// A PROXY protocol header version (`send_proxy_protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyHeader {
+    V1,
+    V2,
 }
 
 #[derive(Debug, Clone)]
@@ -55,6 +64,9 @@ pub struct HealthSettings {
     pub success_threshold: u32,
     /// Inclusive status ranges that count as healthy.
     pub expected_status: Vec<(u16, u16)>,
+    /// The PROXY header a probe starts with (`LOCAL`), for backends that expect one on every
+    /// connection: the group's `send_proxy_protocol`.
+    pub proxy_header: Option<ProxyHeader>,
 }
 
 impl HealthSettings {

@@ -1,8 +1,9 @@
 //! Semantic checks on a parsed config and conversion into the typed settings the proxy runs on
 //! (durations, sizes, resolved backend addresses). All problems are reported, not just the first.
 
+use super::admission::{self, IpRanges, RateLimitRule};
 use super::check::{parse_status_ranges, Checker, Problem};
-use super::routing::{self, GroupConfig, RouteAction, RouteRule};
+use super::routing::{self, GroupConfig, RouteAction, RouteDefaults, RouteRule};
 use super::schema::*;
 use super::settings::{HealthSettings, PassiveSettings, PoolSettings, Timeouts};
 use super::tls::{TlsCheck, TlsSettings};
@@ -21,6 +22,10 @@ pub struct Limits {
     /// `[limits] max_body_bytes` (`None` = unlimited), which routes may override; the parser's
     /// own bound (`head.max_body_bytes`) is the loosest of them, each route checks its own.
     pub max_body_bytes: Option<u64>,
+    /// Open connections per client address over all workers (`None` = unlimited).
+    pub max_connections_per_ip: Option<u32>,
+    /// Requests served on one connection before it closes (`None` = unlimited).
+    pub max_requests_per_connection: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +76,15 @@ pub struct ValidConfig {
     pub routes: Vec<RouteRule>,
     /// Merge repeated slashes of the path matched and forwarded.
     pub merge_slashes: bool,
+    /// Proxies whose word on the client's address is taken (PROXY protocol, X-Forwarded-For).
+    pub trusted_proxies: IpRanges,
+    /// Connections start with a PROXY protocol header (from `trusted_proxies` only).
+    pub proxy_protocol: bool,
+    /// `[rate_limits.<name>]` in name order; routes and `server_rate_limits` refer to them by
+    /// index.
+    pub rate_limits: Vec<RateLimitRule>,
+    /// `[server] rate_limits`: every request must pass them.
+    pub server_rate_limits: Vec<usize>,
     /// The global `[health_checks]`, `[passive_health]` and `[upstream]` settings (the group
     /// `default`'s, and what other groups do not override).
     pub health: HealthSettings,
@@ -200,6 +214,7 @@ pub fn validate(c: Config, base: &Path) -> Result<(ValidConfig, Vec<Problem>), V
             );
             vec![]
         }),
+        proxy_header: None,
     };
     let p = &c.passive_health;
     let passive = PassiveSettings {
@@ -256,6 +271,7 @@ pub fn validate(c: Config, base: &Path) -> Result<(ValidConfig, Vec<Problem>), V
         },
         retry_non_idempotent: u.retry_non_idempotent,
         rewrite_redirects: u.rewrite_redirects,
+        send_proxy_protocol: None,
     };
 
     let global = routing::global_settings(&mut ck, &c, health.clone(), passive, pool.clone());
@@ -270,7 +286,32 @@ pub fn validate(c: Config, base: &Path) -> Result<(ValidConfig, Vec<Problem>), V
         0 => None,
         n => Some(n as u64),
     };
-    let routes = routing::routes(&mut ck, &c, &groups, &timeouts, max_body_bytes);
+    let trusted_proxies =
+        admission::ip_ranges(&mut ck, "server.trusted_proxies", &c.server.trusted_proxies);
+    if c.server.proxy_protocol && trusted_proxies.is_empty() {
+        ck.fail(
+            "server.proxy_protocol",
+            "PROXY protocol headers are taken from server.trusted_proxies only, and there are none",
+        );
+    }
+    let rate_limits = admission::rate_limits(&mut ck, &c);
+    let mut used = vec![false; rate_limits.len()];
+    let server_rate_limits = admission::limit_refs(
+        &mut ck,
+        "server.rate_limits",
+        &c.server.rate_limits,
+        &rate_limits,
+        &mut used,
+    );
+    let defaults = RouteDefaults {
+        groups: &groups,
+        timeouts: &timeouts,
+        max_body_bytes,
+        rate_limits: &rate_limits,
+        base_dir: base,
+    };
+    let routes = routing::routes(&mut ck, &c, &defaults, &mut used);
+    admission::unused_limits(&mut ck, &rate_limits, &used);
     // The parser refuses a Content-Length over the loosest limit any route has (413 before
     // routing); the route then holds the request to its own.
     let parser_max_body = routes
@@ -298,6 +339,24 @@ pub fn validate(c: Config, base: &Path) -> Result<(ValidConfig, Vec<Problem>), V
         max_body_bytes,
         allow_underscores: l.allow_underscores_in_headers,
         max_connections: ck.range("limits.max_connections", l.max_connections, 1, 1 << 24) as usize,
+        max_connections_per_ip: match ck.range(
+            "limits.max_connections_per_ip",
+            l.max_connections_per_ip,
+            0,
+            1 << 24,
+        ) {
+            0 => None,
+            n => Some(n as u32),
+        },
+        max_requests_per_connection: match ck.range(
+            "limits.max_requests_per_connection",
+            l.max_requests_per_connection,
+            0,
+            i64::MAX,
+        ) {
+            0 => None,
+            n => Some(n as u64),
+        },
     };
 
     if !ck.problems.is_empty() {
@@ -312,6 +371,10 @@ pub fn validate(c: Config, base: &Path) -> Result<(ValidConfig, Vec<Problem>), V
         default_group,
         routes,
         merge_slashes: c.server.merge_slashes,
+        trusted_proxies,
+        proxy_protocol: c.server.proxy_protocol,
+        rate_limits,
+        server_rate_limits,
         health,
         logging: c.logging,
         timeouts,

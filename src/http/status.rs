@@ -41,6 +41,16 @@ pub fn reason_phrase(status: u16) -> &'static str {
 
 /// Appends a complete error response, e.g. `502 Bad Gateway\n` as a text/plain body.
 pub fn write_error(out: &mut BytesMut, status: u16, keep_alive: bool) {
+    write_error_with(out, status, keep_alive, &[]);
+}
+
+/// As `write_error`, with these fields too (a 429's `Retry-After`, a 401's `WWW-Authenticate`).
+pub fn write_error_with(
+    out: &mut BytesMut,
+    status: u16,
+    keep_alive: bool,
+    fields: &[(&str, &str)],
+) {
     let reason = reason_phrase(status);
     let body_len = 3 + 1 + reason.len() + 1;
     let mut code_buf = itoa::Buffer::new();
@@ -53,8 +63,17 @@ pub fn write_error(out: &mut BytesMut, status: u16, keep_alive: bool) {
         reason,
         "\r\nServer: ringproxy\r\nContent-Type: text/plain\r\nContent-Length: ",
         len.format(body_len),
+    ] {
+        out.extend_from_slice(part.as_bytes());
+    }
+    for (name, value) in fields {
+        for part in ["\r\n", name, ": ", value] {
+            out.extend_from_slice(part.as_bytes());
+        }
+    }
+    for part in [
         // 503 means "no backend now": tell clients when to come back rather than hammer.
-        if status == 503 {
+        if status == 503 && fields.is_empty() {
             "\r\nRetry-After: 1"
         } else {
             ""

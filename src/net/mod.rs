@@ -1,12 +1,14 @@
 //! Socket primitives, below the HTTP and proxy layers: timed reads and writes (`io`, bounded by
 //! `deadline`'s coarse per-thread wheel rather than a timer each), zero-copy
 //! forwarding (`splice`), the client-facing listeners (`listener`), the open-files budget
-//! (`fd_budget`), the client and upstream byte streams (`stream`) and TLS on them (`tls`). Nothing here knows HTTP.
+//! (`fd_budget`), the client and upstream byte streams (`stream`), TLS on them (`tls`) and the
+//! PROXY protocol header in and out (`proxy_protocol`). Nothing here knows HTTP.
 
 pub mod deadline;
 pub mod fd_budget;
 pub mod io;
 pub mod listener;
+pub mod proxy_protocol;
 pub mod splice;
 pub mod stream;
 pub mod tls;

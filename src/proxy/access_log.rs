@@ -31,6 +31,8 @@ pub struct AccessRecord<'v> {
     pub bytes_out: u64,
     /// Why the proxy answered (or abandoned) the request itself, when it did.
     pub reason: Option<&'static str>,
+    /// The rate limit that refused or delayed the request.
+    pub limit: Option<&'v str>,
 }
 
 impl Default for AccessRecord<'_> {
@@ -45,6 +47,7 @@ impl Default for AccessRecord<'_> {
             bytes_in: 0,
             bytes_out: 0,
             reason: None,
+            limit: None,
         }
     }
 }
@@ -76,6 +79,7 @@ pub fn emit(ctx: &AccessContext<'_>, rec: &AccessRecord<'_>) {
         bytes_in = rec.bytes_in,
         bytes_out = rec.bytes_out,
         reason = rec.reason.unwrap_or("-"),
+        limit = rec.limit.unwrap_or("-"),
         worker = ctx.worker,
         tls_version = ctx.tls.map_or("-", |t| t.version),
         tls_cipher = ctx.tls.map_or("-", |t| t.cipher),

@@ -4,16 +4,19 @@
 //! are answered (400-505), logged and counted here.
 
 use super::access_log::{self, AccessContext, AccessRecord};
+use super::client_ip::{self, ClientIp, Unidentified};
 use super::context::ParkedConn;
 use super::context::Registration;
 use super::handle::{handle, record_metrics, Next};
 use super::linger::linger_close;
 use super::{handshake, parking, ClientConn, ConnectionSlot, WorkerCtx};
 use crate::http::{parse_request, status, RequestError, RequestHead};
+use crate::metrics::bump;
 use crate::net::deadline::Deadline;
 use crate::net::io::{read_more_or_give_up, read_more_until, write_buf, IoFail};
 use crate::net::stream::ClientStream;
 use bytes::BytesMut;
+use monoio::net::TcpStream;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -48,7 +51,18 @@ pub fn spawn_connection(
     slot: ConnectionSlot,
     resumed: bool,
 ) {
-    monoio::spawn(run_connection(ctx, stream, peer, slot, resumed));
+    monoio::spawn(async move {
+        let mut slot = slot;
+        // A new connection's client first: a PROXY header, the per-address cap.
+        let peer = match (resumed, stream.tcp()) {
+            (false, Some(tcp)) => match admit_connection(tcp, peer, &ctx, &mut slot).await {
+                Some(client) => client,
+                None => return,
+            },
+            _ => peer,
+        };
+        run_connection(ctx, stream, peer, slot, resumed).await;
+    });
 }
 
 /// Serves a connection accepted on the TLS listener in its own task: the handshake first.
@@ -59,6 +73,10 @@ pub fn spawn_tls_connection(
     slot: ConnectionSlot,
 ) {
     monoio::spawn(async move {
+        let mut slot = slot;
+        let Some(peer) = admit_connection(&tcp, peer, &ctx, &mut slot).await else {
+            return;
+        };
         if let Some(stream) = handshake::accept(&ctx, tcp, peer).await {
             run_connection(ctx, ClientStream::Tls(stream), peer, slot, false).await;
         }
@@ -69,10 +87,11 @@ async fn run_connection(
     ctx: Rc<WorkerCtx>,
     stream: ClientStream,
     peer: SocketAddr,
-    slot: ConnectionSlot,
+    mut slot: ConnectionSlot,
     resumed: bool,
 ) {
-    let Some((stream, idle_left)) = serve_connection(stream, peer, &ctx, resumed).await else {
+    let served = serve_connection(stream, peer, &ctx, resumed, &mut slot).await;
+    let Some((stream, idle_left)) = served else {
         return;
     };
     if ctx.shared.is_draining() {
@@ -89,6 +108,54 @@ async fn run_connection(
         .park(socket, peer, parked, idle_left);
     if let Err(e) = parked {
         tracing::warn!(client = %peer, worker = ctx.worker_id, error = %e, "cannot park an idle connection; closing it");
+    }
+}
+
+/// A new connection's client (see `client_ip`), counted against `max_connections_per_ip`;
+/// `None`: closed (a PROXY header missing or broken, an untrusted peer where one is expected,
+/// the address over its cap), and counted.
+async fn admit_connection(
+    tcp: &TcpStream,
+    peer: SocketAddr,
+    ctx: &WorkerCtx,
+    slot: &mut ConnectionSlot,
+) -> Option<SocketAddr> {
+    let view = ctx.view();
+    let config = &view.config;
+    let client = client_ip::of_connection(tcp, peer, config).await;
+    let client = match client {
+        Ok(client) => client,
+        Err(e) => {
+            let m = &ctx.metrics;
+            let (counter, reason) = match e {
+                Unidentified::Untrusted => {
+                    (&m.proxy_protocol_untrusted, "peer not in trusted_proxies")
+                }
+                Unidentified::Header(h) => (&m.proxy_protocol_refused, h.reason()),
+            };
+            bump(counter);
+            tracing::debug!(%peer, reason, worker = ctx.worker_id, "connection closed before its PROXY protocol header was accepted");
+            return None;
+        }
+    };
+    let Some(max) = config.limits.max_connections_per_ip else {
+        return Some(client);
+    };
+    // A trusted proxy's own connection carries many clients (named by X-Forwarded-For):
+    // not capped as one.
+    if client == peer && config.trusted_proxies.contains(peer.ip()) {
+        return Some(client);
+    }
+    match ctx.shared.connection_counts().acquire(client.ip(), max) {
+        Ok(counted) => {
+            slot.count_for_address(counted);
+            Some(client)
+        }
+        Err(_) => {
+            bump(&ctx.metrics.connections_refused_per_ip);
+            tracing::debug!(client = %client.ip(), max, worker = ctx.worker_id, "max_connections_per_ip reached; closing");
+            None
+        }
     }
 }
 
@@ -135,6 +202,7 @@ async fn serve_connection(
     peer: SocketAddr,
     ctx: &WorkerCtx,
     resumed: bool,
+    slot: &mut ConnectionSlot,
 ) -> Option<(ClientStream, Duration)> {
     if let (false, Some(socket)) = (resumed, stream.tcp()) {
         let _ = socket.set_nodelay(true);
@@ -148,7 +216,8 @@ async fn serve_connection(
         out: BytesMut::new(),
         upstream_out: BytesMut::new(),
         peer,
-        peer_ip: peer.ip().to_string(),
+        origin: ClientIp::new(peer.ip()),
+        client: ClientIp::new(peer.ip()),
     };
     // A new or just resumed connection reads at once, bound by the client header timeout.
     let mut first = true;
@@ -169,7 +238,12 @@ async fn serve_connection(
             }
         };
         first = false;
-        let (head, started) = request;
+        let (mut head, started) = request;
+        if slot.serve_request(ctx.view().config.limits.max_requests_per_connection) {
+            // The last this connection may carry (nginx's `keepalive_requests`): answered with
+            // `Connection: close`.
+            head.keep_alive = false;
+        }
         match handle(&mut conn, head, started, ctx).await {
             Next::KeepAlive if !ctx.shared.is_draining() => {}
             Next::LingerClose => {
@@ -289,7 +363,7 @@ async fn reject(
     if view.config.logging.access_log {
         let (method, target) = access_log::request_line_parts(&conn.rbuf);
         let access = AccessContext {
-            client: &conn.peer_ip,
+            client: conn.origin.as_str(),
             method,
             path: target,
             backend_url: None,

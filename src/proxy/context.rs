@@ -5,6 +5,7 @@
 //! lot of the parked ones (both used to close idle connections on shutdown).
 
 use super::parking::ParkingLot;
+use crate::limits::CountedConnection;
 use crate::metrics::{bump, WorkerMetrics};
 use crate::net::fd_budget::{self, Lease};
 use crate::net::io::IdleState;
@@ -205,6 +206,10 @@ fn balancers_for(upstreams: &Upstreams, worker: usize) -> Vec<Balancer> {
 pub struct ConnectionSlot {
     ctx: Rc<WorkerCtx>,
     _descriptor: Lease,
+    /// Its count against `max_connections_per_ip`, when it is counted.
+    _per_address: Option<CountedConnection>,
+    /// Requests served on it so far (`max_requests_per_connection`).
+    served: u64,
 }
 
 impl ConnectionSlot {
@@ -215,7 +220,20 @@ impl ConnectionSlot {
         Some(ConnectionSlot {
             ctx: ctx.clone(),
             _descriptor: descriptor,
+            _per_address: None,
+            served: 0,
         })
+    }
+
+    /// The connection is counted for its client's address; uncounted when it closes.
+    pub fn count_for_address(&mut self, counted: CountedConnection) {
+        self._per_address = Some(counted);
+    }
+
+    /// Counts a request; true when it is the last one `max` allows.
+    pub fn serve_request(&mut self, max: Option<u64>) -> bool {
+        self.served += 1;
+        max.is_some_and(|max| self.served >= max)
     }
 }
 

@@ -22,8 +22,11 @@ use crate::http::{status, BodyDecoder, OutFraming, RequestHead, ResponseHead, Ve
 use crate::metrics::bump;
 use crate::net::deadline::Deadline;
 use crate::net::io::{write_buf, write_buf_tracked, IoFail};
-use crate::upstream::{connect, group, ConnectError, InFlight, UpstreamConn};
+use crate::net::proxy_protocol;
+use crate::upstream::{connect, group, proxy_version, ConnectError, InFlight, UpstreamConn};
+use bytes::BytesMut;
 use smallvec::SmallVec;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// After the upstream stopped taking the request body, how long an answer it sent before
@@ -62,7 +65,25 @@ pub async fn exchange<'v>(
 ) -> Result<Exchanged<'v>, Failure> {
     let settings = &route.group.settings;
     let max_backends = 1 + settings.pool.retries;
-    let key = route.hash_key(req, &conn.peer_ip);
+    let key = route.hash_key(req, conn.client.as_str());
+    // Behind `send_proxy_protocol`, a connection announces its client, and carries only its
+    // requests: the connection's own port when the client is the connection's address.
+    let proxied_for = route.group.settings.pool.send_proxy_protocol.map(|_| {
+        match conn.client.forwarded_entries {
+            0 => conn.peer,
+            _ => SocketAddr::new(conn.client.ip, 0),
+        }
+    });
+    // A new connection's first bytes then: whose it is (HAProxy's `send-proxy`), to the address
+    // the client reached this proxy on; sent on the socket itself, before any TLS.
+    let preface = proxied_for
+        .zip(settings.pool.send_proxy_protocol)
+        .map(|(source, version)| {
+            let destination = local_address(conn.stream.socket_fd()).unwrap_or(source);
+            let mut header = BytesMut::new();
+            proxy_protocol::write_header(&mut header, proxy_version(version), source, destination);
+            header
+        });
     // Inline: no allocation on the common path of one or two backends.
     let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
     let mut last_failure: Option<Failure> = None;
@@ -93,7 +114,9 @@ pub async fn exchange<'v>(
         let target = &*route.backends()[backend];
         rec.backend = Some(target);
         let in_flight = target.start_request(ctx.worker_id);
-        let failed = match upstream_connection(ctx, route, backend, fresh_only).await {
+        let announce = (proxied_for, preface.as_deref());
+        let connection = upstream_connection(ctx, route, backend, fresh_only, announce);
+        let failed = match connection.await {
             Ok(mut up) => match attempt(conn, req, body, &mut up, route, ctx, backend, rec).await {
                 Ok(answer) => {
                     return Ok(Exchanged {
@@ -132,28 +155,30 @@ async fn upstream_connection(
     route: &Route<'_>,
     backend: usize,
     fresh_only: bool,
+    (proxied_for, preface): (Option<SocketAddr>, Option<&[u8]>),
 ) -> Result<UpstreamConn, AttemptError> {
     let target = &route.backends()[backend];
     if !fresh_only {
-        let pooled = ctx
-            .pool()
-            .checkout(target.id, |state| ctx.note_discarded(&target.url, state));
+        let pooled = ctx.pool().checkout(target.id, proxied_for, |state| {
+            ctx.note_discarded(&target.url, state)
+        });
         if let Some(up) = pooled {
             bump(&ctx.metrics.upstream_reused);
             return Ok(up);
         }
     }
     let timeout = route.timeouts.connect;
-    let mut connected = connect(target.id, target.addr, target.tls(), timeout).await;
+    let mut connected = connect(target.id, target.addr, target.tls(), preface, timeout).await;
     if let Err(ConnectError::NoDescriptor(_)) = connected {
         // The worker's share is full: an idle pooled connection gives its descriptor up.
         if ctx.pool().close_oldest() {
-            connected = connect(target.id, target.addr, target.tls(), timeout).await;
+            connected = connect(target.id, target.addr, target.tls(), preface, timeout).await;
         }
     }
     match connected {
-        Ok(up) => {
+        Ok(mut up) => {
             bump(&ctx.metrics.upstream_opened);
+            up.proxied_for = proxied_for;
             Ok(up)
         }
         Err(e) if !e.is_backend_failure() => {
@@ -293,7 +318,8 @@ async fn send_request(
     let config = route.config;
     let framing = body.framing(req);
     let from = ForwardedFor {
-        client_ip: &conn.peer_ip,
+        client_ip: conn.client.as_str(),
+        forwarded_entries: conn.client.forwarded_entries,
         scheme: conn.scheme,
         allow_underscores: config.limits.allow_underscores,
         client_cert: conn.tls.as_ref().and_then(|t| t.client_cert.as_ref()),
@@ -343,6 +369,16 @@ async fn send_request(
             .map_err(AttemptError::never)
         }
     }
+}
+
+/// The local address of a socket (the client connection's: where the client reached us).
+fn local_address(fd: std::os::fd::RawFd) -> Option<SocketAddr> {
+    // SAFETY: the descriptor belongs to the open client stream for the whole call.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    socket2::SockRef::from(&borrowed)
+        .local_addr()
+        .ok()?
+        .as_socket()
 }
 
 /// The verdict on a request (head and buffered body) whose write failed: nothing of it left

@@ -20,6 +20,9 @@ use std::net::SocketAddr;
 pub struct ForwardedFor<'a> {
     /// The client's address as text (an IPv6 address without brackets).
     pub client_ip: &'a str,
+    /// The rightmost `X-Forwarded-For` entries the client was found with (trusted hops and its
+    /// own): not passed on, since `client_ip` goes last in their place.
+    pub forwarded_entries: u16,
     pub scheme: Scheme,
     /// Forward request fields whose name contains `_` (`[limits] allow_underscores_in_headers`).
     pub allow_underscores: bool,
@@ -138,11 +141,30 @@ fn write_vouched(out: &mut BytesMut, req: &RequestHead, from: &ForwardedFor<'_>,
             .map(|h| h.value.of(raw))
             .filter(|v| !v.is_empty())
     };
-    // X-Forwarded-For is appended to, so its leftmost entries are the client's own word.
+    // X-Forwarded-For is appended to, so its leftmost entries are the client's own word. When
+    // the client was found in it (behind trusted proxies), the entries from the client's on
+    // are dropped and the client goes last: the rightmost entry is always the client as this
+    // proxy determined it.
     out.extend_from_slice(b"X-Forwarded-For: ");
-    for v in prior(Vouched::ForwardedFor) {
-        out.extend_from_slice(v);
-        out.extend_from_slice(b", ");
+    if from.forwarded_entries == 0 {
+        for v in prior(Vouched::ForwardedFor) {
+            out.extend_from_slice(v);
+            out.extend_from_slice(b", ");
+        }
+    } else {
+        let entries = || {
+            prior(Vouched::ForwardedFor)
+                .flat_map(|v| v.split(|&b| b == b','))
+                .map(head::trim_ows)
+                .filter(|e| !e.is_empty())
+        };
+        let kept = entries()
+            .count()
+            .saturating_sub(usize::from(from.forwarded_entries));
+        for entry in entries().take(kept) {
+            out.extend_from_slice(entry);
+            out.extend_from_slice(b", ");
+        }
     }
     out.extend_from_slice(from.client_ip.as_bytes());
     out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
@@ -473,6 +495,7 @@ mod tests {
     fn from(client_ip: &str) -> ForwardedFor<'_> {
         ForwardedFor {
             client_ip,
+            forwarded_entries: 0,
             scheme: Scheme::Http,
             allow_underscores: false,
             client_cert: None,
@@ -517,6 +540,38 @@ mod tests {
              X-Forwarded-For: 10.0.0.1, 127.0.0.1\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: example.com\r\n\
              Forwarded: for=127.0.0.1;proto=http;host=example.com\r\n\
              TE: trailers\r\nContent-Length: 3\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn a_client_found_in_x_forwarded_for_goes_last_without_the_trusted_hops() {
+        let req = request(
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 6.6.6.6, 203.0.113.5\r\n\
+             X-Forwarded-For: 10.0.0.2\r\n\r\n",
+        );
+        let mut out = BytesMut::new();
+        // The client is 203.0.113.5, found two entries from the right.
+        let from = ForwardedFor {
+            forwarded_entries: 2,
+            ..from("203.0.113.5")
+        };
+        let backend = "127.0.0.1:9000".parse().unwrap();
+        write_request_head(
+            &mut out,
+            &req,
+            &plain(&req),
+            &from,
+            OutFraming::None,
+            backend,
+        );
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(
+            text.contains("\r\nX-Forwarded-For: 6.6.6.6, 203.0.113.5\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Forwarded: for=203.0.113.5;proto=http;host=a\r\n"),
+            "{text}"
         );
     }
 

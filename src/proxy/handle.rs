@@ -5,6 +5,7 @@
 //! started gets a status; after it started, the client connection is reset.
 
 use super::access_log::{self, AccessContext, AccessRecord};
+use super::client_ip;
 use super::error::Failure;
 use super::request_body::RequestBody;
 use super::route::Routed;
@@ -33,6 +34,7 @@ pub async fn handle(
     ctx: &WorkerCtx,
 ) -> Next {
     let view = ctx.view();
+    conn.client = client_ip::of_request(&conn.origin, &req, &view.config.trusted_proxies);
     let mut rec = AccessRecord {
         bytes_in: req.raw.len() as u64,
         ..Default::default()
@@ -67,13 +69,22 @@ async fn proxy_request<'v>(
     rec: &mut AccessRecord<'v>,
 ) -> Result<bool, Failure> {
     https::check(conn, req, &view.config)?;
-    let route = match route::route(req, view).map_err(Failure::BadRequest)? {
+    let routed = route::route(req, view).map_err(Failure::BadRequest)?;
+    rec.route = routed.rule();
+    if let Routed::Forward(route) = &routed {
+        rec.upstream = Some(&route.group.name);
+        admit::body_fits(req, route)?;
+    }
+    let rule = rec.route.map(|(_, rule)| rule);
+    let (client, worker) = (&conn.client, ctx.worker_id);
+    let admitted = admit::admit(req, rule, view, client, worker, rec).await;
+    if let Err(refusal) = admitted {
+        return admit::refuse(conn, req, body, refusal, ctx, view, rec).await;
+    }
+    let route = match routed {
         Routed::Forward(route) => route,
         Routed::Reply(answer) => return reply::send(conn, req, body, answer, ctx, view, rec).await,
     };
-    rec.route = route.rule;
-    rec.upstream = Some(&route.group.name);
-    admit::admit(req, &route)?;
     let exchanged = exchange::exchange(conn, req, body, &route, ctx, rec).await?;
     relay::relay(conn, req, body, exchanged, &route, ctx, rec).await
 }
@@ -92,7 +103,7 @@ async fn answer_failure(
     let backend = rec.backend.map_or("-", |b| b.url.as_str());
     rec.reason = Some(failure.summary());
     let Some(code) = failure.status() else {
-        tracing::info!(client = %conn.peer, backend, reason = %failure, worker = ctx.worker_id, "request abandoned");
+        tracing::info!(client = conn.client.as_str(), backend, reason = %failure, worker = ctx.worker_id, "request abandoned");
         rec.answered = false;
         if let Failure::Aborted(_) = failure {
             conn.stream.reset_on_close();
@@ -109,7 +120,7 @@ async fn answer_failure(
         return false;
     };
     if !failure.is_policy() {
-        tracing::warn!(client = %conn.peer, backend, status = code, reason = %failure, worker = ctx.worker_id, "request failed");
+        tracing::warn!(client = conn.client.as_str(), backend, status = code, reason = %failure, worker = ctx.worker_id, "request failed");
     }
     rec.status = code;
     let keep = req.keep_alive
@@ -143,7 +154,7 @@ fn log_request(
     }
     if view.config.logging.access_log {
         let access = AccessContext {
-            client: &conn.peer_ip,
+            client: conn.client.as_str(),
             method: req.method(),
             path: req.target(),
             backend_url: rec.backend.map(|b| b.url.as_str()),

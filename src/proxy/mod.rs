@@ -1,16 +1,18 @@
 //! The proxy: client connections and the requests on them. `connection` serves one client
 //! connection request after request (parking it between requests when it goes quiet);
 //! `handle` runs one request through its phases, each a module: `route` (or a `reply` the
-//! proxy makes itself: redirect, fixed response, 404) -> `admit` ->
+//! proxy makes itself: redirect, fixed response, 404) -> `admit` (access rules, rate limits) ->
 //! `exchange` (pick an upstream, send, read the answer, retry as `error`'s verdicts allow) ->
 //! `relay` (stream the answer back, or tunnel) -> the access log. `forwarding` is what the
 //! proxy adds, removes and rewrites; `transfer` streams one body; `answer` reads the upstream's
 //! answer, also while a request body still streams. `handshake` runs a TLS client's handshake;
-//! `https` is what the TLS settings ask of each request (strict SNI, redirects to HTTPS).
+//! `https` is what the TLS settings ask of each request (strict SNI, redirects to HTTPS);
+//! `client_ip` says who the client is.
 
 mod access_log;
 mod admit;
 mod answer;
+mod client_ip;
 mod connection;
 mod context;
 mod duplex;
@@ -35,6 +37,7 @@ pub use context::{ConnectionSlot, WorkerCtx};
 use crate::net::stream::{ClientStream, Scheme};
 use crate::net::tls::TlsInfo;
 use bytes::BytesMut;
+use client_ip::ClientIp;
 use std::net::SocketAddr;
 
 /// One client connection's state that outlives a request.
@@ -48,8 +51,13 @@ pub struct ClientConn {
     pub out: BytesMut,
     /// Pending output to the upstream, reused.
     pub upstream_out: BytesMut,
+    /// The connection's client: its peer, or the source its PROXY protocol header named.
     pub peer: SocketAddr,
-    pub peer_ip: String,
+    /// `peer`'s address, as text too.
+    pub origin: ClientIp,
+    /// The client of the request being served: `origin`, or as `X-Forwarded-For` names it
+    /// when `origin` is a trusted proxy (`client_ip`); set per request.
+    pub client: ClientIp,
     /// What the TLS handshake agreed, on the TLS listener.
     pub tls: Option<ClientTls>,
 }

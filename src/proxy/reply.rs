@@ -59,9 +59,21 @@ pub async fn send<'v>(
             (404, "no route matched")
         }
     };
+    send_own_answer(conn, rec, (code, reason), keep, view).await
+}
+
+/// Sends the answer the proxy wrote itself into `conn.out` (status `code`, for `reason`) and
+/// records it for the log; returns `keep`, whether the connection stays open.
+pub async fn send_own_answer(
+    conn: &mut ClientConn,
+    rec: &mut AccessRecord<'_>,
+    (code, reason): (u16, &'static str),
+    keep: bool,
+    view: &Snapshot,
+) -> Result<bool, Failure> {
     rec.status = code;
     rec.reason = Some(reason);
-    rec.bytes_out = out.len() as u64;
+    rec.bytes_out = conn.out.len() as u64;
     write_buf(&mut conn.stream, &mut conn.out, view.config.timeouts.io)
         .await
         .map_err(|_| Failure::ClientGone)?;

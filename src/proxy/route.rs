@@ -22,6 +22,16 @@ pub enum Routed<'v> {
     Reply(Reply<'v>),
 }
 
+impl<'v> Routed<'v> {
+    /// The route that matched (index and rule), if one did.
+    pub fn rule(&self) -> Option<(usize, &'v RouteRule)> {
+        match self {
+            Routed::Forward(route) => route.rule,
+            Routed::Reply(reply) => reply.rule,
+        }
+    }
+}
+
 /// What a request sent upstream runs with: the worker-independent parts of its environment.
 pub struct Route<'v> {
     /// The configuration in force for this request.

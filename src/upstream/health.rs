@@ -12,8 +12,9 @@
 
 use super::backend::ProbeResult;
 use super::Backend;
-use crate::config::HealthSettings;
+use crate::config::{HealthSettings, ProxyHeader};
 use crate::net::fd_budget::{self, FdOp};
+use crate::net::proxy_protocol;
 use crate::net::stream::UpstreamStream;
 use crate::net::tls::TlsStream;
 use bytes::BytesMut;
@@ -156,7 +157,7 @@ async fn check_forever(watched: Watched, backend: Arc<Backend>) {
             continue;
         }
         let started = Instant::now();
-        let result = probe(&backend, settings.timeout).await;
+        let result = probe(&backend, settings.timeout, settings.proxy_header).await;
         if result == ProbeResult::Skipped {
             // A shortage here, not a verdict on the backend: its state stays as it is.
             monoio::time::sleep(settings.interval.saturating_sub(started.elapsed())).await;
@@ -185,17 +186,23 @@ async fn check_forever(watched: Watched, backend: Arc<Backend>) {
 
 /// One check bounded by `timeout` as a whole: a `GET <health_check_path>` and its status, or,
 /// without a path, whether a TCP connection can be made (HAProxy's `check` without
-/// `option httpchk`): a backend need not serve a health URL to be checked.
-pub async fn probe(backend: &Backend, timeout: Duration) -> ProbeResult {
-    match monoio::time::timeout(timeout, probe_unbounded(backend)).await {
+/// `option httpchk`): a backend need not serve a health URL to be checked. An HTTP check
+/// starts with `proxy_header`'s `LOCAL` header, for backends that expect one on every
+/// connection.
+async fn probe(
+    backend: &Backend,
+    timeout: Duration,
+    proxy_header: Option<ProxyHeader>,
+) -> ProbeResult {
+    match monoio::time::timeout(timeout, probe_unbounded(backend, proxy_header)).await {
         Ok(result) => result,
         Err(_) => ProbeResult::Timeout,
     }
 }
 
-async fn probe_unbounded(backend: &Backend) -> ProbeResult {
+async fn probe_unbounded(backend: &Backend, proxy_header: Option<ProxyHeader>) -> ProbeResult {
     let connected = TcpStream::connect_addr(backend.addr).await;
-    let stream = match fd_budget::note(FdOp::HealthCheck, connected) {
+    let mut stream = match fd_budget::note(FdOp::HealthCheck, connected) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return ProbeResult::Refused,
         Err(e) if fd_budget::is_exhaustion(&e) => return ProbeResult::Skipped,
@@ -204,6 +211,14 @@ async fn probe_unbounded(backend: &Backend) -> ProbeResult {
     let Some(path) = &backend.health_check_path else {
         return ProbeResult::Connected;
     };
+    // A backend that expects a PROXY protocol header gets a LOCAL one first, on the socket
+    // itself (before any TLS), as HAProxy's checks do.
+    if let Some(h) = proxy_header {
+        let header = proxy_protocol::local_header(super::proxy_version(h));
+        if let (Err(e), _) = stream.write_all(header).await {
+            return ProbeResult::Failed(format!("write: {e}"));
+        }
+    }
     // An `https://` backend is asked over TLS, verified as for requests.
     let mut stream = match backend.tls() {
         None => UpstreamStream::Plain(stream),
@@ -219,8 +234,9 @@ async fn probe_unbounded(backend: &Backend) -> ProbeResult {
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ringproxy-health\r\nConnection: close\r\n\r\n",
         backend.addr
-    );
-    if let (Err(e), _) = stream.write_all(request.into_bytes()).await {
+    )
+    .into_bytes();
+    if let (Err(e), _) = stream.write_all(request).await {
         return ProbeResult::Failed(format!("write: {e}"));
     }
     let mut buf = BytesMut::with_capacity(1024);

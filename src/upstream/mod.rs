@@ -15,3 +15,14 @@ pub use backend::{Backend, InFlight};
 pub use balance::{hash_key, Balancer};
 pub use group::{UpstreamGroup, Upstreams};
 pub use pool::{connect, ConnectError, UpstreamConn, UpstreamPool};
+
+use crate::config::ProxyHeader;
+use crate::net::proxy_protocol;
+
+/// The PROXY protocol version a group's `send_proxy_protocol` names.
+pub fn proxy_version(header: ProxyHeader) -> proxy_protocol::Version {
+    match header {
+        ProxyHeader::V1 => proxy_protocol::Version::V1,
+        ProxyHeader::V2 => proxy_protocol::Version::V2,
+    }
+}

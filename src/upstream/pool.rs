@@ -10,6 +10,7 @@ use crate::net::io::IdleState;
 use crate::net::stream::UpstreamStream;
 use crate::net::tls::{HandshakeError, TlsStream};
 use bytes::BytesMut;
+use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -30,6 +31,9 @@ pub struct UpstreamConn {
     pub backend_id: u64,
     /// Taken from the pool rather than freshly connected.
     pub reused: bool,
+    /// The client a PROXY protocol header announced on it (`send_proxy_protocol`): it carries
+    /// that client's requests only.
+    pub proxied_for: Option<SocketAddr>,
 }
 
 struct IdleConn {
@@ -121,14 +125,37 @@ impl UpstreamPool {
     /// is peeked (one non-blocking syscall) however briefly it was idle, so an upstream that
     /// sent bytes after its response (a broken server, a HEAD answered with a body) or closed
     /// never hands them to the next request. Each one discarded is reported to `discarded`.
+    /// Only a connection announced for `proxied_for` (by a PROXY protocol header) is taken,
+    /// none for a plain one.
     pub fn checkout(
         &mut self,
         backend_id: u64,
+        proxied_for: Option<SocketAddr>,
         mut discarded: impl FnMut(IdleState),
     ) -> Option<UpstreamConn> {
         let keep = *self.current.get(&backend_id)?;
         let expired = expired_before(keep.idle_timeout);
         let queue = self.idle.get_mut(&backend_id)?;
+        if proxied_for.is_some() {
+            // Each client's connections apart: the most recent of this client's, if any.
+            let at = queue
+                .iter()
+                .rposition(|c| c.conn.proxied_for == proxied_for)?;
+            let IdleConn { mut conn, since } = queue.remove(at)?;
+            if since < expired {
+                return None;
+            }
+            return match conn.stream.idle_state() {
+                IdleState::Clean => {
+                    conn.reused = true;
+                    Some(conn)
+                }
+                dirty => {
+                    discarded(dirty);
+                    None
+                }
+            };
+        }
         while let Some(IdleConn { mut conn, since }) = queue.pop_back() {
             if since < expired {
                 // Everything older is expired too.
@@ -254,6 +281,7 @@ pub async fn connect(
     backend_id: u64,
     addr: SocketAddr,
     tls: Option<Arc<UpstreamTls>>,
+    preface: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<UpstreamConn, ConnectError> {
     let deadline = Instant::now() + timeout;
@@ -268,6 +296,16 @@ pub async fn connect(
     };
     // Heads and small bodies go out in one write; Nagle would only add latency.
     let _ = stream.set_nodelay(true);
+    // A PROXY protocol header goes first, on the socket itself (under any TLS).
+    let mut stream = stream;
+    if let Some(preface) = preface {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match deadline::timeout(left, stream.write_all(preface.to_vec())).await {
+            Ok((Ok(_), _)) => {}
+            Ok((Err(e), _)) => return Err(ConnectError::Failed(e)),
+            Err(_) => return Err(ConnectError::Timeout),
+        }
+    }
     let stream = match tls {
         None => UpstreamStream::Plain(stream),
         Some(tls) => {
@@ -285,5 +323,6 @@ pub async fn connect(
         rbuf: BytesMut::with_capacity(UPSTREAM_READ_BUF),
         backend_id,
         reused: false,
+        proxied_for: None,
     })
 }

@@ -5,14 +5,6 @@
 use crate::common::*;
 use std::net::TcpListener;
 
-fn check(config: &TempConfig) -> RunOutcome {
-    run_to_exit(
-        &["--check".as_ref(), "-c".as_ref(), config.path.as_os_str()],
-        &[],
-        None,
-    )
-}
-
 fn start(config: &TempConfig) -> RunOutcome {
     run_to_exit(&["-c".as_ref(), config.path.as_os_str()], &[], None)
 }
@@ -50,13 +42,13 @@ fn check_accepts_a_valid_config_without_binding() {
     let config = TestConfig::weighted(&[(free_port(), 2), (free_port(), 1)])
         .with(|c| c.server.port = Some(port))
         .write();
-    assert_config_ok(&check(&config));
+    assert_config_ok(&check_config(&config));
 }
 
 #[test]
 fn check_accepts_a_minimal_config() {
     let config = TempConfig::new("[[backends]]\nurl = \"http://127.0.0.1:9001\"\n");
-    assert_config_ok(&check(&config));
+    assert_config_ok(&check_config(&config));
 }
 
 #[test]
@@ -110,7 +102,7 @@ max_headers = 100
 max_body_bytes = 0
 "#,
     );
-    assert_config_ok(&check(&config));
+    assert_config_ok(&check_config(&config));
 }
 
 const BACKEND: &str = "[[backends]]\nurl = \"http://127.0.0.1:9001\"\n";
@@ -193,7 +185,10 @@ fn invalid_configs_are_rejected_naming_file_key_and_line() {
     for (what, toml, key, line) in invalid_configs() {
         let config = TempConfig::new(&toml);
         let path = config.path.to_str().expect("utf-8 temp path");
-        for (mode, outcome) in [("--check", check(&config)), ("startup", start(&config))] {
+        for (mode, outcome) in [
+            ("--check", check_config(&config)),
+            ("startup", start(&config)),
+        ] {
             assert_eq!(outcome.code(), Some(1), "{what} ({mode}): {outcome:?}");
             assert!(
                 !outcome.stdout.contains("config ok"),

@@ -4,17 +4,21 @@
 
 mod common;
 
+mod access_rules;
 mod admin_guard;
 mod admin_metrics;
 mod balancing;
 mod balancing_strategies;
 mod bodies;
+mod client_identity;
 mod config_cli;
+mod connection_caps;
 mod delimitation;
 mod duplex;
 mod early_answers;
 mod errors;
 mod fd_budget;
+mod fleet_limits;
 mod forwarding;
 mod hardening;
 mod hardening_errors;
@@ -22,7 +26,9 @@ mod headers;
 mod health;
 mod keepalive_pipelining;
 mod limits;
+mod limits_config_errors;
 mod log_buffer;
+mod rate_limits;
 mod real_servers;
 mod reload_shutdown;
 mod retries;

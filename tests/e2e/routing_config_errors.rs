@@ -6,14 +6,6 @@ use crate::common::*;
 
 const GROUP: &str = "[upstreams.api]\nbackends = [{ url = \"http://127.0.0.1:9001\" }]\n";
 
-fn check(config: &TempConfig) -> RunOutcome {
-    run_to_exit(
-        &["--check".as_ref(), "-c".as_ref(), config.path.as_os_str()],
-        &[],
-        None,
-    )
-}
-
 /// (what, file text, key named, line named, line of the other route if any).
 fn invalid_configs() -> Vec<(&'static str, String, &'static str, usize, Option<usize>)> {
     vec![
@@ -173,7 +165,7 @@ fn route_and_group_errors_name_file_line_and_key() {
         let config = TempConfig::new(&toml);
         let path = config.path.to_str().expect("utf-8 temp path");
         let started = run_to_exit(&["-c".as_ref(), config.path.as_os_str()], &[], None);
-        for (mode, outcome) in [("--check", check(&config)), ("startup", started)] {
+        for (mode, outcome) in [("--check", check_config(&config)), ("startup", started)] {
             assert_eq!(outcome.code(), Some(1), "{what} ({mode}): {outcome:?}");
             let stderr = &outcome.stderr;
             let located = format!("{path}:{line}:");
@@ -201,7 +193,7 @@ fn a_config_with_groups_and_routes_checks_ok() {
          [[routes]]\npath_prefix = \"/old/\"\nredirect = {{ to = \"https://example.com/new/\", status = 308, keep_path = true }}\n\
          [[routes]]\npath = \"/robots.txt\"\nrespond = {{ status = 200, body = \"User-agent: *\\nDisallow:\\n\", content_type = \"text/plain\" }}\n"
     ));
-    let outcome = check(&config);
+    let outcome = check_config(&config);
     assert_eq!(outcome.code(), Some(0), "{outcome:?}");
     assert!(outcome.stdout.contains("config ok"), "{outcome:?}");
 }

@@ -306,3 +306,30 @@ fn each_upstream_group_verifies_its_backends_with_its_own_ca_and_name() {
     assert_eq!(conn.roundtrip(&get_request("/a/x")).status(), 200);
     assert_eq!(conn.roundtrip(&get_request("/b/y")).status(), 502);
 }
+
+#[test]
+fn the_proxy_protocol_header_goes_on_the_socket_before_the_tls_handshake() {
+    let pki = Pki::new("upstream CA");
+    let cert = pki.issue("api", &["api.internal"]);
+    let prefaces = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let backend =
+        TlsBackend::start_after_proxy_v1(Pki::server_config(&cert, None), prefaces.clone());
+    let config = in_front_of(backend.url(), |c| {
+        verified_by(&pki)(c);
+        c.upstream.send_proxy_protocol = Some("v1".into());
+    });
+    let proxy = Proxy::start(&config);
+    let mut conn = proxy.connect();
+    let response = conn.roundtrip(&get_request("/behind"));
+    assert_eq!(
+        (response.status(), response.text().as_str()),
+        (200, "/behind")
+    );
+    let prefaces = prefaces.lock().unwrap().clone();
+    assert_eq!(prefaces.len(), 1, "{prefaces:?}");
+    assert!(
+        prefaces[0].starts_with("PROXY TCP4 127.0.0.1 127.0.0.1 "),
+        "{prefaces:?}"
+    );
+    assert_eq!(backend.seen()[0].sni.as_deref(), Some("api.internal"));
+}

@@ -51,6 +51,8 @@ pub struct TestConfig {
     /// `[tls]`; present or not, as the TLS listener is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSection>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub rate_limits: BTreeMap<String, RateLimitSection>,
 }
 
 /// True for a section with no key set, which is left out of the file.
@@ -74,6 +76,12 @@ pub struct ServerSection {
     pub shutdown_timeout_seconds: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub merge_slashes: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trusted_proxies: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<Vec<String>>,
 }
 
 /// One `[[backends]]` entry.
@@ -216,6 +224,8 @@ pub struct UpstreamSection {
     pub tls_client_cert: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_client_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_proxy_protocol: Option<String>,
 }
 
 /// One `[upstreams.<name>]` group: its backends and the keys it overrides.
@@ -241,6 +251,8 @@ pub struct UpstreamGroupSection {
     pub tls_ca: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_server_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_proxy_protocol: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health_checks: Option<HealthChecksSection>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -283,6 +295,14 @@ pub struct RouteEntry {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deny: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forward_authorization: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub headers: Option<BTreeMap<String, String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub set_request_headers: Option<BTreeMap<String, String>>,
@@ -292,6 +312,53 @@ pub struct RouteEntry {
     pub redirect: Option<RedirectEntry>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub respond: Option<RespondEntry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<BasicAuthEntry>,
+}
+
+/// `basic_auth = { users_file, realm }`.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+pub struct BasicAuthEntry {
+    pub users_file: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub realm: Option<String>,
+}
+
+/// One `[rate_limits.<name>]`.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+pub struct RateLimitSection {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_delay_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_keys: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync_interval_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_store_error: Option<String>,
+}
+
+impl RateLimitSection {
+    /// `requests_per_second` with `burst`, by `key`.
+    pub fn per_second(key: &str, rate: f64, burst: u64) -> RateLimitSection {
+        RateLimitSection {
+            key: Some(key.into()),
+            requests_per_second: Some(rate),
+            burst: Some(burst),
+            ..RateLimitSection::default()
+        }
+    }
 }
 
 /// `redirect = { to, status, keep_path }`.
@@ -346,6 +413,10 @@ pub struct LimitsSection {
     pub max_connections: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_underscores_in_headers: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_ip: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<u64>,
 }
 
 /// `[admin]`.
@@ -444,8 +515,7 @@ impl TestConfig {
             port: Some(free_port()),
             workers: Some(1),
             pin_cores: Some(false),
-            shutdown_timeout_seconds: None,
-            merge_slashes: None,
+            ..ServerSection::default()
         };
         config.logging.format = Some(LogFormat::Text);
         config.logging.access_log = Some(true);
@@ -463,6 +533,12 @@ impl TestConfig {
                 ..UpstreamGroupSection::default()
             },
         );
+        self
+    }
+
+    /// With the rate limit `name` defined.
+    pub fn rate_limit(mut self, name: &str, limit: RateLimitSection) -> Self {
+        self.rate_limits.insert(name.into(), limit);
         self
     }
 

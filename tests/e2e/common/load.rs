@@ -152,3 +152,77 @@ impl LoadReport {
         }
     }
 }
+
+/// What a paced load got: requests admitted (200) and refused (429), and the span from the
+/// first request sent to the last.
+pub struct Paced {
+    pub admitted: u32,
+    pub refused: u32,
+    pub span: Duration,
+}
+
+impl Paced {
+    /// How far the admitted count is from what a limit of `rate` per second and `burst` allows
+    /// over the span (a fraction, signed), printed with `what`.
+    pub fn error_against(&self, rate: f64, burst: u64, what: &str) -> f64 {
+        let expected = burst as f64 + rate * self.span.as_secs_f64();
+        let error = (f64::from(self.admitted) - expected) / expected;
+        eprintln!(
+            "{what}: {} admitted, {} refused in {:?}; the limit allows {expected:.0}: {:+.2}%",
+            self.admitted,
+            self.refused,
+            self.span,
+            error * 100.0
+        );
+        error
+    }
+}
+
+/// Offers `per_second` GETs of `path` in all over `conns` (keep-alive, each connection its
+/// share on a fixed schedule, catching up when late, so the offered rate holds however the
+/// threads are scheduled) for `run`. Any status but 200 and 429 fails.
+pub fn paced(conns: Vec<HttpConn>, per_second: f64, run: Duration, path: &str) -> Paced {
+    let count = conns.len();
+    let gap = Duration::from_secs_f64(count as f64 / per_second);
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(count));
+    let clients: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut conn)| {
+            let (barrier, path) = (barrier.clone(), path.to_string());
+            thread::spawn(move || {
+                barrier.wait();
+                let start = Instant::now() + gap.mul_f64(i as f64 / count as f64);
+                let (mut ok, mut refused, mut n, mut last) = (0, 0, 0, start);
+                while start + gap * n < start + run {
+                    let due = start + gap * n;
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        thread::sleep(wait);
+                    }
+                    last = Instant::now();
+                    match conn
+                        .roundtrip(&get_request(&format!("{path}{i}/{n}")))
+                        .status()
+                    {
+                        200 => ok += 1,
+                        429 => refused += 1,
+                        other => panic!("status {other}"),
+                    }
+                    n += 1;
+                }
+                (ok, refused, start, last)
+            })
+        })
+        .collect();
+    let results: Vec<_> = clients
+        .into_iter()
+        .map(|c| c.join().expect("client"))
+        .collect();
+    let first = results.iter().map(|r| r.2).min().expect("clients");
+    let last = results.iter().map(|r| r.3).max().expect("clients");
+    Paced {
+        admitted: results.iter().map(|r| r.0).sum(),
+        refused: results.iter().map(|r| r.1).sum(),
+        span: last - first,
+    }
+}

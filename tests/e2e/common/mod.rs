@@ -3,7 +3,7 @@
 //! switchable health answer (`live_backend`); a strict HTTP/1.1 reader for both sides (`http`);
 //! the admin API client (`admin`) and its Prometheus scrape (`metrics`); a steady keep-alive
 //! load (`load`); a systemd notify socket (`notify`); smuggling probes (`smuggling`); TLS
-//! certificates, clients and upstreams (`tls`); and here,
+//! certificates, clients and upstreams (`tls`); a real redis-server (`redis`); and here,
 //! ports, the one polling wait, and small data helpers (patterns, hashes, RSS).
 
 pub mod admin;
@@ -15,13 +15,14 @@ pub mod load;
 pub mod metrics;
 pub mod notify;
 pub mod proxy;
+pub mod redis;
 pub mod smuggling;
 pub mod tls;
 
 pub use backend::{chunked_response_bytes, response_bytes, Backend, Recorded, Reply};
 pub use config::TestConfig;
 pub use http::{get_request, request_bytes, response_framing, Framing, Head, HttpConn, Message};
-pub use proxy::{log_field, run_to_exit, Proxy, RunOutcome, TempConfig, DRIVERS};
+pub use proxy::{check_config, log_field, run_to_exit, Proxy, RunOutcome, TempConfig, DRIVERS};
 
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
@@ -83,6 +84,22 @@ fn kernel_picked_port() -> u16 {
             return port;
         }
     }
+}
+
+/// A connection to the proxy on `port` from the local address `source` (any of 127.0.0.0/8 is
+/// this machine), for tests of rules on the client's address.
+pub fn connect_from(source: &str, port: u16) -> HttpConn {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let source: std::net::IpAddr = source.parse().expect("source address");
+    socket
+        .bind(&std::net::SocketAddr::new(source, 0).into())
+        .expect("bind the source address");
+    let proxy = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    socket
+        .connect_timeout(&proxy.into(), IO_TIMEOUT)
+        .unwrap_or_else(|e| panic!("connect from {source} to {proxy}: {e}"));
+    HttpConn::new(socket.into())
 }
 
 /// A listening IPv4 socket on 127.0.0.1 with the given backlog, optionally SO_REUSEPORT,

@@ -89,6 +89,15 @@ pub fn run_to_exit<S: AsRef<OsStr>>(
     }
 }
 
+/// `ringproxy --check -c <config>`, run to its exit.
+pub fn check_config(config: &TempConfig) -> RunOutcome {
+    run_to_exit(
+        &["--check".as_ref(), "-c".as_ref(), config.path.as_os_str()],
+        &[],
+        None,
+    )
+}
+
 /// The io_uring driver (the default here) and the epoll fallback, as environments for
 /// `Proxy::start_with_env`.
 pub const DRIVERS: [(&str, &[(&str, &str)]); 2] = [

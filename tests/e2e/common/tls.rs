@@ -304,6 +304,43 @@ impl TlsBackend {
         }
     }
 
+    /// As `start`, behind `send_proxy_protocol = "v1"`: each connection's PROXY line is read
+    /// off the socket before the handshake and kept (in accept order) in `prefaces`.
+    pub fn start_after_proxy_v1(
+        config: Arc<ServerConfig>,
+        prefaces: Arc<Mutex<Vec<String>>>,
+    ) -> TlsBackend {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind TLS backend");
+        let port = listener.local_addr().expect("addr").port();
+        thread::spawn(move || {
+            for (index, tcp) in listener.incoming().enumerate() {
+                let Ok(mut tcp) = tcp else { continue };
+                let (config, log, prefaces) = (config.clone(), log.clone(), prefaces.clone());
+                thread::spawn(move || {
+                    tcp.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+                    let mut line = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !line.ends_with(b"\r\n") && line.len() < 108 {
+                        match std::io::Read::read(&mut tcp, &mut byte) {
+                            Ok(1) => line.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    prefaces
+                        .lock()
+                        .expect("prefaces lock")
+                        .push(String::from_utf8_lossy(&line).into_owned());
+                    if let Some((conn, sni)) = handshake(tcp, config) {
+                        answer_with_path(conn, index, sni, &log);
+                    }
+                });
+            }
+        });
+        TlsBackend { port, seen }
+    }
+
     pub fn url(&self) -> String {
         format!("https://127.0.0.1:{}", self.port)
     }
