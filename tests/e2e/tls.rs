@@ -732,3 +732,23 @@ fn idle_tls_connections_park_with_their_session_in_little_memory() {
         assert_eq!(conn.roundtrip(&get_as("a.example", &path)).text(), path);
     }
 }
+
+#[test]
+fn the_proxy_protocol_header_is_read_before_the_tls_handshake() {
+    let site = site();
+    let backend = Backend::fixed("ok");
+    let config = tls_config(backend.port, &site).with(|c| {
+        c.server.proxy_protocol = Some(true);
+        c.server.trusted_proxies = Some(vec!["127.0.0.1".into()]);
+    });
+    let proxy = Proxy::start(&config);
+    let header = b"PROXY TCP4 203.0.113.9 192.0.2.1 5555 443\r\n";
+    let mut conn = tls_connect_after(config.tls_port(), &trusting(&site), "a.example", header)
+        .expect("TLS after a PROXY header");
+    assert_eq!(conn.roundtrip(&get_as("a.example", "/")).status(), 200);
+    let seen = backend.requests();
+    assert_eq!(seen[0].req.head.get("x-forwarded-for"), Some("203.0.113.9"));
+    assert_eq!(seen[0].req.head.get("x-forwarded-proto"), Some("https"));
+    // Without the header, the TLS listener closes the connection as the plain one does.
+    assert!(tls_connect(config.tls_port(), &trusting(&site), "a.example").is_err());
+}

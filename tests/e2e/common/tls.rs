@@ -229,10 +229,21 @@ pub fn tls_connect(
     config: &Arc<ClientConfig>,
     name: &str,
 ) -> Result<HttpConn<TlsWire>, String> {
+    tls_connect_after(port, config, name, b"")
+}
+
+/// As `tls_connect`, sending `preface` (a PROXY protocol header) on the socket first.
+pub fn tls_connect_after(
+    port: u16,
+    config: &Arc<ClientConfig>,
+    name: &str,
+    preface: &[u8],
+) -> Result<HttpConn<TlsWire>, String> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut tcp = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
         .map_err(|e| format!("connect to {addr}: {e}"))?;
     tcp.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    std::io::Write::write_all(&mut tcp, preface).map_err(|e| e.to_string())?;
     let server_name = ServerName::try_from(name.to_string()).expect("server name");
     let mut conn = ClientConnection::new(config.clone(), server_name).expect("client connection");
     while conn.is_handshaking() {
