@@ -741,7 +741,7 @@ fn the_proxy_protocol_header_is_read_before_the_tls_handshake() {
         c.server.proxy_protocol = Some(true);
         c.server.trusted_proxies = Some(vec!["127.0.0.1".into()]);
     });
-    let proxy = Proxy::start(&config);
+    let _proxy = Proxy::start(&config);
     let header = b"PROXY TCP4 203.0.113.9 192.0.2.1 5555 443\r\n";
     let mut conn = tls_connect_after(config.tls_port(), &trusting(&site), "a.example", header)
         .expect("TLS after a PROXY header");
