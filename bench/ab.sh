@@ -6,6 +6,8 @@
 #
 # usage: bash bench/ab.sh A_BIN B_BIN [--scenarios small-c64,close] [--pairs 4] [--duration 5]
 #                         [--config-extra FILE]   (TOML appended to both proxies' config)
+# scenarios: small-c64 small-c256 resp-16k resp-1m post-1m close, and over TLS (the TLS
+# listener of compare.sh: same certificate, TLS 1.3, X25519) tls-small-c64 tls-1m
 # shellcheck source-path=SCRIPTDIR
 set -euo pipefail
 
@@ -17,7 +19,7 @@ source "$LIB/common.sh"
 # shellcheck source=lib/configs.sh
 source "$LIB/configs.sh"
 
-(($# >= 2)) || { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+(($# >= 2)) || { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 A_BIN=$(realpath "$1")
 B_BIN=$(realpath "$2")
 shift 2
@@ -53,14 +55,15 @@ RECORDS="$BENCH_TMP/records.jsonl"
 cpu_layout
 raise_nofile
 ensure_tools
-read -r BACKEND_PORT PORT_A < <(free_ports 2)
+read -r BACKEND_PORT PORT_A TLS_A < <(free_ports 3)
+make_bench_cert
 
 write_backend_conf "$BACKEND_PORT" "$OTHER_COUNT"
 start_bg "$BENCH_TMP/backend.out" taskset -c "$OTHER_CORES" \
     nginx -p "$BENCH_TMP/backend" -e "$BENCH_TMP/backend/error.log" -c "$BENCH_TMP/backend.conf" -g 'daemon off;'
 BACKEND_PID=$BG_LAST_PID
 wait_port "$BACKEND_PORT" || die "backend nginx did not start"
-write_ringproxy_conf "$PORT_A" "$BACKEND_PORT"
+write_ringproxy_conf "$PORT_A" "$BACKEND_PORT" "$TLS_A"
 [[ -z "$EXTRA" ]] || cat "$EXTRA" >>"$BENCH_TMP/ringproxy.toml"
 
 load_cmd() { # load_cmd SCENARIO PORT SECONDS
@@ -68,6 +71,8 @@ load_cmd() { # load_cmd SCENARIO PORT SECONDS
     local wrk=(taskset -c "$OTHER_CORES" wrk -t"$OTHER_COUNT" -d"${secs}s" --timeout 5s --latency -s "$LIB/wrk_report.lua")
     case "$1" in
         small-c64) LOAD_CMD=("${wrk[@]}" -c64 "$url/small") ;;
+        tls-small-c64) LOAD_CMD=("${wrk[@]}" -c64 "https://127.0.0.1:$TLS_A/small") ;;
+        tls-1m) LOAD_CMD=("${wrk[@]}" -c16 "https://127.0.0.1:$TLS_A/1m") ;;
         small-c256) LOAD_CMD=("${wrk[@]}" -c256 "$url/small") ;;
         resp-16k) LOAD_CMD=("${wrk[@]}" -c64 "$url/16k") ;;
         resp-1m) LOAD_CMD=("${wrk[@]}" -c16 "$url/1m") ;;

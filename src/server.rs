@@ -110,6 +110,8 @@ fn bind_listeners(
     addresses: &[(std::net::SocketAddr, Scheme)],
     count: usize,
 ) -> io::Result<Vec<Bound>> {
+    // Asked once now, not by the first connection of each worker.
+    listener::accepted_sockets_have_nodelay();
     (0..count)
         .map(|_| {
             let mut bound = Bound {

@@ -43,6 +43,11 @@ pub struct Session {
     conn: Connection,
     /// Ciphertext read from the socket and not yet handed to rustls.
     cipher_in: BytesMut,
+    /// Plaintext rustls holds for the reader, and whether close_notify came (from the last
+    /// `process_new_packets`): a read asks rustls only when it has something to give, not
+    /// once to hear "would block" before every socket read.
+    plain_left: usize,
+    peer_closed: bool,
     /// The socket said EOF.
     eof: bool,
     /// A read (write) is under way; still set when a new one starts means the last one was
@@ -152,6 +157,8 @@ impl Session {
         Session {
             conn,
             cipher_in: BytesMut::new(),
+            plain_left: 0,
+            peer_closed: false,
             eof: false,
             reading: false,
             writing: false,
@@ -165,17 +172,22 @@ impl Session {
     /// `None` when more ciphertext is needed.
     fn plaintext_into(&mut self, dst: &mut [u8]) -> io::Result<Option<usize>> {
         loop {
-            match self.conn.reader().read(dst) {
-                Ok(n) => return Ok(Some(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    return if self.lenient_eof {
-                        Ok(Some(0))
-                    } else {
-                        Err(e)
-                    };
+            if self.plain_left > 0 || self.peer_closed {
+                match self.conn.reader().read(dst) {
+                    Ok(n) => {
+                        self.plain_left = self.plain_left.saturating_sub(n);
+                        return Ok(Some(n));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.plain_left = 0,
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        return if self.lenient_eof {
+                            Ok(Some(0))
+                        } else {
+                            Err(e)
+                        };
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
             }
             if self.cipher_in.is_empty() {
                 if !self.eof {
@@ -203,10 +215,13 @@ impl Session {
             self.cipher_in.clear();
         }
         self.cipher_in.advance(taken);
-        self.conn
+        let state = self
+            .conn
             .process_new_packets()
-            .map(drop)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        self.plain_left = state.plaintext_bytes_to_read();
+        self.peer_closed = state.peer_has_closed();
+        Ok(())
     }
 
     /// The ciphertext rustls has queued, appended to `out`.
@@ -289,7 +304,12 @@ async fn fill(
         s.reading = true;
         std::mem::take(&mut s.cipher_in)
     };
-    if cipher.capacity() - cipher.len() < CIPHER_READ / 2 {
+    // An empty buffer is read into from its start again (`reserve` moves the start back, no
+    // allocation): small requests then land in the same few cache lines each time instead of
+    // walking through the buffer.
+    if cipher.capacity() - cipher.len() < CIPHER_READ / 2
+        || (cipher.is_empty() && cipher.capacity() < CIPHER_READ)
+    {
         cipher.reserve(CIPHER_READ);
     }
     let (len, cap) = (cipher.len(), cipher.capacity());
@@ -332,8 +352,12 @@ async fn flush(
         }
         let (result, returned) = tcp.write_all(std::mem::take(out)).await;
         *out = returned;
-        session.borrow_mut().writing = false;
+        let mut s = session.borrow_mut();
+        s.writing = false;
         result?;
+        if !s.conn.wants_write() {
+            return Ok(());
+        }
     }
 }
 
@@ -367,7 +391,7 @@ async fn read_plain<T: IoBufMut>(
         }
         // Alone on the session, this read sends what rustls queued (a key update's answer);
         // split, the writing half does.
-        if Rc::strong_count(session) == 1 {
+        if Rc::strong_count(session) == 1 && session.borrow().conn.wants_write() {
             if let Err(e) = flush(tcp, session, out).await {
                 return (Err(e), buf);
             }

@@ -14,6 +14,7 @@ use crate::http::{parse_request, status, RequestError, RequestHead};
 use crate::metrics::bump;
 use crate::net::deadline::Deadline;
 use crate::net::io::{read_more_or_give_up, read_more_until, write_buf, IoFail};
+use crate::net::listener;
 use crate::net::stream::ClientStream;
 use bytes::BytesMut;
 use monoio::net::TcpStream;
@@ -205,7 +206,9 @@ async fn serve_connection(
     slot: &mut ConnectionSlot,
 ) -> Option<(ClientStream, Duration)> {
     if let (false, Some(socket)) = (resumed, stream.tcp()) {
-        let _ = socket.set_nodelay(true);
+        if !listener::accepted_sockets_have_nodelay() {
+            let _ = socket.set_nodelay(true);
+        }
     }
     let registration = ctx.register(stream.socket_fd());
     let mut conn = ClientConn {

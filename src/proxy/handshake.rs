@@ -6,6 +6,7 @@
 use super::{ClientTls, WorkerCtx};
 use crate::metrics::bump;
 use crate::net::io::{read_more, write_buf, HalfClose};
+use crate::net::listener;
 use crate::net::tls::{HandshakeError, TlsStream};
 use bytes::BytesMut;
 use monoio::net::TcpStream;
@@ -27,7 +28,9 @@ pub async fn accept(ctx: &WorkerCtx, tcp: TcpStream, peer: SocketAddr) -> Option
     let view = ctx.view();
     let tls = view.config.tls.as_ref()?;
     let started = Instant::now();
-    let _ = tcp.set_nodelay(true);
+    if !listener::accepted_sockets_have_nodelay() {
+        let _ = tcp.set_nodelay(true);
+    }
     let deadline = started + tls.handshake_timeout;
     let outcome = TlsStream::accept(tcp, tls.server.clone(), deadline).await;
     let m = &ctx.metrics;
