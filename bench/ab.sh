@@ -56,7 +56,8 @@ cpu_layout
 raise_nofile
 ensure_tools
 read -r BACKEND_PORT PORT_A TLS_A < <(free_ports 3)
-make_bench_cert
+# The TLS listener only for TLS scenarios: builds from before TLS can then be compared.
+if [[ ",$SCENARIOS," == *,tls-* ]]; then make_bench_cert; else TLS_A=""; fi
 
 write_backend_conf "$BACKEND_PORT" "$OTHER_COUNT"
 start_bg "$BENCH_TMP/backend.out" taskset -c "$OTHER_CORES" \

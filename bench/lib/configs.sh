@@ -280,8 +280,8 @@ haproxy_routing() {
 
 # TLS: 1.3 only, X25519 only (BENCH_RINGPROXY_TLS_GROUPS overrides it, to measure the
 # post-quantum X25519MLKEM768), session tickets on (the default).
-write_ringproxy_conf() { # write_ringproxy_conf PORT BACKEND_PORT TLS_PORT
-    local port=$1 backend=$2 tls_port=$3
+write_ringproxy_conf() { # write_ringproxy_conf PORT BACKEND_PORT [TLS_PORT]
+    local port=$1 backend=$2 tls_port=${3:-}
     cat >"$BENCH_TMP/ringproxy.toml" <<EOF
 [server]
 host = "127.0.0.1"
@@ -301,6 +301,11 @@ access_log = false
 
 [upstream]
 max_idle_per_backend = $UPSTREAM_IDLE
+
+EOF
+    # No TLS port: no [tls] block (bench/ab.sh without TLS scenarios, so builds from before TLS
+    # can be compared).
+    [[ -z "$tls_port" ]] || cat >>"$BENCH_TMP/ringproxy.toml" <<EOF
 
 [tls]
 port = $tls_port
