@@ -26,6 +26,17 @@ fn connections_per_address_are_capped_over_all_workers() {
         c.limits.max_connections_per_ip = Some(3);
     });
     let (proxy, admin) = start_with_admin(config);
+    // The harness's readiness probes came from this address too: wait until the proxy has seen
+    // them close, so the three held below are the address's only connections.
+    let probes_closed = poll(Duration::from_secs(5), || {
+        let metrics = admin.metrics();
+        let open: f64 = ["0", "1"]
+            .iter()
+            .map(|w| metrics.value("ringproxy_active_connections", &[("worker", w)]))
+            .sum();
+        open == 0.0
+    });
+    assert!(probes_closed.is_some(), "the readiness probes stayed open");
     let mut held: Vec<HttpConn> = (0..3).map(|_| proxy.connect()).collect();
     for conn in &mut held {
         conn.get_ok("/held");
