@@ -66,24 +66,7 @@ pub async fn exchange<'v>(
     let settings = &route.group.settings;
     let max_backends = 1 + settings.pool.retries;
     let key = route.hash_key(req, conn.client.as_str());
-    // Behind `send_proxy_protocol`, a connection announces its client, and carries only its
-    // requests: the connection's own port when the client is the connection's address.
-    let proxied_for = route.group.settings.pool.send_proxy_protocol.map(|_| {
-        match conn.client.forwarded_entries {
-            0 => conn.peer,
-            _ => SocketAddr::new(conn.client.ip, 0),
-        }
-    });
-    // A new connection's first bytes then: whose it is (HAProxy's `send-proxy`), to the address
-    // the client reached this proxy on; sent on the socket itself, before any TLS.
-    let preface = proxied_for
-        .zip(settings.pool.send_proxy_protocol)
-        .map(|(source, version)| {
-            let destination = local_address(conn.stream.socket_fd()).unwrap_or(source);
-            let mut header = BytesMut::new();
-            proxy_protocol::write_header(&mut header, proxy_version(version), source, destination);
-            header
-        });
+    let (proxied_for, preface) = announcement(conn, route);
     // Inline: no allocation on the common path of one or two backends.
     let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
     let mut last_failure: Option<Failure> = None;
@@ -146,6 +129,24 @@ pub async fn exchange<'v>(
         }
         last_failure = Some(failed.failure);
     }
+}
+
+/// Behind `send_proxy_protocol`, a connection announces its client and carries only its
+/// requests: whose they are (the connection's own port when the client is the connection's
+/// address), and the header a new connection sends first (HAProxy's `send-proxy`), to the
+/// address the client reached this proxy on; sent on the socket itself, before any TLS.
+fn announcement(conn: &ClientConn, route: &Route<'_>) -> (Option<SocketAddr>, Option<BytesMut>) {
+    let Some(version) = route.group.settings.pool.send_proxy_protocol else {
+        return (None, None);
+    };
+    let source = match conn.client.forwarded_entries {
+        0 => conn.peer,
+        _ => SocketAddr::new(conn.client.ip, 0),
+    };
+    let destination = local_address(conn.stream.socket_fd()).unwrap_or(source);
+    let mut header = BytesMut::new();
+    proxy_protocol::write_header(&mut header, proxy_version(version), source, destination);
+    (Some(source), Some(header))
 }
 
 /// A connection to `backend`: the most recently idle clean one from the pool, or a new one
