@@ -284,3 +284,53 @@ fn many_parked_connections_resume_in_any_order() {
         assert_eq!(conn.get_ok(&format!("/b/{i}")).text(), format!("/b/{i}"));
     }
 }
+
+#[test]
+fn idle_connections_park_in_little_memory() {
+    // Thousands of keep-alive clients gone quiet at once: each connection's task ends and its
+    // socket waits in the parking lot, so little stays per connection once the worker has
+    // handed the tasks' pages back. (Measured here: under 100 bytes each; 2 KiB when each
+    // one's keep-alive wait left a freshly allocated canceller behind, pinning those pages.)
+    const IDLE: usize = 2000;
+    // The clients' sockets here, the proxy's (it inherits the limit) and the backend's.
+    raise_open_files_limit(8192);
+    let backend = Backend::echo_target();
+    let config = TestConfig::new(&[backend.port])
+        .with(|c| c.server.workers = Some(1))
+        .admin_api();
+    let proxy = Proxy::start(&config);
+    let admin = crate::common::admin::Admin::of(&config);
+    let open = |count: usize| -> Vec<HttpConn> {
+        (0..count)
+            .map(|i| {
+                let mut conn = proxy.connect();
+                let path = format!("/idle/{i}");
+                assert_eq!(conn.get_ok(&path).text(), path);
+                conn
+            })
+            .collect()
+    };
+    let parked = |n: usize| {
+        admin
+            .metrics()
+            .value("ringproxy_parked_connections", &[("worker", "0")])
+            == n as f64
+    };
+    drop(open(100)); // the allocator's first growth, not counted
+    wait_until(IO_TIMEOUT, "the warm-up connections gone", || parked(0));
+    let before = proxy.rss_kib();
+    let mut idle = open(IDLE);
+    wait_until(IO_TIMEOUT, "every idle connection parked", || parked(IDLE));
+    // The worker hands freed pages back once 64 more connections have parked while no other
+    // was busy, a second after its last trim (a busy worker trims at most every 10 s).
+    thread::sleep(Duration::from_millis(1200));
+    idle.extend(open(64));
+    wait_until(IO_TIMEOUT, "the last ones parked", || parked(IDLE + 64));
+    let per_conn = proxy.rss_kib().saturating_sub(before) * 1024 / idle.len() as u64;
+    eprintln!("{per_conn} bytes per parked connection");
+    assert!(
+        per_conn < 1024,
+        "{per_conn} bytes per parked connection (nginx holds about 550)"
+    );
+    drop(idle);
+}

@@ -220,28 +220,6 @@ fn parked_idle_connections_hold_their_slots() {
     }
 }
 
-/// Raises this process's soft open-files limit to at least `want` (within the hard limit).
-fn raise_open_files_limit(want: u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit on a stack struct.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
-        if lim.rlim_cur < want {
-            lim.rlim_cur = want.min(lim.rlim_max);
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
-        }
-    }
-    assert!(
-        lim.rlim_cur >= want,
-        "open-files limit {} (hard {}), need {want}",
-        lim.rlim_cur,
-        lim.rlim_max
-    );
-}
-
 #[test]
 fn thousand_concurrent_connections_are_all_served() {
     const CLIENTS: usize = 1000;

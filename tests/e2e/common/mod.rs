@@ -230,3 +230,25 @@ pub fn assert_large_post_arrives(proxy: &Proxy, backend: &Backend) {
     assert_eq!(sha256_hex(&received.body), expected);
     assert_upstream_body_framing(&received, body.len());
 }
+
+/// Raises this process's soft open-files limit to at least `want` (within the hard limit).
+pub fn raise_open_files_limit(want: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a stack struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        if lim.rlim_cur < want {
+            lim.rlim_cur = want.min(lim.rlim_max);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+        }
+    }
+    assert!(
+        lim.rlim_cur >= want,
+        "open-files limit {} (hard {}), need {want}",
+        lim.rlim_cur,
+        lim.rlim_max
+    );
+}
