@@ -260,8 +260,10 @@ impl Proxy {
     ) -> Vec<String> {
         let mut lines = Vec::new();
         let found = poll(IO_TIMEOUT, || {
-            lines = self
-                .stdout()
+            let out = self.stdout();
+            // Whole lines only: the last one may still be arriving.
+            let whole = out.rfind('\n').map_or("", |end| &out[..end]);
+            lines = whole
                 .lines()
                 .filter(|line| pred(line))
                 .map(str::to_string)
