@@ -50,34 +50,25 @@ pub enum Version {
     Http11,
 }
 
-/// Token characters (RFC 9110 §5.6.2), by table: looked up per byte of names and hosts.
-const TCHAR: [bool; 256] = {
+/// A byte class by table (one lookup per byte on the request path): ASCII letters and digits,
+/// and `extra`.
+pub(crate) const fn byte_class(extra: &[u8]) -> [bool; 256] {
     let mut table = [false; 256];
     let mut b = 0;
     while b < 256 {
-        let c = b as u8;
-        table[b] = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'!' | b'#'
-                    | b'$'
-                    | b'%'
-                    | b'&'
-                    | b'\''
-                    | b'*'
-                    | b'+'
-                    | b'-'
-                    | b'.'
-                    | b'^'
-                    | b'_'
-                    | b'`'
-                    | b'|'
-                    | b'~'
-            );
+        table[b] = (b as u8).is_ascii_alphanumeric();
         b += 1;
     }
+    let mut i = 0;
+    while i < extra.len() {
+        table[extra[i] as usize] = true;
+        i += 1;
+    }
     table
-};
+}
+
+/// Token characters (RFC 9110 §5.6.2), by table: looked up per byte of names and hosts.
+const TCHAR: [bool; 256] = byte_class(b"!#$%&'*+-.^_`|~");
 
 /// A token character (RFC 9110 §5.6.2).
 pub fn is_tchar(b: u8) -> bool {

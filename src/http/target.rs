@@ -93,33 +93,7 @@ pub fn is_valid_host(value: &[u8]) -> bool {
 }
 
 /// The bytes a reg-name may hold as they are: unreserved and sub-delims (RFC 3986 §3.2.2).
-const REG_NAME: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        table[b] = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-            );
-        b += 1;
-    }
-    table
-};
+const REG_NAME: [bool; 256] = super::head::byte_class(b"-._~!$&'()*+,;=");
 
 /// How long the RFC 3986 reg-name (which an IPv4 address also is: unreserved, sub-delims and
 /// `%XX`) at the start of `s` is; one pass, by table.
