@@ -50,6 +50,13 @@ pub fn accepted_sockets_have_nodelay() -> bool {
     *INHERITED.get_or_init(|| probe_nodelay_inheritance().unwrap_or(false))
 }
 
+/// `TCP_NODELAY` on a newly accepted client socket, unless it came with it from the listener.
+pub fn ensure_nodelay(socket: &monoio::net::TcpStream) {
+    if !accepted_sockets_have_nodelay() {
+        let _ = socket.set_nodelay(true);
+    }
+}
+
 fn probe_nodelay_inheritance() -> io::Result<bool> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Socket::from(listener.try_clone()?).set_nodelay(true)?;

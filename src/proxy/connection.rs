@@ -206,9 +206,7 @@ async fn serve_connection(
     slot: &mut ConnectionSlot,
 ) -> Option<(ClientStream, Duration)> {
     if let (false, Some(socket)) = (resumed, stream.tcp()) {
-        if !listener::accepted_sockets_have_nodelay() {
-            let _ = socket.set_nodelay(true);
-        }
+        listener::ensure_nodelay(socket);
     }
     let registration = ctx.register(stream.socket_fd());
     let mut conn = ClientConn {

@@ -28,9 +28,7 @@ pub async fn accept(ctx: &WorkerCtx, tcp: TcpStream, peer: SocketAddr) -> Option
     let view = ctx.view();
     let tls = view.config.tls.as_ref()?;
     let started = Instant::now();
-    if !listener::accepted_sockets_have_nodelay() {
-        let _ = tcp.set_nodelay(true);
-    }
+    listener::ensure_nodelay(&tcp);
     let deadline = started + tls.handshake_timeout;
     let outcome = TlsStream::accept(tcp, tls.server.clone(), deadline).await;
     let m = &ctx.metrics;
