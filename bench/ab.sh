@@ -42,13 +42,7 @@ UPSTREAM_IDLE=1024
 IDLE_CONNS=0
 KEEP_TMP=0
 
-LOCK=/tmp/ringproxy-bench.lock
-exec 9>>"$LOCK"
-flock -n 9 || die "another bench run is in progress ($(cat "$LOCK.info" 2>/dev/null))"
-echo "pid $$, started $(date '+%H:%M:%S'): $0 (A/B)" >"$LOCK.info"
-BENCH_TMP=$(mktemp -d /tmp/ringproxy-ab.XXXXXX)
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+begin_run "$0 (A/B)" ringproxy-ab
 RECORDS="$BENCH_TMP/records.jsonl"
 : >"$RECORDS"
 

@@ -79,17 +79,7 @@ done
 has_scenario() { [[ ",$SCENARIOS," == *",$1,"* ]]; }
 has_proxy() { [[ ",$PROXIES," == *",$1,"* ]]; }
 
-# One run at a time per machine: two runs would share core 1 and skew each other.
-LOCK=/tmp/ringproxy-bench.lock
-exec 9>>"$LOCK"
-if ! flock -n 9; then
-    die "another bench/compare.sh run is in progress ($(cat "$LOCK.info" 2>/dev/null)); wait for it to finish"
-fi
-echo "pid $$, started $(date '+%H:%M:%S'): $0 $ORIG_ARGS" >"$LOCK.info"
-
-BENCH_TMP=$(mktemp -d /tmp/ringproxy-bench.XXXXXX)
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+begin_run "$0 $ORIG_ARGS" ringproxy-bench
 RECORDS="$BENCH_TMP/records.jsonl"
 META="$BENCH_TMP/meta.tsv"
 : >"$RECORDS"

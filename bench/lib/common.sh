@@ -93,6 +93,18 @@ cleanup() {
     fi
 }
 
+# begin_run DESCRIPTION TMP_NAME: one bench run at a time per machine (two would share core 1
+# and skew each other); makes BENCH_TMP, removed on exit with every process started.
+begin_run() {
+    LOCK=/tmp/ringproxy-bench.lock
+    exec 9>>"$LOCK"
+    flock -n 9 || die "another bench run is in progress ($(cat "$LOCK.info" 2>/dev/null)); wait for it to finish"
+    echo "pid $$, started $(date '+%H:%M:%S'): $1" >"$LOCK.info"
+    BENCH_TMP=$(mktemp -d "/tmp/$2.XXXXXX")
+    trap cleanup EXIT
+    trap 'exit 130' INT TERM
+}
+
 wait_port() { # wait_port PORT [SECONDS]: poll TCP connect
     local port=$1 deadline=$((SECONDS + ${2:-10}))
     while ((SECONDS < deadline)); do
