@@ -225,7 +225,7 @@ pub async fn write_head_and_piece<S: AsyncWriteRent>(
 
 /// Two owned buffers as the iovecs of one `writev`, and how much of them has been written. The
 /// iovecs are boxed: monoio moves the value after taking their address.
-pub struct HeadAndPiece {
+struct HeadAndPiece {
     head: BytesMut,
     piece: Bytes,
     written: usize,
@@ -234,7 +234,7 @@ pub struct HeadAndPiece {
 }
 
 impl HeadAndPiece {
-    pub fn new(head: BytesMut, piece: Bytes) -> HeadAndPiece {
+    fn new(head: BytesMut, piece: Bytes) -> HeadAndPiece {
         let empty = libc::iovec {
             iov_base: std::ptr::null_mut(),
             iov_len: 0,
@@ -250,12 +250,12 @@ impl HeadAndPiece {
         pair
     }
 
-    pub fn is_written(&self) -> bool {
+    fn is_written(&self) -> bool {
         self.written >= self.head.len() + self.piece.len()
     }
 
     /// `n` more bytes went out.
-    pub fn advance(&mut self, n: usize) {
+    fn advance(&mut self, n: usize) {
         self.written = (self.written + n).min(self.head.len() + self.piece.len());
         self.point();
     }
