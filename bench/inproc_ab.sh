@@ -6,8 +6,10 @@
 # connections resolves about ±1.5% (95% interval over ~100 pairs of phases in 240 s).
 #
 # usage: bash bench/inproc_ab.sh EXPERIMENT [--scenario small-c64] [--duration 240]
-#   EXPERIMENT: idle-check=A,B   A, B of peek (ringproxy's: recv MSG_PEEK|MSG_DONTWAIT), poll
-#                                (poll(2), no wait), none (no check): a pooled connection's check
+#   EXPERIMENT: idle-check=A,B   A, B of posted (ringproxy's: the receive posted at check-in, seen
+#                                without a syscall, reads the answer), peek (recv MSG_PEEK|
+#                                MSG_DONTWAIT at check-out), poll (poll(2), no wait), none (no
+#                                check): a pooled connection's check
 #               coalesce=A,B     A, B of writev (ringproxy's: a Content-Length piece over 4 KiB
 #                                goes behind the head in one writev), copy (up to 16 KiB copied)
 #   scenario: small-c64 (64-byte responses) or resp-16k (16 KiB files); wrk -c64, keep-alive
@@ -38,7 +40,7 @@ while (($#)); do
     esac
     shift
 done
-[[ "$EXPERIMENT" =~ ^(idle-check=(peek|poll|none),(peek|poll|none)|coalesce=(writev|copy),(writev|copy))$ ]] \
+[[ "$EXPERIMENT" =~ ^(idle-check=(posted|peek|poll|none),(posted|peek|poll|none)|coalesce=(writev|copy),(writev|copy))$ ]] \
     || die "unknown experiment: $EXPERIMENT"
 case "$SCENARIO" in
     small-c64) URL_PATH=/small ;;

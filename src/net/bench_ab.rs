@@ -5,8 +5,10 @@
 //! and one set of connections leaves the machine's drift out of a difference of a few percent.
 //!
 //! `RINGPROXY_BENCH_AB=<experiment>=<first>,<second>` picks it:
-//! - `idle-check=` two of `peek` (what ringproxy does: `recv(MSG_PEEK | MSG_DONTWAIT)`), `poll`
-//!   (a zero-timeout `poll(2)`), `none` (no check): a pooled connection's check-out check;
+//! - `idle-check=` two of `posted` (what ringproxy does: the receive posted at check-in, looked
+//!   at without a syscall, reads the answer; `net::posted_read`), `peek`
+//!   (`recv(MSG_PEEK | MSG_DONTWAIT)` at check-out, what it did before), `poll` (a zero-timeout
+//!   `poll(2)`), `none` (no check): a pooled connection's check-out check;
 //! - `coalesce=` two of `writev` (what ringproxy does: a Content-Length body piece over 4 KiB
 //!   leaves behind the head in one `writev`) and `copy` (pieces up to 16 KiB copied behind it).
 //!
@@ -23,6 +25,7 @@ const MAX_PAIRS: usize = 4096;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Way {
+    Posted,
     Peek,
     Poll,
     NoCheck,
@@ -45,6 +48,7 @@ fn parse(spec: &str) -> Option<(Experiment, [Way; 2])> {
         _ => return None,
     };
     let way = |s: &str| match (experiment, s.trim()) {
+        (Experiment::IdleCheck, "posted") => Some(Way::Posted),
         (Experiment::IdleCheck, "peek") => Some(Way::Peek),
         (Experiment::IdleCheck, "poll") => Some(Way::Poll),
         (Experiment::IdleCheck, "none") => Some(Way::NoCheck),
@@ -147,6 +151,15 @@ pub fn idle_check() -> IdleCheck {
     }
 }
 
+/// At check-in: whether a plain connection gets its receive posted in this phase (as it does
+/// outside of an `idle-check` experiment's other ways).
+pub fn post_reads() -> bool {
+    !matches!(
+        NOW.with(Cell::get),
+        Some(Way::Peek | Way::Poll | Way::NoCheck)
+    )
+}
+
 /// Whether Content-Length pieces up to 16 KiB are copied behind the head in this phase.
 pub fn copy_length_pieces() -> bool {
     NOW.with(Cell::get) == Some(Way::Copy)
@@ -194,6 +207,10 @@ mod tests {
         assert_eq!(
             parse("coalesce=copy,writev"),
             Some((Experiment::Coalesce, [Way::Copy, Way::Writev]))
+        );
+        assert_eq!(
+            parse("idle-check=posted,peek"),
+            Some((Experiment::IdleCheck, [Way::Posted, Way::Peek]))
         );
         assert_eq!(parse("coalesce=peek,none"), None);
         assert_eq!(parse("idle-check=peek"), None);

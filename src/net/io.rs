@@ -30,7 +30,7 @@ impl std::fmt::Display for IoFail {
 /// Takes `buf` for a read that appends: grown to at least `reserve / 2` spare bytes (never 0,
 /// which a read would report as EOF) and sliced past its filled part, because monoio's `read`
 /// writes at the buffer's start. `into_inner()` gives the buffer back with the new bytes.
-fn spare_tail(buf: &mut BytesMut, reserve: usize) -> SliceMut<BytesMut> {
+pub(super) fn spare_tail(buf: &mut BytesMut, reserve: usize) -> SliceMut<BytesMut> {
     if buf.capacity() - buf.len() < reserve / 2 {
         buf.reserve(reserve);
     }
@@ -121,7 +121,16 @@ pub async fn read_more_until<S: AsyncReadRent>(
     deadline: deadline::Deadline,
 ) -> Result<usize, IoFail> {
     let tail = spare_tail(buf, reserve);
-    match deadline::timeout_at(deadline, stream.read(tail)).await {
+    landed(deadline::timeout_at(deadline, stream.read(tail)).await, buf)
+}
+
+/// The outcome of a bounded read into `spare_tail(buf, ..)`, with `buf` given back (on timeout
+/// it is lost: the connection is finished anyway).
+pub(super) fn landed(
+    outcome: Result<monoio::BufResult<usize, SliceMut<BytesMut>>, deadline::Elapsed>,
+    buf: &mut BytesMut,
+) -> Result<usize, IoFail> {
+    match outcome {
         Ok((result, tail)) => {
             *buf = tail.into_inner();
             result.map_err(IoFail::Io)
@@ -561,11 +570,12 @@ pub enum IdleState {
 }
 
 /// The socket's state now, without waiting: one `recv(MSG_PEEK | MSG_DONTWAIT)` of one byte,
-/// which leaves what it sees in the socket. On small-c64 it costs about 2.3% of the worker's
-/// CPU per proxied request (1.0-3.5% across runs), measured in one process with check-outs
-/// alternating with and without it (`bash bench/inproc_ab.sh idle-check=peek,none`). A
-/// `poll(2)` with a zero timeout, which skips the socket lock, measured the same, so the peek
-/// stays: it also tells bytes before a FIN from a close.
+/// which leaves what it sees in the socket. Pooled connections use it where no posted receive
+/// can (`posted_read`): TLS ones, a streamed upload's, and after a spliced body. As the check of
+/// every reuse it cost about 2.3% of the worker's CPU per proxied request on small-c64 (1.0-3.5%
+/// across runs; `bash bench/inproc_ab.sh idle-check=peek,none`). A `poll(2)` with a zero
+/// timeout, which skips the socket lock, measured the same; the peek also tells bytes before a
+/// FIN from a close.
 pub fn idle_state(fd: std::os::fd::RawFd) -> IdleState {
     #[cfg(feature = "bench-ab")]
     match super::bench_ab::idle_check() {

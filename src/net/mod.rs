@@ -11,6 +11,7 @@ pub mod deadline;
 pub mod fd_budget;
 pub mod io;
 pub mod listener;
+pub mod posted_read;
 pub mod proxy_protocol;
 pub mod splice;
 pub mod stream;

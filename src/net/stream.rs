@@ -6,6 +6,7 @@
 //! handle on the TLS session: `second_tls_half`). A kTLS stream could answer `Some` again.
 
 use super::io::{second_stream, BodyIo, HalfClose, IoFail, ReadyStream, Socket};
+use super::posted_read::PostedRead;
 use super::tls::{ParkedSession, SessionRef, TlsHalf, TlsStream};
 use bytes::{Bytes, BytesMut};
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
@@ -92,6 +93,20 @@ impl UpstreamStream {
         match self {
             UpstreamStream::Plain(s) => super::io::idle_state(s.as_raw_fd()),
             UpstreamStream::Tls(s) => s.idle_state(),
+        }
+    }
+
+    /// For a connection going idle: the receive of its next response, posted now, into `buf`
+    /// (see `PostedRead`). A TLS connection has none (`buf` back): it is checked by
+    /// `idle_state` at check-out.
+    pub fn post_read(&mut self, buf: BytesMut, reserve: usize) -> Result<PostedRead, BytesMut> {
+        #[cfg(feature = "bench-ab")]
+        if !super::bench_ab::post_reads() {
+            return Err(buf);
+        }
+        match self {
+            UpstreamStream::Plain(s) => Ok(PostedRead::post(s, buf, reserve)),
+            UpstreamStream::Tls(_) => Err(buf),
         }
     }
 }

@@ -10,7 +10,7 @@ use super::forwarding::write_interim_head;
 use super::transfer::TransferError;
 use crate::http::{parse_response, RequestHead, ResponseHead};
 use crate::net::deadline::Deadline;
-use crate::net::io::{read_more_until, write_buf, IoFail};
+use crate::net::io::{write_buf, IoFail};
 use crate::net::stream::ClientStream;
 use crate::net::stream::SecondHandle;
 use crate::net::stream::UpstreamStream;
@@ -105,7 +105,7 @@ pub async fn read_response_head(
                 return Ok(head);
             }
         }
-        match read_more_until(&mut up.stream, &mut up.rbuf, UPSTREAM_HEAD_READ, deadline).await {
+        match up.read_more_until(UPSTREAM_HEAD_READ, deadline).await {
             Ok(0) | Err(IoFail::Io(_)) if !received_any => {
                 return Err(HeadError::ClosedBeforeAnswer)
             }

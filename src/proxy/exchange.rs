@@ -98,7 +98,8 @@ pub async fn exchange<'v>(
         rec.backend = Some(target);
         let in_flight = target.start_request(ctx.worker_id);
         let announce = (proxied_for, preface.as_deref());
-        let connection = upstream_connection(ctx, route, backend, fresh_only, announce);
+        let whole = !matches!(body, RequestBody::Streaming { .. });
+        let connection = upstream_connection(ctx, route, backend, (fresh_only, whole), announce);
         let failed = match connection.await {
             Ok(mut up) => match attempt(conn, req, body, &mut up, route, ctx, backend, rec).await {
                 Ok(answer) => {
@@ -150,19 +151,22 @@ fn announcement(conn: &ClientConn, route: &Route<'_>) -> (Option<SocketAddr>, Op
 }
 
 /// A connection to `backend`: the most recently idle clean one from the pool, or a new one
-/// (always a new one when `fresh_only`).
+/// (always a new one when `fresh_only`). `whole_request`: the request goes in one write (no
+/// streamed body), so a pooled connection's posted receive reads the answer.
 async fn upstream_connection(
     ctx: &WorkerCtx,
     route: &Route<'_>,
     backend: usize,
-    fresh_only: bool,
+    (fresh_only, whole_request): (bool, bool),
     (proxied_for, preface): (Option<SocketAddr>, Option<&[u8]>),
 ) -> Result<UpstreamConn, AttemptError> {
     let target = &route.backends()[backend];
     if !fresh_only {
-        let pooled = ctx.pool().checkout(target.id, proxied_for, |state| {
-            ctx.note_discarded(&target.url, state)
-        });
+        let pooled = ctx
+            .pool()
+            .checkout(target.id, proxied_for, whole_request, |state| {
+                ctx.note_discarded(&target.url, state)
+            });
         if let Some(up) = pooled {
             bump(&ctx.metrics.upstream_reused);
             return Ok(up);

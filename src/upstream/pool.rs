@@ -4,9 +4,11 @@
 
 use super::Upstreams;
 use crate::config::tls::UpstreamTls;
-use crate::net::deadline;
+use crate::net::deadline::{self, Deadline};
 use crate::net::fd_budget::{self, FdOp, Lease};
 use crate::net::io::IdleState;
+use crate::net::io::{read_more_until, IoFail};
+use crate::net::posted_read::PostedRead;
 use crate::net::stream::UpstreamStream;
 use crate::net::tls::{HandshakeError, TlsStream};
 use bytes::BytesMut;
@@ -34,6 +36,52 @@ pub struct UpstreamConn {
     /// The client a PROXY protocol header announced on it (`send_proxy_protocol`): it carries
     /// that client's requests only.
     pub proxied_for: Option<SocketAddr>,
+    /// The receive posted when it went idle (plain connections), holding `rbuf`: while it is
+    /// here, `read_more_until` is the only way to read.
+    posted: Option<PostedRead>,
+}
+
+impl UpstreamConn {
+    /// Reads more of the answer into `rbuf`, until `deadline`: the receive posted while the
+    /// connection idled, if it has one (its first read after check-out), else a new one. `Ok(0)`
+    /// is EOF.
+    pub async fn read_more_until(
+        &mut self,
+        reserve: usize,
+        deadline: Deadline,
+    ) -> Result<usize, IoFail> {
+        match self.posted.take() {
+            Some(posted) => posted.finish(&mut self.rbuf, deadline).await,
+            None => read_more_until(&mut self.stream, &mut self.rbuf, reserve, deadline).await,
+        }
+    }
+
+    /// Whether nothing arrived while it idled, and it is ready for a request: the posted
+    /// receive looked at (no syscall), kept when `keep_posted`; else the socket peeked.
+    fn ready(mut self, keep_posted: bool) -> Result<UpstreamConn, IdleState> {
+        let posted = self.posted.take().map(PostedRead::check).transpose()?;
+        match posted {
+            Some(posted) if keep_posted => self.posted = Some(posted),
+            Some(posted) => {
+                // Something else reads first (a streamed body's watcher): the receive is
+                // cancelled (the kernel takes the cancel before any byte of the request), then
+                // the socket is looked at directly, as if none had been posted.
+                drop(posted);
+                self.rbuf = BytesMut::with_capacity(UPSTREAM_READ_BUF);
+                clean(self.stream.idle_state())?;
+            }
+            None => clean(self.stream.idle_state())?,
+        }
+        self.reused = true;
+        Ok(self)
+    }
+}
+
+fn clean(state: IdleState) -> Result<(), IdleState> {
+    match state {
+        IdleState::Clean => Ok(()),
+        dirty => Err(dirty),
+    }
 }
 
 struct IdleConn {
@@ -121,16 +169,20 @@ impl UpstreamPool {
         self.idle.clear();
     }
 
-    /// The most recently idle connection to the backend `backend_id` that is still clean: it
-    /// is peeked (one non-blocking syscall) however briefly it was idle, so an upstream that
-    /// sent bytes after its response (a broken server, a HEAD answered with a body) or closed
-    /// never hands them to the next request. Each one discarded is reported to `discarded`.
-    /// Only a connection announced for `proxied_for` (by a PROXY protocol header) is taken,
-    /// none for a plain one.
+    /// The most recently idle connection to the backend `backend_id` that is still clean,
+    /// however briefly it was idle, so an upstream that sent bytes after its response (a broken
+    /// server, a HEAD answered with a body) or closed never hands them to the next request: a
+    /// plain one by the receive posted when it went idle (`PostedRead`: no syscall), a TLS one
+    /// by a non-blocking look at its socket. Each one discarded is reported to `discarded`.
+    /// `keep_posted`: the caller writes a whole request, then reads only with
+    /// `UpstreamConn::read_more_until`, so the posted receive reads the answer; else it is
+    /// cancelled and the socket peeked. Only a connection announced for `proxied_for` (by a
+    /// PROXY protocol header) is taken, none for a plain one.
     pub fn checkout(
         &mut self,
         backend_id: u64,
         proxied_for: Option<SocketAddr>,
+        keep_posted: bool,
         mut discarded: impl FnMut(IdleState),
     ) -> Option<UpstreamConn> {
         let keep = *self.current.get(&backend_id)?;
@@ -141,33 +193,21 @@ impl UpstreamPool {
             let at = queue
                 .iter()
                 .rposition(|c| c.conn.proxied_for == proxied_for)?;
-            let IdleConn { mut conn, since } = queue.remove(at)?;
+            let IdleConn { conn, since } = queue.remove(at)?;
             if since < expired {
                 return None;
             }
-            return match conn.stream.idle_state() {
-                IdleState::Clean => {
-                    conn.reused = true;
-                    Some(conn)
-                }
-                dirty => {
-                    discarded(dirty);
-                    None
-                }
-            };
+            return conn.ready(keep_posted).map_err(discarded).ok();
         }
-        while let Some(IdleConn { mut conn, since }) = queue.pop_back() {
+        while let Some(IdleConn { conn, since }) = queue.pop_back() {
             if since < expired {
                 // Everything older is expired too.
                 queue.clear();
                 return None;
             }
-            match conn.stream.idle_state() {
-                IdleState::Clean => {
-                    conn.reused = true;
-                    return Some(conn);
-                }
-                dirty => discarded(dirty),
+            match conn.ready(keep_posted) {
+                Ok(conn) => return Some(conn),
+                Err(dirty) => discarded(dirty),
             }
         }
         None
@@ -175,10 +215,11 @@ impl UpstreamPool {
 
     /// Returns a connection whose last exchange ended cleanly; `Err` with what was wrong if it
     /// cannot be kept. Bytes already read past the response (`rbuf`) disqualify it at no cost;
-    /// bytes still in the socket are caught by the peek at checkout. A body spliced to its exact
-    /// length read nothing past it, so it is peeked here too (such bodies are large: one
-    /// syscall is nothing next to them).
-    pub fn checkin(&mut self, conn: UpstreamConn, spliced: bool) -> Result<(), IdleState> {
+    /// bytes that come later are caught at checkout. A body spliced to its exact length read
+    /// nothing past it, so its socket is peeked here (such bodies are large: one syscall is
+    /// nothing next to them). A plain connection kept gets the receive of its next answer.
+    pub fn checkin(&mut self, mut conn: UpstreamConn, spliced: bool) -> Result<(), IdleState> {
+        debug_assert!(conn.posted.is_none(), "a posted receive was never read");
         if !conn.rbuf.is_empty() {
             return Err(IdleState::StrayBytes);
         }
@@ -187,13 +228,17 @@ impl UpstreamPool {
         };
         let max = keep.max_idle;
         if spliced {
-            match conn.stream.idle_state() {
-                IdleState::Clean => {}
-                dirty => return Err(dirty),
-            }
+            clean(conn.stream.idle_state())?;
         }
         if max == 0 {
             return Ok(());
+        }
+        match conn
+            .stream
+            .post_read(std::mem::take(&mut conn.rbuf), UPSTREAM_READ_BUF)
+        {
+            Ok(posted) => conn.posted = Some(posted),
+            Err(rbuf) => conn.rbuf = rbuf,
         }
         let queue = self.idle.entry(conn.backend_id).or_default();
         if queue.len() >= max {
@@ -324,5 +369,6 @@ pub async fn connect(
         backend_id,
         reused: false,
         proxied_for: None,
+        posted: None,
     })
 }

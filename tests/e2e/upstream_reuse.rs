@@ -2,6 +2,8 @@
 //! response smuggled behind a spliced body, a body after a HEAD answer) never reach another
 //! client; such connections and ones the upstream closed while idle are counted by reason; and
 //! a reload that reorders the backends under load never crosses a request to the wrong backend.
+//! Both checks are covered: the receive posted on an idle connection (a request sent whole) and
+//! the peek a streamed upload takes instead.
 
 use crate::common::*;
 use crate::common::{admin::*, live_backend::*, load::*};
@@ -148,6 +150,93 @@ fn an_idle_connection_the_upstream_closed_is_counted_and_replaced() {
     let metrics = admin.metrics();
     assert_eq!(metrics.value(DISCARDED, &[("reason", "closed")]), 1.0);
     assert_eq!(metrics.value(DISCARDED, &[("reason", "stray_bytes")]), 0.0);
+}
+
+/// `POST /upload` with a chunked body: streamed upstream (watched for an early answer), not
+/// buffered, so it takes a pooled connection by the other check (the posted receive cancelled,
+/// the socket peeked).
+const CHUNKED_UPLOAD: &[u8] = b"POST /upload HTTP/1.1\r\nHost: test.local\r\n\
+    Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+
+/// Echoes a POST's body, answers anything else `genuine`; after answering `GET /dirty`, sends a
+/// stray response 100 ms later on that connection.
+fn echoing_backend() -> Backend {
+    Backend::raw(|mut conn, index| {
+        while let Ok(Some(req)) = conn.read_request() {
+            let reply = if req.head.method() == "POST" {
+                response_bytes("200 OK", &[("X-Conn", &index.to_string())], &req.body)
+            } else {
+                genuine(index)
+            };
+            if conn.try_send(&reply).is_err() {
+                return;
+            }
+            if req.head.target() == "/dirty" {
+                thread::sleep(Duration::from_millis(100));
+                if conn.try_send(&smuggled_response()).is_err() {
+                    return;
+                }
+            }
+        }
+    })
+}
+
+/// What `upload_after` leaves: the upload's answer, and all that must outlive it.
+struct Upload {
+    _proxy: Proxy,
+    admin: Admin,
+    backend: Backend,
+    client: HttpConn,
+    answer: Message,
+}
+
+/// On one client connection: `GET first` (on upstream connection 0), a pause while that
+/// connection idles in the pool, then the chunked upload, whose body must come back whole.
+fn upload_after(first: &str, pause: Duration) -> Upload {
+    let backend = echoing_backend();
+    let (proxy, admin) = start_with_admin(TestConfig::new(&[backend.port]));
+    let mut client = proxy.connect();
+    assert_eq!(client.get_ok(first).header("x-conn"), Some("0"));
+    thread::sleep(pause);
+    let answer = client.roundtrip(CHUNKED_UPLOAD);
+    assert_eq!(answer.status(), 200, "{answer:?}");
+    assert!(
+        !answer.head.has("set-cookie"),
+        "stray response relayed: {answer:?}"
+    );
+    assert_eq!(answer.text(), "hello world", "{answer:?}");
+    Upload {
+        _proxy: proxy,
+        admin,
+        backend,
+        client,
+        answer,
+    }
+}
+
+#[test]
+fn a_streamed_upload_reuses_a_clean_pooled_connection_and_gets_its_own_answer() {
+    let mut run = upload_after("/clean", Duration::from_millis(50));
+    let upload = &run.answer;
+    assert_eq!(upload.header("x-conn"), Some("0"), "not reused: {upload:?}");
+    // The connection stays in step: the next request on it gets its own answer.
+    let after = run.client.get_ok("/after");
+    assert_eq!(after.text(), "genuine", "{after:?}");
+    assert_eq!(after.header("x-conn"), Some("0"), "{after:?}");
+    assert_eq!(run.backend.connections(), 1);
+    let metrics = run.admin.metrics();
+    assert_eq!(metrics.value(DISCARDED, &[("reason", "stray_bytes")]), 0.0);
+    assert_eq!(metrics.value(DISCARDED, &[("reason", "closed")]), 0.0);
+}
+
+#[test]
+fn a_streamed_upload_never_takes_a_pooled_connection_that_got_stray_bytes() {
+    // The stray response comes 100 ms after the answer to `/dirty`.
+    let run = upload_after("/dirty", Duration::from_millis(200));
+    let upload = &run.answer;
+    assert_eq!(upload.header("x-conn"), Some("1"), "{upload:?}");
+    let metrics = run.admin.metrics();
+    assert_eq!(metrics.value(DISCARDED, &[("reason", "stray_bytes")]), 1.0);
 }
 
 /// The access log's backend for each request path.
