@@ -29,12 +29,31 @@ pub struct ClientIp {
 
 impl ClientIp {
     pub fn new(ip: IpAddr) -> ClientIp {
-        use std::io::Write;
         let mut text = [0u8; 46];
-        let mut cursor = std::io::Cursor::new(&mut text[..]);
-        // 45 bytes is the longest an address prints as.
-        let _ = write!(cursor, "{ip}");
-        let len = cursor.position() as u8;
+        let len = match ip {
+            // Every new connection's: digits by hand, about a tenth of `fmt`'s instructions.
+            IpAddr::V4(v4) => {
+                let mut len = 0;
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        text[len] = b'.';
+                        len += 1;
+                    }
+                    let mut digits = itoa::Buffer::new();
+                    let digits = digits.format(octet).as_bytes();
+                    text[len..len + digits.len()].copy_from_slice(digits);
+                    len += digits.len();
+                }
+                len as u8
+            }
+            IpAddr::V6(_) => {
+                use std::io::Write;
+                let mut cursor = std::io::Cursor::new(&mut text[..]);
+                // 45 bytes is the longest an address prints as.
+                let _ = write!(cursor, "{ip}");
+                cursor.position() as u8
+            }
+        };
         ClientIp {
             ip,
             text,
@@ -126,6 +145,28 @@ mod tests {
     use super::*;
     use crate::http::{parse_request, HeadLimits};
     use bytes::BytesMut;
+
+    #[test]
+    fn addresses_print_as_std_prints_them() {
+        let mut ips: Vec<IpAddr> = [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.0.1",
+            "192.168.100.7",
+            "127.0.0.1",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:192.0.2.128",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        ips.extend((0..=255u8).map(|o| IpAddr::from([o, 255 - o, o / 7, o.wrapping_mul(3)])));
+        for ip in ips {
+            assert_eq!(ClientIp::new(ip).as_str(), ip.to_string());
+        }
+    }
 
     fn request(xff: &[&str]) -> RequestHead {
         let mut raw = String::from("GET / HTTP/1.1\r\nHost: a\r\n");

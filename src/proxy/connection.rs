@@ -209,6 +209,7 @@ async fn serve_connection(
         listener::ensure_nodelay(socket);
     }
     let registration = ctx.register(stream.socket_fd());
+    let origin = ClientIp::new(peer.ip());
     let mut conn = ClientConn {
         tls: stream.tls().map(handshake::client_tls),
         scheme: stream.scheme(),
@@ -217,8 +218,8 @@ async fn serve_connection(
         out: BytesMut::new(),
         upstream_out: BytesMut::new(),
         peer,
-        origin: ClientIp::new(peer.ip()),
-        client: ClientIp::new(peer.ip()),
+        origin,
+        client: origin,
     };
     // A new or just resumed connection reads at once, bound by the client header timeout.
     let mut first = true;
