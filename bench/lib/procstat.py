@@ -1,10 +1,11 @@
 """CPU time, RSS and CPU affinity of process trees, read from /proc.
 
 CPU time is utime+stime of /proc/<pid>/stat (whole thread group, in clock
-ticks), summed over every process of each tree (e.g. nginx master + workers).
+ticks), summed over every process of each tree (e.g. nginx master + workers);
+stime alone is the kernel's part.
 RSS is the sum of VmRSS of the same processes.
 
-CLI: procstat.py sample PID...    -> JSON {"ticks", "rss_kb", "pids"}
+CLI: procstat.py sample PID...    -> JSON {"ticks", "sys_ticks", "rss_kb", "pids"}
      procstat.py affinity PID...  -> JSON {"<pid>/<tid> comm": "cpus", ...}
 """
 import json
@@ -43,14 +44,15 @@ def tree(roots):
 
 
 def cpu_ticks(pids):
-    total = 0
+    """(user, kernel) ticks: utime and stime summed."""
+    user = kernel = 0
     for pid in pids:
         try:
             f = _stat_fields(pid)
-            total += int(f[11]) + int(f[12])  # utime, stime
+            user, kernel = user + int(f[11]), kernel + int(f[12])
         except (OSError, ValueError, IndexError):
             pass
-    return total
+    return user, kernel
 
 
 def rss_kb(pids):
@@ -68,7 +70,8 @@ def rss_kb(pids):
 
 def sample(roots):
     pids = tree(roots)
-    return {"ticks": cpu_ticks(pids), "rss_kb": rss_kb(pids), "pids": pids}
+    user, kernel = cpu_ticks(pids)
+    return {"ticks": user + kernel, "sys_ticks": kernel, "rss_kb": rss_kb(pids), "pids": pids}
 
 
 def affinity(roots):

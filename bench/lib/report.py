@@ -81,6 +81,7 @@ def summarize(records):
             "p50": med([r["p50_ms"] for r in rs]),
             "p99": med([r["p99_ms"] for r in rs]),
             "cpu": med([r["cpu_us_per_req"] for r in rs]),
+            "kernel": med([r.get("kernel_us_per_req") for r in rs]),
             "rss_mib": rss / 1024 if rss is not None else None,
             "upstream": med([r["upstream_conns"] for r in rs]),
             "errors": sum(r["errors"] for r in rs),
@@ -166,7 +167,30 @@ def calibration_lines(summary, scen):
         return []
     return ["The floor: 2 × the backend's own CPU per request when it serves the load directly (a proxy "
             "does that socket work twice, once per side). Proxy CPU per request ÷ the floor:", "",
-            "| scenario | direct µs/req | floor µs/req | proxy ÷ floor |", "|---|---:|---:|---|", *rows, ""]
+            "| scenario | direct µs/req | floor µs/req | proxy ÷ floor |", "|---|---:|---:|---|", *rows, "",
+            *kernel_lines(summary, scen)]
+
+
+def kernel_lines(summary, scen):
+    """The kernel's part of each one's CPU per request (stime), next to 2 x the direct backend's: the
+    socket work any proxy does, which no user-space change removes."""
+    rows = []
+    for s in scen:
+        d = summary.get((s, "direct"), {}).get("kernel")
+        if d is None:
+            continue
+        cells = []
+        for p in ordered(k[1] for k in summary if k[0] == s):
+            v = summary[(s, p)]
+            if p != "direct" and v["kernel"] is not None and v["cpu"]:
+                cells.append(f"{p} {v['kernel']:.1f} ({100 * v['kernel'] / v['cpu']:.0f}%)")
+        rows.append(f"| {s} | {d:.1f} | {2 * d:.1f} | {', '.join(cells)} |")
+    if not rows:
+        return []
+    return ["The kernel's part (stime) of the CPU per request, and 2 × the direct backend's: the socket "
+            "work any proxy does twice, which no change in user space removes:", "",
+            "| scenario | direct kernel µs/req | 2 × direct kernel | proxy kernel µs/req (share of its CPU) |",
+            "|---|---:|---:|---|", *rows, ""]
 
 
 def idle_tables(records, problems):

@@ -105,12 +105,14 @@ def main():
         "rps": r["requests"] / r["duration_s"] if r["duration_s"] else 0.0,
         "wall_s": wall,
         "upstream_conns": max(acc1 - acc0 - 1, 0),
-        "cpu_us_per_req": None, "cpu_s": None, "rss_kb": None,
+        "cpu_us_per_req": None, "kernel_us_per_req": None, "cpu_s": None, "rss_kb": None,
     }
     if s0 and s1:
         cpu_s = (s1["ticks"] - s0["ticks"]) / procstat.CLK_TCK
         rec["cpu_s"] = cpu_s
         rec["cpu_us_per_req"] = cpu_s * 1e6 / r["requests"] if r["requests"] else None
+        kernel_s = (s1["sys_ticks"] - s0["sys_ticks"]) / procstat.CLK_TCK
+        rec["kernel_us_per_req"] = kernel_s * 1e6 / r["requests"] if r["requests"] else None
         rec["rss_kb"] = s1["rss_kb"]
         rec["nprocs"] = len(s1["pids"])
         if set(s0["pids"]) != set(s1["pids"]):
