@@ -63,7 +63,12 @@ impl ClientIp {
     }
 
     pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.text[..usize::from(self.len)]).unwrap_or("-")
+        let text = &self.text[..usize::from(self.len)];
+        debug_assert!(text.is_ascii());
+        // SAFETY: `text` and `len` are private and only `new` writes them: the address printed
+        // as digits, '.', ':' and hex letters, ASCII. Validating it on every use (twice per
+        // request) cost 1.3% of the user-space instructions of a small proxied request.
+        unsafe { std::str::from_utf8_unchecked(text) }
     }
 }
 
