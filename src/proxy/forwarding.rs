@@ -56,11 +56,11 @@ fn vouched(name: &[u8]) -> Option<Vouched> {
     }
 }
 
-/// What the route makes of the request it sends upstream.
 /// Room reserved at once for what a forwarded head adds to the received one (forwarding fields,
 /// framing): a new connection's empty buffer then takes one allocation, not a growth per field.
 const HEAD_GROWTH: usize = 256;
 
+/// What the route makes of the request it sends upstream.
 pub struct Outgoing<'a> {
     /// The origin-form target: the request's own, or as the route normalised and rewrote it.
     pub target: &'a [u8],
